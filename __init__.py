@@ -1,0 +1,13 @@
+"""shoal: a vector search engine with multi-tenant trees, filtered quantized search and compressed IVF-PQ."""
+
+from .errors import (AlreadyExists, DimensionMismatch, FailedPrecondition, InvalidArgument, NotFound,
+                     PermissionDenied, ShoalError)
+from .index import FlatIndex, Index, describe, index_factory, load_index, merge_topk
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Index", "FlatIndex", "index_factory", "describe", "load_index", "merge_topk",
+    "ShoalError", "InvalidArgument", "DimensionMismatch", "NotFound", "AlreadyExists", "PermissionDenied",
+    "FailedPrecondition",
+]

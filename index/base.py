@@ -1,0 +1,181 @@
+"""The one index protocol every kind implements (batch-first, like faiss and ann-benchmarks).
+
+See ARCHITECTURE.md for the contracts: rows vs user ids, distance keys (smaller is better), ``allowed`` masks,
+integer tenants and the factory grammar. Subclasses implement the ``_``-prefixed hooks; the public methods here do the
+checking at the edge once, so kernels can trust their input.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import FailedPrecondition, InvalidArgument
+from .topk import empty_result
+from .validate import as_allowed, as_ids, as_params, as_vectors, check_k, check_metric, normalize_rows
+
+
+class Index(abc.ABC):
+    """Base class of all index kinds.
+
+    Attributes
+    ----------
+    d : int
+        Dimension.
+    metric : {"l2", "ip", "cosine"}
+    row_ids : int64 (ntotal,)
+        User id of each internal row. Rows are never renumbered by ``remove`` (tombstones), only by a rebuild.
+    """
+
+    kind: ClassVar[str] = "?"
+    supports_tenants: ClassVar[bool] = False
+    supports_filter: ClassVar[bool] = False
+    #: names accepted in ``search(params=...)``
+    search_params: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, d: int, metric: str = "l2"):
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise InvalidArgument(f"dimension must be a positive integer, got {d!r}")
+        self.d = int(d)
+        self.metric = check_metric(metric)
+        self.row_ids = np.empty(0, dtype=np.int64)
+        self.deleted = np.empty(0, dtype=bool)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def ntotal(self) -> int:
+        """Number of internal rows, removed ones included."""
+        return int(self.row_ids.shape[0])
+
+    @property
+    def nlive(self) -> int:
+        """Number of rows not removed."""
+        return int(self.ntotal - np.count_nonzero(self.deleted))
+
+    @property
+    def is_trained(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def prepare(self, x, name: str = "vectors") -> np.ndarray:
+        """Validate ``x`` as ``(n, d)`` float32 and normalise rows for the cosine metric."""
+        x = as_vectors(x, self.d, name=name)
+        return normalize_rows(x) if self.metric == "cosine" else x
+
+    def require_trained(self) -> None:
+        if not self.is_trained:
+            raise FailedPrecondition(f"{self.kind} index is not trained: call train(x) first")
+
+    def rows_of(self, ids) -> np.ndarray:
+        """Live internal rows holding any of the user ``ids`` (int64, ascending)."""
+        ids = as_ids(ids, allow_duplicates=True)
+        return np.flatnonzero(np.isin(self.row_ids, ids) & ~self.deleted).astype(np.int64)
+
+    def _append_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Record new rows for ``ids``; returns their row numbers."""
+        start = self.ntotal
+        self.row_ids = np.concatenate([self.row_ids, ids])
+        self.deleted = np.concatenate([self.deleted, np.zeros(ids.shape[0], dtype=bool)])
+        return np.arange(start, self.ntotal, dtype=np.int64)
+
+    def check_add(self, x, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Validate an ``add`` call: returns prepared vectors and ids; live ids may not be added twice."""
+        self.require_trained()
+        x = self.prepare(x)
+        ids = as_ids(ids, x.shape[0])
+        if ids.size and self.ntotal:
+            clash = np.isin(ids, self.row_ids[~self.deleted])
+            if clash.any():
+                raise InvalidArgument(f"id {int(ids[clash][0])} is already in the index; remove it first")
+        return x, ids
+
+    def check_search(self, q, k, params, allowed, tenant, filter) -> tuple[np.ndarray, int, dict, Any]:
+        """Validate a ``search`` call; returns ``(q, k, params, allowed)``."""
+        self.require_trained()
+        q = self.prepare(q, name="queries")
+        k = check_k(k)
+        params = as_params(params, self.search_params)
+        if tenant is not None and not self.supports_tenants:
+            raise InvalidArgument(f"{self.kind} index has no native tenants; pass an allowed mask instead")
+        if filter is not None and not self.supports_filter:
+            raise InvalidArgument(f"{self.kind} index has no native filters; pass an allowed mask instead")
+        allowed = as_allowed(allowed, self.ntotal, q.shape[0])
+        return q, k, params, allowed
+
+    def live_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """Combine an ``allowed`` mask (1-d or 2-d) with the tombstones; ``None`` when nothing is excluded."""
+        if not self.deleted.any():
+            return allowed
+        live = ~self.deleted
+        return live if allowed is None else allowed & live
+
+    def empty(self, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return empty_result(nq, k)
+
+    # ------------------------------------------------------------------ protocol
+    def train(self, x) -> None:
+        """Learn whatever the kind needs from representative vectors ``x`` float32 (n, d). No-op by default."""
+
+    @abc.abstractmethod
+    def add(self, x, ids, *, tenants=None, attrs=None) -> None:
+        """Add vectors ``x`` float32 (n, d) under user ``ids`` int64 (n,).
+
+        ``tenants`` is ``(indptr int64 (n+1,), tenant_ids int32)`` for kinds with native tenants; ``attrs`` is a
+        columnar ``{name: array}`` for kinds with native filters.
+        """
+
+    @abc.abstractmethod
+    def search(self, q, k: int, *, params=None, allowed=None, tenant=None, filter=None):
+        """Return ``(D float32 (nq, k), I int64 (nq, k))``: distance keys ascending and user ids, padded."""
+
+    def remove(self, ids) -> int:
+        """Tombstone every live row holding one of ``ids``; returns how many rows were removed."""
+        rows = self.rows_of(ids)
+        self.deleted[rows] = True
+        self._on_remove(rows)
+        return int(rows.size)
+
+    def _on_remove(self, rows: np.ndarray) -> None:
+        """Hook for kinds that keep per-row structures beyond the tombstones."""
+
+    @abc.abstractmethod
+    def save(self, store, prefix: str) -> None:
+        """Persist to ``store`` under ``prefix`` (``meta.json`` + ``.npy`` arrays)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, store, prefix: str, *, mmap: bool = False) -> "Index":
+        """Inverse of :meth:`save`."""
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes of in-memory arrays (plus an estimate for Python containers); mapped arrays excluded."""
+
+    def mapped_bytes(self) -> int:
+        """Bytes of memory-mapped arrays."""
+        return 0
+
+    @abc.abstractmethod
+    def factory_string(self) -> str:
+        """The canonical factory string that rebuilds an index of the same configuration."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.factory_string()!r} d={self.d} metric={self.metric} ntotal={self.ntotal}>"
+
+
+def array_bytes(*arrays) -> tuple[int, int]:
+    """Split the ``nbytes`` of ``arrays`` into ``(in_memory, memory_mapped)``."""
+    mem = mapped = 0
+    for a in arrays:
+        if a is None:
+            continue
+        base = a
+        while isinstance(base, np.ndarray) and base.base is not None and not isinstance(base, np.memmap):
+            base = base.base
+        if isinstance(a, np.memmap) or isinstance(base, np.memmap) or type(base).__name__ == "mmap":
+            mapped += a.nbytes
+        else:
+            mem += a.nbytes
+    return mem, mapped
