@@ -1,0 +1,840 @@
+"""``OSQ``: SQUASH-style filtered search over quantized vectors *and* attributes, partitioned for fan-out.
+
+Build: one global PCA rotation (``y = x @ R``, distances preserved), balanced k-means into ``partitions`` (sizes
+within ``balance`` of the mean), and per partition an OSQ codebook (greedy bit allocation under ``bits`` per vector,
+quantile + Lloyd cells), segment-major packed codes, binary sign codes and the rotated float32 vectors for re-ranking.
+Numeric attributes are quantized to one byte per row (cells with member ranges); keywords and tags stay exact
+dictionary codes. Exact attribute values are kept for the re-check.
+
+Search (every setting per query through ``params``):
+
+0. *Allocator*: rotate the queries, evaluate the filter in three-valued logic on the attribute codes (one pass over
+   all rows, shared by the batch), count *sure* and *maybe* rows per partition, rank partitions by centroid distance
+   and visit ``nprobe`` / those within ``visit_ratio`` of the nearest, then more until the visited sure counts reach
+   ``k``. When the whole index has fewer than ``k`` sure rows the maybe rows are resolved exactly first, so one pass
+   returns ``min(k, matches)`` results. Very selective filters (at most ``exact_below`` of the rows may match) are
+   answered by an exact scan of the matching rows instead (``mode="auto"``).
+1. Hamming prune on binary codes (``keep_frac`` of the candidates, at least ``keep_min`` sure rows).
+2. Bound prune: lower/upper bounds from the segments; drop rows whose lower bound exceeds the k-th smallest upper bound
+   of a sure row; keep ``rerank`` sure rows in lower-bound order.
+3. Exact re-rank of the survivors with the exact predicate re-checked for maybe rows.
+
+Levels 1-3 run per partition (:class:`OSQPartition`), so a serverless processor can load one partition
+(:meth:`OSQIndex.load_partition`) and answer with the level-0 outputs of an allocator (:meth:`OSQIndex.level0`).
+The storage layout is documented in ``docs/osq.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import filters
+from ..errors import FailedPrecondition, InvalidArgument
+from ..quantization import _osq_kernels as K
+from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
+from .base import Index, array_bytes
+from .factory import Stage, take_settings
+from .flat import exact_search
+from .persist import load_arrays, load_meta, save_arrays
+
+SETTINGS = {"partitions": 16, "bits": 0, "attr_bits": 8, "binary": 256, "lloyd": 25, "balance": 0.1,
+            "kmeans_iters": 10}
+
+DEFAULT_PARAMS = {"nprobe": 2, "visit_ratio": 1.1, "max_visit": 0, "keep_frac": 0.2, "keep_min": 200,
+                  "rerank": 40, "mode": "auto", "exact_below": 0.02}
+
+_BIG = 1 << 53
+_PART_RE = re.compile(r"^p\d{4}/")
+
+
+# ---------------------------------------------------------------------------------------------------- partitions
+@dataclass
+class OSQPartition:
+    """One partition's data for levels 1-3.
+
+    Attributes
+    ----------
+    number : int
+    rows : int64 (n,)      internal (global) row of each position
+    ids : int64 (n,)       user id of each position
+    book : OSQCodebook
+    segs : uint8 (nseg, n) segment-major packed codes
+    binary : uint64 (n, W) sign codes
+    vectors : float32 (n, d) rotated vectors (exact re-rank)
+    exact : callable(expr, positions int64) -> bool (m,)
+        Exact filter evaluation for some positions (the maybe re-check).
+    """
+
+    number: int
+    rows: np.ndarray
+    ids: np.ndarray
+    book: OSQCodebook
+    segs: np.ndarray
+    binary: np.ndarray
+    vectors: np.ndarray
+    metric: str
+    exact: Callable[[Any, np.ndarray], np.ndarray] | None = None
+    columns: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.shape[0])
+
+    def exact_match(self, expr, positions: np.ndarray) -> np.ndarray:
+        """Exact truth of ``expr`` for partition ``positions`` (bool (m,))."""
+        if expr is None or positions.size == 0:
+            return np.ones(positions.shape[0], dtype=bool)
+        if self.exact is not None:
+            return self.exact(expr, positions)
+        cols = _take_columns(self.columns, filters.attributes(expr), positions)
+        return filters.evaluate(expr, cols, int(positions.shape[0]))
+
+    def search(self, qrot: np.ndarray, status: np.ndarray, k: int, params: dict | None = None, *, expr=None,
+               sidx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Levels 1-3 for a batch of rotated queries.
+
+        Parameters
+        ----------
+        qrot : float32 (nq, d)
+            Queries rotated by the index's rotation (``OSQIndex.rotate``; cosine queries normalised first).
+        status : uint8 (n,) or (ns, n)
+            Level-0 filter status of each position: 0 no, 1 sure, 2 maybe (tombstones must be 0).
+        k : int
+        params : dict
+            ``keep_frac``, ``keep_min``, ``rerank`` (see :data:`DEFAULT_PARAMS`).
+        expr : filter AST
+            Needed to re-check maybe rows exactly.
+        sidx : int64 (nq,), optional
+            Status row of each query when ``status`` is 2-d.
+
+        Returns
+        -------
+        D float32 (nq, k), I int64 (nq, k) user ids, stats dict (per-batch sums of rows touched and bytes read)
+        """
+        p = dict(DEFAULT_PARAMS)
+        p.update(params or {})
+        qrot = np.ascontiguousarray(qrot, dtype=np.float32)
+        nq = qrot.shape[0]
+        status = np.ascontiguousarray(status, dtype=np.uint8)
+        if status.ndim == 1:
+            status = status[None, :]
+        if sidx is None:
+            sidx = np.zeros(nq, dtype=np.int64) if status.shape[0] == 1 else np.arange(nq, dtype=np.int64)
+        sidx = np.ascontiguousarray(sidx, dtype=np.int64)
+        rerank = max(int(p["rerank"]), k)
+        keep_min = max(int(p["keep_min"]), rerank)
+        cap = 2 * rerank + 64
+        out_rows = np.full((nq, cap), -1, dtype=np.int64)
+        counts = np.zeros((nq, 4), dtype=np.int64)
+        metric = K.METRIC_L2 if self.metric == "l2" else K.METRIC_IP
+        qbin = self.book.binary(qrot)
+        b = self.book
+        K.levels12(status, sidx, qrot, qbin, self.binary, self.segs, b.bits, b.dim_byte, b.dim_shift, b.dim_two,
+                   b.cell_lo, b.cell_hi, metric, k, float(p["keep_frac"]), keep_min, rerank, out_rows, counts)
+        # level 3 needs the exact truth of maybe survivors; evaluate each distinct one once for the batch
+        valid = out_rows >= 0
+        safe = np.where(valid, out_rows, 0)
+        maybe = valid & (status[sidx[:, None], safe] == K.STATUS_MAYBE)
+        ok = valid.copy()
+        nmaybe = 0
+        if maybe.any():
+            uniq, inv = np.unique(out_rows[maybe], return_inverse=True)
+            nmaybe = int(uniq.size)
+            ok[maybe] = self.exact_match(expr, uniq)[inv]
+        D = np.empty((nq, k), dtype=np.float32)
+        R = np.empty((nq, k), dtype=np.int64)
+        K.level3(out_rows, ok, qrot, self.vectors, metric, k, D, R)
+        I = np.where(R >= 0, self.ids[np.maximum(R, 0)], -1)
+        stats = {"candidates": int(counts[:, 0].sum()), "hamming": int(counts[:, 0].sum()),
+                 "bounds": int(counts[:, 1].sum()), "rerank": int(counts[:, 3].sum()), "maybe_checked": nmaybe,
+                 "bytes": int(counts[:, 0].sum() * self.binary.shape[1] * 8 + counts[:, 1].sum() * b.nseg
+                              + counts[:, 3].sum() * 4 * self.vectors.shape[1])}
+        return D, I, stats
+
+
+def _take_columns(columns: dict, names, rows: np.ndarray) -> dict:
+    """Columns restricted to ``rows``; attributes the index has never seen are all-missing."""
+    out = {}
+    m = int(rows.shape[0])
+    for name in names:
+        col = columns.get(name)
+        out[name] = col.take(rows) if col is not None else filters.NumericColumn(np.full(m, np.nan))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- level 0
+@dataclass
+class Level0:
+    """Output of level 0 for a batch: what an allocator hands to the partition processors.
+
+    Attributes
+    ----------
+    qrot : float32 (nq, d)
+    status : uint8 (ns, ntotal)  filter status per internal row (tombstones 0)
+    sidx : int64 (nq,)           status row of each query
+    visit : bool (nq, P)         partitions each query visits
+    plan : "multilevel" or "exact"
+    sure, maybe : int64 (ns,)    counts over the index
+    resolved : bool (ns,)        maybe rows were resolved exactly (status has no maybe)
+    """
+
+    qrot: np.ndarray
+    status: np.ndarray
+    sidx: np.ndarray
+    visit: np.ndarray
+    plan: str
+    sure: np.ndarray
+    maybe: np.ndarray
+    resolved: np.ndarray
+
+
+class OSQIndex(Index):
+    """SQUASH filtered search. Factory: ``OSQ(partitions=16,bits=256,attr_bits=8,binary=256,lloyd=25)``.
+
+    ``bits=0`` (default) means ``4 * d`` bits per vector.
+    """
+
+    kind = "OSQ"
+    supports_filter = True
+    search_params = tuple(DEFAULT_PARAMS)
+
+    def __init__(self, d: int, metric: str = "l2", **settings):
+        super().__init__(d, metric)
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise InvalidArgument(f"unknown OSQ setting(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS)}")
+        self.settings = {**SETTINGS, **settings}
+        s = self.settings
+        if s["partitions"] < 1:
+            raise InvalidArgument("OSQ partitions must be >= 1")
+        if s["bits"] < 0 or not (1 <= s["attr_bits"] <= 8) or s["binary"] < 1:
+            raise InvalidArgument("OSQ bits must be >= 0, attr_bits in 1..8, binary >= 1")
+        self.rotation: np.ndarray | None = None
+        self.centroids = np.empty((0, self.d), dtype=np.float32)
+        self.parts: list[OSQPartition | None] = []
+        self.row_part = np.empty(0, dtype=np.int32)
+        self.row_pos = np.empty(0, dtype=np.int64)
+        self.columns: dict[str, Any] = {}      # exact attribute columns (filters.*Column) over all rows
+        self.kinds: dict[str, str] = {}        # attribute -> "int" | "float" | "keyword" | "tags"
+        self._source = None                    # (store, prefix) of a level-0-only load: exact numbers on demand
+        self.cells: dict[str, NumericCells] = {}
+        self.codes: dict[str, np.ndarray] = {}  # uint8 (ntotal,) per numeric attribute
+        self.last_stats: dict = {}
+
+    # ------------------------------------------------------------------ factory
+    @property
+    def budget(self) -> int:
+        return int(self.settings["bits"]) or 4 * self.d
+
+    @classmethod
+    def from_stages(cls, d: int, stages: list[Stage], metric: str = "l2") -> "OSQIndex":
+        settings = {}
+        for st in stages:
+            if st.name != "OSQ":
+                raise InvalidArgument(f"stage {st.name} cannot be combined with OSQ; OSQ takes no other stage")
+            if st.arg:
+                raise InvalidArgument(f"OSQ takes no numeric argument, got 'OSQ{st.arg}'; use OSQ(partitions=N)")
+            settings = take_settings(st, SETTINGS)
+        return cls(d, metric, **settings)
+
+    def factory_string(self) -> str:
+        s = self.settings
+        return (f"OSQ(partitions={s['partitions']},bits={s['bits']},attr_bits={s['attr_bits']},"
+                f"binary={s['binary']},lloyd={s['lloyd']})")
+
+    @property
+    def is_trained(self) -> bool:
+        return self.rotation is not None
+
+    @property
+    def nparts(self) -> int:
+        return int(self.centroids.shape[0])
+
+    # ------------------------------------------------------------------ build
+    def rotate(self, q) -> np.ndarray:
+        """Validate, normalise (cosine) and rotate queries: float32 (nq, d)."""
+        return np.ascontiguousarray(self.prepare(q, name="queries") @ self.rotation, dtype=np.float32)
+
+    def train(self, x) -> None:
+        """Fit the rotation, the balanced partitions and one OSQ codebook per partition on ``x`` float32 (n, d)."""
+        x = self.prepare(x)
+        n = x.shape[0]
+        P = int(self.settings["partitions"])
+        if n < P:
+            raise InvalidArgument(f"OSQ training needs at least partitions={P} vectors, got {n}")
+        R, _ = fit_rotation(x)
+        y = np.ascontiguousarray(x @ R, dtype=np.float32)
+        rng = np.random.default_rng(0)
+        cent = y[rng.choice(n, P, replace=False)].copy()
+        cap = np.full(P, int(np.ceil(n / P * (1 + self.settings["balance"]))), dtype=np.int64)
+        assign = np.zeros(n, dtype=np.int64)
+        for it in range(max(1, int(self.settings["kmeans_iters"]))):
+            dist = _sq_dists(y, cent)
+            # plain Lloyd steps first, the size-limited assignment for the last ones
+            assign = K.balanced_assign(dist, cap) if it >= self.settings["kmeans_iters"] // 2 else dist.argmin(1)
+            for p in range(P):
+                sel = assign == p
+                if sel.any():
+                    cent[p] = y[sel].mean(axis=0)
+                else:
+                    cent[p] = y[rng.integers(n)]
+        assign = K.balanced_assign(_sq_dists(y, cent), cap)
+        books = []
+        for p in range(P):
+            yp = y[assign == p]
+            books.append(OSQCodebook.fit(yp, self.budget, lloyd_iters=int(self.settings["lloyd"]),
+                                         nbin=int(self.settings["binary"])))
+        self.rotation = R
+        self.centroids = np.ascontiguousarray(cent, dtype=np.float32)
+        W = books[0].nwords
+        self.parts = [OSQPartition(p, np.empty(0, np.int64), np.empty(0, np.int64), books[p],
+                                   np.zeros((books[p].nseg, 0), np.uint8), np.zeros((0, W), np.uint64),
+                                   np.zeros((0, self.d), np.float32), self.metric) for p in range(P)]
+        for part in self.parts:
+            self._bind(part)
+
+    def _bind(self, part: OSQPartition) -> None:
+        def exact(expr, positions, _part=part):
+            return self.exact_rows(expr, _part.rows[positions])
+        part.exact = exact
+
+    def add(self, x, ids, *, tenants=None, attrs=None) -> None:
+        """Add vectors under ``ids``; ``attrs`` maps names to ``filters`` columns (or numeric arrays) over the rows."""
+        if tenants is not None:
+            raise InvalidArgument("OSQ has no native tenants; pass allowed masks")
+        x, ids = self.check_add(x, ids)
+        n = x.shape[0]
+        cols = self._check_attrs(attrs, n)
+        start = self.ntotal
+        rows = self._append_rows(ids)
+        y = np.ascontiguousarray(x @ self.rotation, dtype=np.float32)
+        P = self.nparts
+        sizes = np.array([p.size for p in self.parts], dtype=np.int64)
+        total = int(sizes.sum()) + n
+        cap = np.maximum(int(np.ceil(total / P * (1 + self.settings["balance"]))) - sizes, 0)
+        if cap.sum() < n:
+            cap += int(np.ceil((n - cap.sum()) / P))
+        assign = K.balanced_assign(_sq_dists(y, self.centroids), cap) if n else np.empty(0, np.int64)
+        row_part = np.empty(n, dtype=np.int32)
+        row_pos = np.empty(n, dtype=np.int64)
+        for p in range(P):
+            sel = np.flatnonzero(assign == p)
+            if sel.size == 0:
+                continue
+            part = self.parts[p]
+            yp = y[sel]
+            codes = part.book.encode(yp)
+            row_part[sel] = p
+            row_pos[sel] = part.size + np.arange(sel.size)
+            part.segs = np.concatenate([part.segs, part.book.pack(codes)], axis=1)
+            part.binary = np.concatenate([part.binary, part.book.binary(yp)])
+            part.vectors = np.concatenate([part.vectors, yp])
+            part.rows = np.concatenate([part.rows, rows[sel]])
+            part.ids = np.concatenate([part.ids, ids[sel]])
+        self.row_part = np.concatenate([self.row_part, row_part])
+        self.row_pos = np.concatenate([self.row_pos, row_pos])
+        self._add_attrs(cols, start, n)
+
+    def _check_attrs(self, attrs, n: int) -> dict:
+        cols = {}
+        for name, col in (attrs or {}).items():
+            if not isinstance(col, (filters.NumericColumn, filters.KeywordColumn, filters.TagsColumn)):
+                try:
+                    col = filters.NumericColumn(np.asarray(col))
+                except ValueError as exc:
+                    raise InvalidArgument(f"attribute {name!r}: {exc}") from None
+            if len(col) != n:
+                raise InvalidArgument(f"attribute {name!r} has {len(col)} rows for {n} vectors")
+            old = self.columns.get(name)
+            if old is not None and type(old) is not type(col):
+                raise InvalidArgument(f"attribute {name!r} changed type ({old.kind} -> {col.kind})")
+            cols[name] = col
+        return cols
+
+    def _add_attrs(self, cols: dict, start: int, n: int) -> None:
+        for name in set(self.columns) | set(cols):
+            old = self.columns.get(name)
+            new = cols.get(name)
+            if new is None:
+                new = _missing_like(old, n)
+            if isinstance(new, filters.NumericColumn):
+                if name not in self.cells:
+                    self.cells[name] = NumericCells.fit(new.values, self.settings["attr_bits"], missing=new.missing,
+                                                        lloyd_iters=int(self.settings["lloyd"]))
+                code = self.cells[name].encode(new.values, new.missing)
+                prev = self.codes.get(name, np.full(start, 255, dtype=np.uint8))
+                self.codes[name] = np.concatenate([prev, code])
+            if old is None:
+                old = _missing_like(new, start)
+            self.columns[name] = _concat_columns(old, new)
+            self.kinds[name] = self.columns[name].kind
+
+    # ------------------------------------------------------------------ filters
+    def _leaf(self, pred):
+        """(sure, maybe) of one predicate over all rows from the attribute codes (exact for keywords and tags).
+
+        An attribute the index has never seen is missing on every row, so its predicates are false.
+        """
+        n = self.ntotal
+        kind = self.kinds.get(pred.attr)
+        if kind is None:
+            return np.zeros(n, bool), np.zeros(n, bool)
+        try:
+            filters.check(pred, {pred.attr: kind})
+        except filters.FilterTypeError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if kind in ("int", "float"):
+            cells = self.cells[pred.attr]
+            lo, hi = cells.lo.copy(), cells.hi.copy()
+            empty = ~(lo <= hi)
+            empty[255] = True
+            lo[empty] = hi[empty] = 0.0
+            # int64 values beyond 2**53 were rounded into float64 ranges: widen by one ulp to stay a superset
+            big = np.abs(lo) > _BIG
+            lo[big] = np.nextafter(lo[big], -np.inf)
+            big = np.abs(hi) > _BIG
+            hi[big] = np.nextafter(hi[big], np.inf)
+            sure_t, maybe_t = filters.interval_predicate(pred, lo, hi, missing=empty)
+            codes = self.codes[pred.attr]
+            return sure_t[codes], maybe_t[codes]
+        return filters.evaluate_predicate(pred, {pred.attr: self.columns[pred.attr]}, n), np.zeros(n, bool)
+
+    def filter_status(self, expr) -> tuple[np.ndarray, np.ndarray]:
+        """Three-valued filter over all rows from the attribute codes: ``(sure, maybe)`` bool (ntotal,)."""
+        n = self.ntotal
+        if expr is None:
+            return np.ones(n, bool), np.zeros(n, bool)
+        expr = _as_expr(expr)
+        return filters.evaluate3(expr, self._leaf, n)
+
+    def exact_rows(self, expr, rows: np.ndarray) -> np.ndarray:
+        """Exact truth of ``expr`` on internal ``rows`` (bool (m,)), from the exact attribute values."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if expr is None:
+            return np.ones(rows.shape[0], bool)
+        expr = _as_expr(expr)
+        names = filters.attributes(expr)
+        cols = {}
+        for name in names:
+            if name in self.kinds:
+                cols[name] = self._exact_column(name).take(rows)
+            else:
+                cols[name] = filters.NumericColumn(np.full(rows.size, np.nan))
+        return filters.evaluate(expr, cols, int(rows.size))
+
+    def _exact_column(self, name: str):
+        col = self.columns.get(name)
+        if col is None and self._source is not None:
+            store, prefix = self._source
+            _, a = load_arrays(store, prefix, kind=self.kind, names=[f"attr/{name}/values", f"attr/{name}/missing"])
+            col = self.columns[name] = filters.NumericColumn(a[f"attr/{name}/values"], a[f"attr/{name}/missing"])
+        if col is None:
+            raise FailedPrecondition(f"exact values of attribute {name!r} are not loaded")
+        return col
+
+    def estimate_matches(self, expr) -> tuple[int, int]:
+        """``(sure, maybe)`` live-row counts from the attribute codes: ``sure <= matches <= sure + maybe``."""
+        sure, maybe = self.filter_status(expr)
+        live = ~self.deleted
+        return int(np.count_nonzero(sure & live)), int(np.count_nonzero(maybe & live))
+
+    # ------------------------------------------------------------------ search
+    def level0(self, q, k: int, params: dict | None = None, *, filter=None, allowed=None) -> Level0:
+        """Level 0 (allocator): rotate, three-valued filter, counts per partition, partitions to visit.
+
+        Parameters are as for :meth:`search`; ``allowed`` must already be validated (``None``, (ntotal,) or
+        (nq, ntotal) bool).
+        """
+        p = dict(DEFAULT_PARAMS)
+        p.update(params or {})
+        qrot = self.rotate(q)
+        nq, n, P = qrot.shape[0], self.ntotal, self.nparts
+        expr = None if filter is None else _as_expr(filter)
+        sure, maybe = self.filter_status(expr)
+        live = ~self.deleted
+        if allowed is None or allowed.ndim == 1:
+            keep = live if allowed is None else live & allowed
+            status = np.where(sure & keep, K.STATUS_SURE, np.where(maybe & keep, K.STATUS_MAYBE, K.STATUS_NO))
+            status = status.astype(np.uint8)[None, :]
+            sidx = np.zeros(nq, dtype=np.int64)
+        else:
+            keep = allowed & live[None, :]
+            status = np.where(sure[None] & keep, K.STATUS_SURE,
+                              np.where(maybe[None] & keep, K.STATUS_MAYBE, K.STATUS_NO)).astype(np.uint8)
+            sidx = np.arange(nq, dtype=np.int64)
+        ns = status.shape[0]
+        nsure = np.count_nonzero(status == K.STATUS_SURE, axis=1)
+        nmaybe = np.count_nonzero(status == K.STATUS_MAYBE, axis=1)
+        resolved = np.zeros(ns, dtype=bool)
+        mode = p["mode"]
+        if mode not in ("auto", "exact", "multilevel"):
+            raise InvalidArgument(f"mode must be auto, exact or multilevel, got {mode!r}")
+        live_n = max(1, int(np.count_nonzero(live)))
+        exact = mode == "exact" or (mode == "auto" and
+                                    bool(np.all(nsure + nmaybe <= float(p["exact_below"]) * live_n)))
+        for s in range(ns):
+            if (exact or nsure[s] < k) and nmaybe[s]:
+                rows = np.flatnonzero(status[s] == K.STATUS_MAYBE)
+                hit = self.exact_rows(expr, rows)
+                status[s, rows] = np.where(hit, K.STATUS_SURE, K.STATUS_NO)
+                resolved[s] = True
+                nsure[s] += int(hit.sum())
+                nmaybe[s] = 0
+        if exact or P == 0:
+            return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved)
+        # per-partition counts of sure and maybe rows (status row x partition)
+        part_of = self.row_part.astype(np.int64)
+        sc = np.stack([np.bincount(part_of, weights=(st == K.STATUS_SURE).astype(np.float64), minlength=P)
+                       for st in status]).astype(np.int64)
+        mc = np.stack([np.bincount(part_of, weights=(st == K.STATUS_MAYBE).astype(np.float64), minlength=P)
+                       for st in status]).astype(np.int64)
+        dc = _sq_dists(qrot, self.centroids)
+        order = np.argsort(dc, axis=1, kind="stable")
+        ds = np.sqrt(np.maximum(np.take_along_axis(dc, order, axis=1), 0))
+        s_sorted = np.take_along_axis(sc[sidx], order, axis=1)
+        c_sorted = s_sorted + np.take_along_axis(mc[sidx], order, axis=1)
+        nonempty = c_sorted > 0
+        rank = np.cumsum(nonempty, axis=1) - nonempty  # rank among non-empty partitions before this one
+        want = (rank < int(p["nprobe"])) | (ds <= float(p["visit_ratio"]) * ds[:, :1])
+        if int(p["max_visit"]) > 0:
+            want &= rank < int(p["max_visit"])
+        # keep visiting until the visited sure rows reach k (so the pass returns min(k, matches) results)
+        before = np.cumsum(s_sorted, axis=1) - s_sorted
+        want |= before < k
+        visit_sorted = want & nonempty
+        visit = np.zeros((nq, P), dtype=bool)
+        np.put_along_axis(visit, order, visit_sorted, axis=1)
+        return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved)
+
+    def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
+        q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
+        t0 = time.perf_counter()
+        nq = q.shape[0]
+        D, I = self.empty(nq, k)
+        if nq == 0 or self.ntotal == 0:
+            self.last_stats = {"plan": "empty", "nq": nq}
+            return D, I
+        expr = None if filter is None else _as_expr(filter)
+        p = dict(DEFAULT_PARAMS)
+        p.update(params)
+        lv = self.level0(q, k, p, filter=expr, allowed=allowed)
+        nattr_bytes = sum(c.nbytes for c in self.codes.values()) + sum(
+            _col_nbytes(c) for c in self.columns.values() if not isinstance(c, filters.NumericColumn))
+        stats = {"plan": lv.plan, "nq": nq, "sure": int(lv.sure.sum()), "maybe": int(lv.maybe.sum()),
+                 "resolved": bool(lv.resolved.any()), "level0_bytes": int(nattr_bytes + self.centroids.nbytes)}
+        if lv.plan == "exact":
+            D, I = self._exact_scan(lv, k)
+            nm = int(lv.sure[lv.sidx].sum())
+            stats.update({"ndis": nm, "query_bytes": nm * 4 * self.d})
+        else:
+            D, I, st = self._multilevel(lv, k, p, expr)
+            stats.update(st)
+            D, I = self._fill_short(lv, D, I, k, expr, stats)
+        stats["bytes_per_query"] = (stats["level0_bytes"] + stats["query_bytes"]) / nq
+        stats["elapsed_ms"] = (time.perf_counter() - t0) * 1e3
+        self.last_stats = stats
+        return D, I
+
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """Rotated vectors of internal ``rows`` (float32 (m, d))."""
+        out = np.empty((rows.shape[0], self.d), dtype=np.float32)
+        parts = self.row_part[rows]
+        pos = self.row_pos[rows]
+        for p in np.unique(parts):
+            sel = parts == p
+            out[sel] = self.parts[p].vectors[pos[sel]]
+        return out
+
+    def _key_metric(self) -> str:
+        return "l2" if self.metric == "l2" else "ip"
+
+    def _exact_scan(self, lv: Level0, k: int):
+        nq = lv.qrot.shape[0]
+        D, I = self.empty(nq, k)
+        for s in range(lv.status.shape[0]):
+            qs = np.flatnonzero(lv.sidx == s)
+            rows = np.flatnonzero(lv.status[s] == K.STATUS_SURE)
+            if qs.size == 0 or rows.size == 0:
+                continue
+            d_, i_ = exact_search(lv.qrot[qs], self._vectors_of(rows), k, self._key_metric(),
+                                  labels=self.row_ids[rows])
+            D[qs], I[qs] = d_, i_
+        return D, I
+
+    def _multilevel(self, lv: Level0, k: int, p: dict, expr):
+        nq, P = lv.visit.shape
+        accD = np.full((nq, P * k), np.inf, dtype=np.float32)
+        accI = np.full((nq, P * k), -1, dtype=np.int64)
+        tot = {"candidates": 0, "hamming": 0, "bounds": 0, "rerank": 0, "maybe_checked": 0, "bytes": 0}
+        for pi in range(P):
+            qs = np.flatnonzero(lv.visit[:, pi])
+            part = self.parts[pi]
+            if qs.size == 0 or part.size == 0:
+                continue
+            status_p = np.ascontiguousarray(lv.status[:, part.rows])
+            d_, i_, st = part.search(lv.qrot[qs], status_p, k, p, expr=expr, sidx=lv.sidx[qs])
+            accD[qs, pi * k:(pi + 1) * k] = d_
+            accI[qs, pi * k:(pi + 1) * k] = i_
+            for key in tot:
+                tot[key] += st[key]
+        order = np.lexsort((np.where(accI < 0, np.iinfo(np.int64).max, accI), accD), axis=1)[:, :k]
+        D = np.take_along_axis(accD, order, axis=1)
+        I = np.take_along_axis(accI, order, axis=1)
+        stats = {"partitions_visited": float(lv.visit.sum() / nq), "ndis": tot["rerank"],
+                 "hamming": tot["hamming"], "bounds": tot["bounds"], "maybe_checked": tot["maybe_checked"],
+                 "query_bytes": tot["bytes"]}
+        return D, I, stats
+
+    def _fill_short(self, lv: Level0, D, I, k, expr, stats):
+        """Safety net: a query left with fewer than ``min(k, matches)`` results is answered by an exact scan."""
+        got = np.count_nonzero(I >= 0, axis=1)
+        need = np.minimum(k, lv.sure[lv.sidx])
+        short = np.flatnonzero(got < need)
+        stats["short_fixed"] = int(short.size)
+        if short.size == 0:
+            return D, I
+        status = lv.status.copy()
+        for s in np.unique(lv.sidx[short]):
+            rows = np.flatnonzero(status[s] == K.STATUS_MAYBE)
+            if rows.size:
+                status[s, rows] = np.where(self.exact_rows(expr, rows), K.STATUS_SURE, K.STATUS_NO)
+        sub = Level0(lv.qrot[short], status, lv.sidx[short], lv.visit[short], "exact", lv.sure, lv.maybe,
+                     lv.resolved)
+        D[short], I[short] = self._exact_scan(sub, k)
+        return D, I
+
+    def search_partition(self, p: int, qrot, status, k: int, params=None, *, expr=None, sidx=None):
+        """Levels 1-3 on partition ``p`` only (what a serverless processor runs); see :meth:`OSQPartition.search`.
+
+        ``status`` is over the partition's positions (``level0().status[:, index.parts[p].rows]``).
+        """
+        return self.parts[p].search(qrot, status, k, params, expr=None if expr is None else _as_expr(expr),
+                                    sidx=sidx)
+
+    def reconstruct(self, rows) -> np.ndarray:
+        """Stored (normalised for cosine) vectors of internal ``rows``: float32 (m, d)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.ascontiguousarray(self._vectors_of(rows) @ self.rotation.T)
+
+    # ------------------------------------------------------------------ persistence
+    def _meta(self) -> dict:
+        attrs = {}
+        for name, col in self.columns.items():
+            entry = {"kind": col.kind}
+            if not isinstance(col, filters.NumericColumn):
+                entry["vocab"] = list(col.vocab)
+            attrs[name] = entry
+        return {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
+                "partitions": self.nparts, "sizes": [p.size for p in self.parts],
+                "nseg": [p.book.nseg for p in self.parts], "attributes": attrs}
+
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        """Level-0 data: rotation, centroids, row maps, attribute codes (the allocator's share)."""
+        a = {"rotation": self.rotation, "centroids": self.centroids, "row_ids": self.row_ids,
+             "deleted": self.deleted, "row_part": self.row_part, "row_pos": self.row_pos}
+        for name, col in self.columns.items():
+            if isinstance(col, filters.NumericColumn):
+                a[f"attr/{name}/codes"] = self.codes[name]
+                a.update({f"attr/{k_}": v for k_, v in self.cells[name].arrays(name).items()})
+            a.update(_column_arrays(f"attr/{name}", col))
+        return a
+
+    def partition_arrays(self, p: int) -> dict[str, np.ndarray]:
+        """Partition ``p``'s arrays: one per segment, binary codes, vectors, codebook, exact attributes."""
+        part = self.parts[p]
+        pre = f"p{p:04d}"
+        a = {f"{pre}/rows": part.rows, f"{pre}/ids": part.ids, f"{pre}/binary": part.binary,
+             f"{pre}/vectors": part.vectors}
+        for s in range(part.segs.shape[0]):
+            a[f"{pre}/seg{s:04d}"] = np.ascontiguousarray(part.segs[s])
+        a.update({f"{pre}/book/{k_}": v for k_, v in part.book.arrays().items()})
+        for name, col in self.columns.items():
+            a.update(_column_arrays(f"{pre}/attr/{name}", col.take(part.rows)))
+        return a
+
+    def save(self, store, prefix: str) -> None:
+        if not self.is_trained:
+            raise InvalidArgument("cannot save an untrained OSQ index")
+        arrays = self.global_arrays()
+        for p in range(self.nparts):
+            arrays.update(self.partition_arrays(p))
+        save_arrays(store, prefix, self._meta(), arrays)
+
+    @classmethod
+    def _from_meta(cls, meta: dict) -> "OSQIndex":
+        if meta.get("kind") != cls.kind:
+            raise InvalidArgument(f"not an OSQ index: kind {meta.get('kind')!r}")
+        return cls(meta["d"], meta["metric"], **meta["settings"])
+
+    @classmethod
+    def load_level0(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":
+        """Load only the level-0 (allocator) data; partitions stay unloaded (``parts[p] is None``)."""
+        meta = load_meta(store, prefix, kind=cls.kind)
+        names = [n for n in meta["arrays"] if not _PART_RE.match(n) and not n.endswith(("/values", "/missing"))]
+        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=names)
+        index = cls._from_meta(meta)
+        index.rotation = np.array(a["rotation"])
+        index.centroids = np.array(a["centroids"])
+        index.row_ids = np.array(a["row_ids"])
+        index.deleted = np.array(a["deleted"])
+        index.row_part = np.array(a["row_part"])
+        index.row_pos = np.array(a["row_pos"])
+        for name, entry in meta["attributes"].items():
+            index.kinds[name] = entry["kind"]
+            if entry["kind"] in ("int", "float"):
+                index.codes[name] = np.array(a[f"attr/{name}/codes"])
+                index.cells[name] = NumericCells.from_arrays({k_[5:]: v for k_, v in a.items()
+                                                              if k_.startswith(f"attr/{name}.")}, name)
+                # level 0 needs only the codes of numbers; exact values are read on demand (maybe resolution)
+                index.columns[name] = None
+            else:
+                index.columns[name] = _column_from_arrays(f"attr/{name}", entry, a)
+        index.parts = [None] * int(meta["partitions"])
+        index._source = (store, prefix)
+        return index
+
+    @classmethod
+    def load_partition(cls, store, prefix: str, p: int, *, mmap: bool = False, attrs: bool = True) -> OSQPartition:
+        """Load partition ``p`` alone (a processor's share): segments, binary codes, vectors, exact attributes.
+
+        ``attrs=False`` skips the partition's exact attribute slices (the full :meth:`load` has them globally).
+        """
+        meta = load_meta(store, prefix, kind=cls.kind)
+        if not 0 <= p < int(meta["partitions"]):
+            raise InvalidArgument(f"partition {p} out of range 0..{int(meta['partitions']) - 1}")
+        pre = f"p{p:04d}/"
+        names = [n for n in meta["arrays"] if n.startswith(pre) and (attrs or not n.startswith(pre + "attr/"))]
+        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=names)
+        a = {n[len(pre):]: v for n, v in a.items()}
+        book = OSQCodebook.from_arrays({k_[5:]: v for k_, v in a.items() if k_.startswith("book/")})
+        nseg = int(meta["nseg"][p])
+        size = int(meta["sizes"][p])
+        segs = np.empty((nseg, size), dtype=np.uint8)
+        for s in range(nseg):
+            segs[s] = a[f"seg{s:04d}"]
+        columns = {name: _column_from_arrays(f"attr/{name}", entry, a)
+                   for name, entry in meta["attributes"].items()} if attrs else {}
+        return OSQPartition(p, np.array(a["rows"]), np.array(a["ids"]), book, segs, np.array(a["binary"]),
+                            a["vectors"] if mmap else np.array(a["vectors"]), meta["metric"], None, columns)
+
+    @classmethod
+    def load(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":
+        index = cls.load_level0(store, prefix, mmap=mmap)
+        meta = load_meta(store, prefix, kind=cls.kind)
+        parts = [cls.load_partition(store, prefix, p, mmap=mmap, attrs=False) for p in range(int(meta["partitions"]))]
+        for name in meta["attributes"]:
+            index._exact_column(name)
+        for part in parts:
+            part.columns = {}
+            index._bind(part)
+        index.parts = parts
+        return index
+
+    # ------------------------------------------------------------------ accounting
+    def code_bytes_per_vector(self) -> float:
+        """Index bytes per vector excluding the re-rank vectors: packed codes + binary codes + attribute codes."""
+        n = max(1, self.ntotal)
+        codes = sum(p.segs.nbytes + p.binary.nbytes for p in self.parts if p is not None)
+        attrs = sum(c.nbytes for c in self.codes.values()) + sum(
+            _col_nbytes(c) for c in self.columns.values() if c is not None and not isinstance(c, filters.NumericColumn))
+        return (codes + attrs) / n
+
+    def _all_arrays(self):
+        arrs = [self.rotation, self.centroids, self.row_ids, self.deleted, self.row_part, self.row_pos,
+                *self.codes.values()]
+        for p in self.parts:
+            if p is not None:
+                arrs += [p.rows, p.ids, p.segs, p.binary, p.vectors, *p.book.arrays().values()]
+        return arrs
+
+    def memory_bytes(self) -> int:
+        cols = sum(_col_nbytes(c) for c in self.columns.values() if c is not None)
+        cells = sum(c.inner.nbytes + c.lo.nbytes + c.hi.nbytes for c in self.cells.values())
+        return array_bytes(*self._all_arrays())[0] + cols + cells
+
+    def mapped_bytes(self) -> int:
+        return array_bytes(*self._all_arrays())[1]
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared L2 distances float32 (len(a), len(b))."""
+    d = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
+    return np.maximum(d, 0.0).astype(np.float32)
+
+
+def _as_expr(expr):
+    """Accept an AST, its JSON dict or its text form."""
+    if isinstance(expr, str):
+        return filters.parse(expr)
+    if isinstance(expr, dict):
+        return filters.from_json(expr)
+    return expr
+
+
+def _col_nbytes(col) -> int:
+    return int(col.nbytes) if col is not None else 0
+
+
+def _missing_like(col, n: int):
+    if isinstance(col, filters.NumericColumn):
+        if col.kind == "int":
+            return filters.NumericColumn(np.zeros(n, np.int64), np.ones(n, bool))
+        return filters.NumericColumn(np.full(n, np.nan))
+    if isinstance(col, filters.KeywordColumn):
+        return filters.KeywordColumn(np.full(n, -1, np.int32), col.vocab)
+    return filters.TagsColumn(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), col.vocab)
+
+
+def _merge_vocab(old, new) -> tuple[list, np.ndarray, np.ndarray]:
+    """Union vocabulary (old words keep their codes) and code maps for both columns."""
+    vocab = list(old.vocab)
+    lookup = {w: i for i, w in enumerate(vocab)}
+    for w in new.vocab:
+        if w not in lookup:
+            lookup[w] = len(vocab)
+            vocab.append(w)
+    new_map = np.array([lookup[w] for w in new.vocab], dtype=np.int32)
+    return vocab, np.arange(len(old.vocab), dtype=np.int32), new_map
+
+
+def _concat_columns(old, new):
+    if isinstance(new, filters.NumericColumn):
+        if old.kind != new.kind:
+            vals = np.concatenate([old.values.astype(np.float64), new.values.astype(np.float64)])
+            return filters.NumericColumn(vals, np.concatenate([old.missing, new.missing]))
+        return filters.NumericColumn(np.concatenate([old.values, new.values]),
+                                     np.concatenate([old.missing, new.missing]))
+    vocab, _, nmap = _merge_vocab(old, new)
+    if isinstance(new, filters.KeywordColumn):
+        codes = np.where(new.codes >= 0, nmap[np.maximum(new.codes, 0)] if nmap.size else -1, -1)
+        return filters.KeywordColumn(np.concatenate([old.codes, codes.astype(np.int32)]), vocab)
+    codes = nmap[new.codes] if new.codes.size else new.codes
+    indptr = np.concatenate([old.indptr, old.indptr[-1] + new.indptr[1:]])
+    return filters.TagsColumn(indptr, np.concatenate([old.codes, codes]).astype(np.int32), vocab)
+
+
+def _column_arrays(pre: str, col) -> dict[str, np.ndarray]:
+    if isinstance(col, filters.NumericColumn):
+        return {f"{pre}/values": col.values, f"{pre}/missing": col.missing}
+    if isinstance(col, filters.KeywordColumn):
+        return {f"{pre}/kw": col.codes}
+    return {f"{pre}/indptr": col.indptr, f"{pre}/tags": col.codes}
+
+
+def _column_from_arrays(pre: str, entry: dict, a: dict):
+    kind = entry["kind"]
+    if kind in ("int", "float"):
+        return filters.NumericColumn(np.array(a[f"{pre}/values"]), np.array(a[f"{pre}/missing"]))
+    if kind == "keyword":
+        return filters.KeywordColumn(np.array(a[f"{pre}/kw"]), entry["vocab"])
+    return filters.TagsColumn(np.array(a[f"{pre}/indptr"]), np.array(a[f"{pre}/tags"]), entry["vocab"])
+
+
+__all__ = ["OSQIndex", "OSQPartition", "Level0", "DEFAULT_PARAMS", "SETTINGS"]

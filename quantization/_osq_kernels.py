@@ -1,0 +1,411 @@
+"""numba kernels of OSQ (SQUASH): bit packing, dimension extraction, Hamming codes, balanced assignment, search levels.
+
+Layout conventions shared with :mod:`shoal.quantization.osq`:
+
+* ``segs`` uint8 ``(nseg, n)``: segment-major packed codes. Row ``r``'s bit string is the concatenation of its
+  per-dimension codes, most significant bit first; segment ``s`` holds byte ``s`` of every row's bit string.
+* Dimension ``j`` with ``bits[j] > 0`` starts at bit offset ``off[j]``; ``dim_byte[j] = off[j] // 8``,
+  ``dim_shift[j]`` is the right shift that brings its code to the low bits of the 16-bit window
+  ``segs[byte] << 8 | segs[byte + 1]``, and ``dim_two[j]`` says whether the code crosses into the next byte.
+* ``cell_lo``/``cell_hi`` float32 ``(d, 256)``: the smallest and largest member value of each cell; bounds use them, so
+  they are valid for every stored row (kept up to date on ``add``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+METRIC_L2 = 0
+METRIC_IP = 1
+
+STATUS_NO = 0
+STATUS_SURE = 1
+STATUS_MAYBE = 2
+
+
+@njit(cache=True)
+def pack_codes(codes, bits, nseg):
+    """Pack per-dimension codes MSB-first into segment-major bytes.
+
+    Parameters
+    ----------
+    codes : uint8 (n, d)
+        ``codes[r, j] < 2**bits[j]``.
+    bits : int64 (d,)
+        Bits per dimension, 0..8.
+    nseg : int
+        ``ceil(sum(bits) / 8)``.
+
+    Returns
+    -------
+    uint8 (nseg, n)
+    """
+    n, d = codes.shape
+    out = np.zeros((nseg, n), dtype=np.uint8)
+    for r in range(n):
+        pos = 0
+        for j in range(d):
+            b = bits[j]
+            c = np.int64(codes[r, j])
+            for t in range(b - 1, -1, -1):
+                if (c >> t) & 1:
+                    out[pos >> 3, r] |= np.uint8(1 << (7 - (pos & 7)))
+                pos += 1
+    return out
+
+
+@njit(cache=True)
+def extract_dim(segs, rows, byte, shift, two, mask):
+    """Codes of one dimension for ``rows`` (dimensional extraction: one or two byte columns and a shift).
+
+    Parameters
+    ----------
+    segs : uint8 (nseg, n)
+    rows : int64 (m,)
+    byte, shift, two, mask : int
+        From the dimension's layout (see module docstring).
+
+    Returns
+    -------
+    int64 (m,)
+    """
+    m = rows.shape[0]
+    out = np.empty(m, dtype=np.int64)
+    if two:
+        lo_col = segs[byte + 1]
+    else:
+        lo_col = segs[byte]
+    hi_col = segs[byte]
+    for i in range(m):
+        r = rows[i]
+        if two:
+            w = (np.int64(hi_col[r]) << 8) | np.int64(lo_col[r])
+        else:
+            w = np.int64(hi_col[r])
+        out[i] = (w >> shift) & mask
+    return out
+
+
+@njit(cache=True, inline="always")
+def _code_at(segs, r, byte, shift, two, mask):
+    if two:
+        w = (np.int64(segs[byte, r]) << 8) | np.int64(segs[byte + 1, r])
+    else:
+        w = np.int64(segs[byte, r])
+    return (w >> shift) & mask
+
+
+@njit(cache=True)
+def sign_codes(y, thresholds, nwords):
+    """Binary codes: bit ``j`` set when ``y[:, j] > thresholds[j]`` (first ``len(thresholds)`` dims).
+
+    Returns
+    -------
+    uint64 (n, nwords)
+    """
+    n = y.shape[0]
+    nb = thresholds.shape[0]
+    out = np.zeros((n, nwords), dtype=np.uint64)
+    for r in range(n):
+        for j in range(nb):
+            if y[r, j] > thresholds[j]:
+                out[r, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+    return out
+
+
+@njit(cache=True, inline="always")
+def popcount64(x):
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True)
+def hamming(codes, rows, qcode):
+    """Hamming distances between ``qcode`` uint64 (W,) and ``codes[rows]`` (uint64 (n, W)); int64 (m,)."""
+    m = rows.shape[0]
+    W = codes.shape[1]
+    out = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        r = rows[i]
+        h = 0
+        for w in range(W):
+            h += popcount64(codes[r, w] ^ qcode[w])
+        out[i] = h
+    return out
+
+
+@njit(cache=True)
+def balanced_assign(dist, capacity):
+    """Assign each row to its nearest centroid that still has room (greedy, most-confident rows first).
+
+    Parameters
+    ----------
+    dist : float32 (n, P)
+    capacity : int64 (P,)
+        Room left per centroid; ``sum(capacity) >= n``.
+
+    Returns
+    -------
+    int64 (n,)
+    """
+    n, P = dist.shape
+    room = capacity.copy()
+    best = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        b1 = np.inf
+        b2 = np.inf
+        for p in range(P):
+            v = dist[i, p]
+            if v < b1:
+                b2 = b1
+                b1 = v
+            elif v < b2:
+                b2 = v
+        # rows with the largest regret (second - first) choose first: they lose most by moving
+        best[i] = -(b2 - b1) if P > 1 else b1
+    order = np.argsort(best)
+    assign = np.full(n, -1, dtype=np.int64)
+    for t in range(n):
+        i = order[t]
+        pref = np.argsort(dist[i])
+        for u in range(P):
+            p = pref[u]
+            if room[p] > 0:
+                room[p] -= 1
+                assign[i] = p
+                break
+    return assign
+
+
+@njit(cache=True)
+def bounds_rows(segs, rows, q, bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi, metric):
+    """Per-row lower and upper bounds of the distance key between ``q`` and ``rows``, dimension by dimension.
+
+    Parameters
+    ----------
+    segs : uint8 (nseg, n)
+    rows : int64 (m,)
+    q : float32 (d,)  rotated query
+    bits, dim_byte, dim_shift, dim_two : int64 (d,)
+    cell_lo, cell_hi : float32 (d, 256)
+    metric : int  METRIC_L2 (squared L2) or METRIC_IP (negated inner product)
+
+    Returns
+    -------
+    L, U : float32 (m,)
+    """
+    m = rows.shape[0]
+    d = q.shape[0]
+    L = np.zeros(m, dtype=np.float32)
+    U = np.zeros(m, dtype=np.float32)
+    for j in range(d):
+        b = bits[j]
+        qj = q[j]
+        if b == 0:
+            lo = cell_lo[j, 0]
+            hi = cell_hi[j, 0]
+            if metric == METRIC_L2:
+                a = lo - qj
+                c = qj - hi
+                g = max(a, c, np.float32(0.0))
+                f = max(qj - lo, hi - qj)
+                gl = g * g
+                gu = f * f
+            else:
+                x1 = qj * lo
+                x2 = qj * hi
+                gl = -max(x1, x2)
+                gu = -min(x1, x2)
+            for i in range(m):
+                L[i] += gl
+                U[i] += gu
+            continue
+        byte = dim_byte[j]
+        shift = dim_shift[j]
+        two = dim_two[j]
+        mask = (1 << b) - 1
+        for i in range(m):
+            c = _code_at(segs, rows[i], byte, shift, two, mask)
+            lo = cell_lo[j, c]
+            hi = cell_hi[j, c]
+            if metric == METRIC_L2:
+                a = lo - qj
+                e = qj - hi
+                g = max(a, e, np.float32(0.0))
+                f = max(qj - lo, hi - qj)
+                L[i] += g * g
+                U[i] += f * f
+            else:
+                x1 = qj * lo
+                x2 = qj * hi
+                L[i] -= max(x1, x2)
+                U[i] -= min(x1, x2)
+    return L, U
+
+
+@njit(cache=True)
+def _slack(t):
+    return t + np.float32(1e-4) * abs(t) + np.float32(1e-5)
+
+
+@njit(cache=True)
+def levels12(status, sidx, qrot, qbin, binary, segs, bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi,
+             metric, k, keep_frac, keep_min, rerank, out_rows, counts):
+    """Levels 1 and 2 of one partition for a batch of queries: Hamming prune, then bound prune.
+
+    Parameters
+    ----------
+    status : uint8 (ns, n)
+        Per-row filter status (STATUS_NO / SURE / MAYBE); query ``i`` uses row ``sidx[i]``.
+    sidx : int64 (nq,)
+    qrot : float32 (nq, d), qbin : uint64 (nq, W)
+    binary : uint64 (n, W), segs : uint8 (nseg, n)
+    k, keep_min, rerank : int
+        Level 1 keeps the best rows by Hamming distance until ``max(keep_frac * candidates, keep_min)`` *sure* rows
+        are kept (maybe rows ride along, since they may fail the exact re-check); level 2 drops rows whose lower
+        bound exceeds the k-th smallest upper bound of a sure row, then keeps rows in lower-bound order until
+        ``rerank`` sure rows are kept.
+    out_rows : int64 (nq, cap)
+        Survivors (partition positions), padded with -1.
+    counts : int64 (nq, 4)
+        Filled with ``(candidates, level-1 kept, level-2 survivors, survivors written)``.
+    """
+    nq = qrot.shape[0]
+    n = binary.shape[0]
+    W = binary.shape[1]
+    cap = out_rows.shape[1]
+    maxh = 64 * W + 1
+    cand = np.empty(n, dtype=np.int64)
+    ham = np.empty(n, dtype=np.int64)
+    for qi in range(nq):
+        st = status[sidx[qi]]
+        # ---- level 1: Hamming over candidates, histogram threshold on sure rows
+        nc = 0
+        nsure = 0
+        for r in range(n):
+            s = st[r]
+            if s != STATUS_NO:
+                cand[nc] = r
+                nc += 1
+                if s == STATUS_SURE:
+                    nsure += 1
+        for w in range(out_rows.shape[1]):
+            out_rows[qi, w] = -1
+        counts[qi, 0] = nc
+        if nc == 0:
+            counts[qi, 1] = 0
+            counts[qi, 2] = 0
+            counts[qi, 3] = 0
+            continue
+        qc = qbin[qi]
+        hist = np.zeros(maxh, dtype=np.int64)
+        for t in range(nc):
+            r = cand[t]
+            h = 0
+            for w in range(W):
+                h += popcount64(binary[r, w] ^ qc[w])
+            ham[t] = h
+            if st[r] == STATUS_SURE:
+                hist[h] += 1
+        target = max(int(np.ceil(keep_frac * nc)), keep_min)
+        hcut = maxh
+        if nsure > target:
+            acc = 0
+            for h in range(maxh):
+                acc += hist[h]
+                if acc >= target:
+                    hcut = h
+                    break
+        m = 0
+        for t in range(nc):
+            if ham[t] <= hcut:
+                cand[m] = cand[t]
+                m += 1
+        counts[qi, 1] = m
+        kept = cand[:m]
+        # ---- level 2: bounds from the segments
+        L, U = bounds_rows(segs, kept, qrot[qi], bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi, metric)
+        tau = np.float32(np.inf)
+        ns_k = 0
+        for t in range(m):
+            if st[kept[t]] == STATUS_SURE:
+                ns_k += 1
+        if ns_k >= k:
+            us = np.empty(ns_k, dtype=np.float32)
+            u = 0
+            for t in range(m):
+                if st[kept[t]] == STATUS_SURE:
+                    us[u] = U[t]
+                    u += 1
+            us.sort()
+            tau = _slack(us[k - 1])
+        order = np.argsort(L)
+        taken = 0
+        sure_taken = 0
+        alive = 0
+        for t in range(m):
+            o = order[t]
+            if L[o] > tau:
+                break
+            alive += 1
+            if sure_taken >= rerank or taken >= cap:
+                continue
+            r = kept[o]
+            out_rows[qi, taken] = r
+            taken += 1
+            if st[r] == STATUS_SURE:
+                sure_taken += 1
+        counts[qi, 2] = alive
+        counts[qi, 3] = taken
+
+
+@njit(cache=True)
+def level3(rows_in, ok, qrot, vectors, metric, k, out_d, out_r):
+    """Level 3: exact distance keys of the survivors that passed the exact re-check, top ``k`` per query.
+
+    Parameters
+    ----------
+    rows_in : int64 (nq, cap)  survivors, -1 padded
+    ok : bool (nq, cap)  survivor passed the exact predicate re-check
+    qrot : float32 (nq, d), vectors : float32 (n, d)
+    out_d : float32 (nq, k)  (filled, +inf padded), out_r : int64 (nq, k)  partition positions, -1 padded
+    """
+    nq, cap = rows_in.shape
+    d = qrot.shape[1]
+    keys = np.empty(cap, dtype=np.float32)
+    for qi in range(nq):
+        m = 0
+        for t in range(cap):
+            r = rows_in[qi, t]
+            if r < 0:
+                break
+            if not ok[qi, t]:
+                keys[t] = np.inf
+                continue
+            acc = np.float32(0.0)
+            if metric == METRIC_L2:
+                for j in range(d):
+                    diff = qrot[qi, j] - vectors[r, j]
+                    acc += diff * diff
+            else:
+                for j in range(d):
+                    acc -= qrot[qi, j] * vectors[r, j]
+            keys[t] = acc
+            m = t + 1
+        for t in range(k):
+            out_d[qi, t] = np.inf
+            out_r[qi, t] = -1
+        if m == 0:
+            continue
+        order = np.argsort(keys[:m], kind="mergesort")
+        w = 0
+        for t in range(m):
+            o = order[t]
+            if not np.isfinite(keys[o]) or w >= k:
+                break
+            out_d[qi, w] = keys[o]
+            out_r[qi, w] = rows_in[qi, o]
+            w += 1
