@@ -221,7 +221,7 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "filter", "tenant", "params", "attributes", "all_attributes")
+    __slots__ = ("collection", "queries", "k", "filter", "tenant", "params", "attributes", "all_attributes", "dim")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class SearchRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     ALL_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: bytes
     k: int
@@ -245,7 +246,8 @@ class SearchRequest(_message.Message):
     params: _containers.MessageMap[str, ParamValue]
     attributes: _containers.RepeatedScalarFieldContainer[str]
     all_attributes: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[bytes] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., tenant: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., attributes: _Optional[_Iterable[str]] = ..., all_attributes: _Optional[bool] = ...) -> None: ...
+    dim: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[bytes] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., tenant: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., attributes: _Optional[_Iterable[str]] = ..., all_attributes: _Optional[bool] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class SearchStats(_message.Message):
     __slots__ = ("plan", "ndis", "nscanned", "elapsed_ms")

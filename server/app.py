@@ -1,0 +1,211 @@
+"""``shoal serve``: the gRPC server process.
+
+Start-up order matters to callers: the port is bound and ``grpc.health.v1`` answers NOT_SERVING first, then the server
+takes the data directory's lock (waiting while another shoal server still holds it, e.g. one draining after SIGTERM),
+loads every collection, and only then reports SERVING; data calls made before that get UNAVAILABLE, which the client
+retries. SIGTERM or SIGINT: health goes NOT_SERVING, new calls are refused, in-flight calls get ``--grace`` seconds to
+finish, background builds likewise, then the database is closed (flushed) and the process exits 0.
+
+Safe default: without API keys the server binds loopback only and says so; binding another address without keys
+refuses to start unless ``--insecure`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..errors import ShoalError
+from .auth import KeyRing
+from .servicer import SERVICE_NAMES, ServerState, add_services
+
+log = logging.getLogger("shoal.server")
+
+DEFAULT_PORT = 50051
+LOCK_NAME = ".shoal-serve.lock"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``serve`` options (shared by ``shoal serve`` and ``python -m shoal.server.app``)."""
+    p.add_argument("--data", required=True, help="database directory (created if missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 = any free port; see --port-file)")
+    p.add_argument("--port-file", default=None, help="write the bound port to this file once listening")
+    p.add_argument("--workers", type=int, default=8, help="threads serving calls (default 8)")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request or response (default 64 MiB)")
+    p.add_argument("--keys", default=None, help="JSON file of hashed API keys (see shoal.server.auth); "
+                                                 "$SHOAL_API_KEYS adds plain keys KEY:ROLE[:TENANT],...")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS (needs --tls-key)")
+    p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _say(msg: str) -> None:
+    print(f"shoal serve: {msg}", file=sys.stderr, flush=True)
+
+
+def _write_port_file(path: str, port: int) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    Path(tmp).write_text(f"{port}\n")
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def _lock_data_dir(data: str, stop: threading.Event) -> int | None:
+    """Hold an exclusive lock on the data directory, waiting while another server holds it; None if stopped."""
+    os.makedirs(data, exist_ok=True)
+    fd = os.open(os.path.join(data, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    said = False
+    while not stop.is_set():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if not said:
+                _say(f"waiting for another shoal server using {data} to exit")
+                said = True
+            stop.wait(0.1)
+    os.close(fd)
+    return None
+
+
+def _open_database(data: str):
+    from ..engine import Database
+
+    db = Database(data)
+    names = list(db.list_collections())
+    for name in names:  # open every collection now (WAL replay, index load) so the first call does not pay for it
+        db.collection(name)
+    return db, names
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit status."""
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        keys = KeyRing.load(args.keys)
+    except ShoalError as exc:
+        _say(f"error: {exc}")
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        _say("error: --tls-cert and --tls-key go together")
+        return 2
+    if not len(keys):
+        if not is_loopback(args.host) and not args.insecure:
+            _say(f"refusing to serve {args.host} without API keys: configure --keys or $SHOAL_API_KEYS, "
+                 "or pass --insecure to accept unauthenticated access from the network")
+            return 2
+        _say("no API keys configured: every caller is admin" +
+             ("" if not is_loopback(args.host) else " (loopback only)"))
+    elif not args.tls_cert and not is_loopback(args.host):
+        _say("warning: API keys will cross the network in clear text; serve TLS with --tls-cert/--tls-key")
+
+    max_bytes = int(args.max_message_mb * (1 << 20))
+    pool = futures.ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="shoal-rpc")
+    server = grpc.server(pool, options=[("grpc.max_receive_message_length", max_bytes),
+                                        ("grpc.max_send_message_length", max_bytes),
+                                        ("grpc.so_reuseport", 0)])
+    state = ServerState(keys=keys)
+    add_services(server, state)
+    # health answers from its own small pool so probes are never stuck behind busy workers
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True, experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("",) + SERVICE_NAMES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    try:
+        if args.tls_cert:
+            creds = grpc.ssl_server_credentials([(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())])
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except (RuntimeError, OSError) as exc:
+        _say(f"error: cannot bind {address}: {exc}")
+        return 2
+    if not port:
+        _say(f"error: cannot bind {address}")
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    if args.port_file:
+        _write_port_file(args.port_file, port)
+    _say(f"listening on {args.host}:{port} ({'TLS' if args.tls_cert else 'plaintext'}); loading {args.data}")
+
+    lock_fd = _lock_data_dir(args.data, stop)
+    db = None
+    status = 0
+    try:
+        if lock_fd is not None:
+            t0 = time.perf_counter()
+            try:
+                db, names = _open_database(args.data)
+            except Exception as exc:  # noqa: BLE001 - a start-up failure ends the process with a message
+                log.exception("cannot load %s", args.data)
+                _say(f"error: cannot load {args.data}: {exc}")
+                stop.set()
+                status = 1
+            else:
+                state.db = db
+                state.ready.set()
+                for name in ("",) + SERVICE_NAMES:
+                    health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+                _say(f"serving {len(names)} collection(s) after {time.perf_counter() - t0:.2f}s")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        _say("shutting down: refusing new calls, draining")
+        health_servicer.enter_graceful_shutdown()
+        state.shutting_down = True
+        server.stop(args.grace).wait()
+        if not state.operations.join(args.grace):
+            _say("warning: a background operation was still running at exit")
+        if db is not None:
+            db.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        _say("stopped")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="shoal serve", description="Serve shoal over gRPC."))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
