@@ -3,11 +3,12 @@
 from .errors import (AlreadyExists, DimensionMismatch, FailedPrecondition, InvalidArgument, NotFound,
                      PermissionDenied, ShoalError)
 from .index import FlatIndex, Index, describe, index_factory, load_index, merge_topk
+from .engine import Collection, Database
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Index", "FlatIndex", "index_factory", "describe", "load_index", "merge_topk",
+    "Database", "Collection", "Index", "FlatIndex", "index_factory", "describe", "load_index", "merge_topk",
     "ShoalError", "InvalidArgument", "DimensionMismatch", "NotFound", "AlreadyExists", "PermissionDenied",
     "FailedPrecondition",
 ]

@@ -1,0 +1,85 @@
+"""Typed, frozen search results (user-facing scores, not distance keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """How a search was answered.
+
+    Attributes
+    ----------
+    plan : str
+        e.g. ``"index(Flat)+tail"``, ``"tail"``, ``"exact(filter)"``: which parts were searched and how.
+    ndis : int
+        Distance computations the engine knows of (exact parts; the index's own count when it reports one).
+    nscanned : int
+        Rows considered (tail rows + index rows eligible for the queries), summed over queries.
+    elapsed_ms : float
+    """
+
+    plan: str
+    ndis: int
+    nscanned: int
+    elapsed_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan, "ndis": self.ndis, "nscanned": self.nscanned, "elapsed_ms": self.elapsed_ms}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Results of a batch of queries.
+
+    Attributes
+    ----------
+    ids : int64 (nq, k)
+        ``-1`` pads rows with fewer than k matches.
+    scores : float32 (nq, k)
+        ``score_kind == "distance"`` (metric l2): Euclidean distance, smaller is better, padding ``+inf``;
+        ``score_kind == "similarity"`` (ip, cosine): inner product / cosine similarity, larger is better,
+        padding ``-inf``.
+    score_kind : {"distance", "similarity"}
+    stats : SearchStats
+    attrs : list of list of dict, or None
+        With ``include_attrs=True``: the attributes of each result (``{}`` for padding).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    score_kind: str
+    stats: SearchStats
+    attrs: list[list[dict[str, Any]]] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to_list(self) -> list[list[dict[str, Any]]]:
+        """Per query, the non-padding results as ``{"id", "score"[, "attrs"]}`` dicts."""
+        out = []
+        for qi in range(self.ids.shape[0]):
+            row = []
+            for j in range(self.ids.shape[1]):
+                uid = int(self.ids[qi, j])
+                if uid < 0:
+                    continue
+                item = {"id": uid, "score": float(self.scores[qi, j])}
+                if self.attrs is not None:
+                    item["attrs"] = self.attrs[qi][j]
+                row.append(item)
+            out.append(row)
+        return out
+
+
+def keys_to_scores(D: np.ndarray, metric: str) -> tuple[np.ndarray, str]:
+    """Convert distance keys (smaller is better) to user-facing scores."""
+    D = np.asarray(D, dtype=np.float32)
+    if metric == "l2":
+        return np.sqrt(np.maximum(D, 0.0)).astype(np.float32), "distance"
+    with np.errstate(invalid="ignore"):
+        return (-D).astype(np.float32), "similarity"
