@@ -30,6 +30,7 @@ __all__ = [
 TYPES = ("int", "float", "keyword", "tags")
 COMPARE_OPS = ("=", "!=", "<", "<=", ">", ">=")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+MAX_DEPTH = 100  # nesting limit for text, JSON and checked ASTs (keeps recursion far from Python's limit)
 _KEYWORDS = ("and", "or", "not", "in", "between", "contains", "any", "all", "true", "false")
 
 
@@ -402,6 +403,12 @@ class _Parser:
         self.toks = _tokenize(text)
         self.i = 0
         self.parens: list[int] = []
+        self.depth = 0
+
+    def nest(self, tok: _Tok) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail(f"filter nested too deeply (more than {MAX_DEPTH} levels)", tok)
 
     def peek(self, k: int = 0) -> _Tok:
         return self.toks[min(self.i + k, len(self.toks) - 1)]
@@ -458,14 +465,16 @@ class _Parser:
 
     def not_expr(self) -> Expr:
         if self.is_kw("not"):
-            self.next()
-            return Not(self.not_expr())
+            self.nest(self.next())
+            e = Not(self.not_expr())
+            self.depth -= 1
+            return e
         return self.primary()
 
     def primary(self) -> Expr:
         t = self.peek()
         if t.kind == "(":
-            self.next()
+            self.nest(self.next())
             self.parens.append(t.pos)
             if self.peek().kind == ")":
                 self.fail("empty parentheses", self.peek(), "put a predicate inside, e.g. (price < 10)")
@@ -478,6 +487,7 @@ class _Parser:
                 self.fail_connective(close)
             self.next()
             self.parens.pop()
+            self.depth -= 1
             return e
         if t.kind == "ident":
             return self.predicate()
@@ -651,6 +661,15 @@ def check(expr: Expr, schema: Mapping[str, str] | None = None) -> Expr:
     """Type-check ``expr`` (against ``schema`` {name: "int"|"float"|"keyword"|"tags"} if given); return it."""
     if schema is not None:
         _check_schema(schema)
+    stack = [(expr, 0)]
+    while stack:
+        e, d = stack.pop()
+        if d > MAX_DEPTH:
+            raise FilterSyntaxError(f"filter nested too deeply (more than {MAX_DEPTH} levels)")
+        if isinstance(e, (And, Or)):
+            stack.extend((a, d + 1) for a in e.args)
+        elif isinstance(e, Not):
+            stack.append((e.arg, d + 1))
     for p in leaf_predicates(expr):
         _check_pred(p, schema)
     return expr
@@ -710,10 +729,12 @@ _JSON_KEYS = {**{op: ("attr", "value") for op in COMPARE_OPS}, "in": ("attr", "v
               "and": ("args",), "or": ("args",), "not": ("arg",)}
 
 
-def _from_json(obj: Any, path: str) -> Expr:
+def _from_json(obj: Any, path: str, depth: int = 0) -> Expr:
     def bad(msg: str):
         raise FilterSyntaxError(f"invalid filter JSON at {path}: {msg}")
 
+    if depth > MAX_DEPTH:
+        bad(f"filter nested too deeply (more than {MAX_DEPTH} levels)")
     if not isinstance(obj, Mapping):
         bad(f"expected an object with an 'op' key, got {type(obj).__name__}")
     op = obj.get("op")
@@ -729,10 +750,10 @@ def _from_json(obj: Any, path: str) -> Expr:
             args = obj["args"]
             if not isinstance(args, list) or not args:
                 bad(f"'args' must be a non-empty list, got {args!r}")
-            parts = tuple(_from_json(a, f"{path}.args[{i}]") for i, a in enumerate(args))
+            parts = tuple(_from_json(a, f"{path}.args[{i}]", depth + 1) for i, a in enumerate(args))
             return And(parts) if op == "and" else Or(parts)
         if op == "not":
-            return Not(_from_json(obj["arg"], f"{path}.arg"))
+            return Not(_from_json(obj["arg"], f"{path}.arg", depth + 1))
         if op in ("in", "not in"):
             if not isinstance(obj["values"], list):
                 bad(f"'values' must be a list, got {obj['values']!r}")

@@ -465,3 +465,17 @@ def test_vectorised_speed_smoke():
     has3[cols["t"].row_of_entry[cols["t"].codes == 3]] = True
     want = ((p < 0.5) | np.isin(k, [1, 2, 3])) & ~has3 & (p >= 0.1) & (p <= 0.9)
     assert (m == want).all()
+
+
+def test_nesting_limit():
+    assert F.parse("not " * 50 + "(" * 50 + "a = 1" + ")" * 50) is not None
+    for text in ["not " * 500 + "a = 1", "(" * 500 + "a = 1" + ")" * 500]:
+        with pytest.raises(F.FilterSyntaxError, match="nested too deeply"):
+            F.parse(text)
+    obj, e = {"op": "=", "attr": "a", "value": 1}, Compare("a", "=", 1)
+    for _ in range(500):
+        obj, e = {"op": "not", "arg": obj}, Not(e)
+    with pytest.raises(F.FilterSyntaxError, match="nested too deeply"):
+        F.from_json(obj)
+    with pytest.raises(F.FilterSyntaxError, match="nested too deeply"):
+        F.evaluate(e, {"a": F.NumericColumn([1.0])}, 1)
