@@ -1206,8 +1206,11 @@ def interval_predicate(pred: Predicate, lo, hi, missing=None) -> tuple[np.ndarra
         raise FilterTypeError(f"{pred.attr!r}: interval bounds apply to numeric predicates only",
                               attribute=pred.attr)
 
-    def point(v):
-        v = float(v)  # rounding is harmless: comparisons below keep a margin of one ulp
+    def point(value):
+        v = float(value)
+        if v == value:
+            return v, v, v
+        # a large int rounded to float64: keep a margin of one ulp either side so bounds stay conservative
         return np.nextafter(v, -np.inf), v, np.nextafter(v, np.inf)
 
     def eq(value):
