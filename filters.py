@@ -89,22 +89,34 @@ def _check_attr(attr: Any) -> None:
         raise FilterSyntaxError(f"attribute name must be a non-empty string, got {attr!r}")
 
 
-def _check_value(v: Any) -> None:
-    if isinstance(v, bool) or isinstance(v, str):
-        return
+def _value(v: Any) -> Value:
+    """``v`` as a plain Python bool/int/float/str (numpy scalars converted), or FilterSyntaxError."""
+    if isinstance(v, (np.generic, str)) and not isinstance(v, (np.object_, np.void)):
+        v = str(v) if isinstance(v, str) else v.item()
+    if isinstance(v, (bool, str)):
+        return v
     if isinstance(v, int):
         if not _INT64_MIN <= v <= _INT64_MAX:
             raise FilterSyntaxError(f"integer {v} is outside the int64 range")
-        return
+        return int(v)
     if isinstance(v, float):
         if not math.isfinite(v):
             raise FilterSyntaxError(f"number {v!r} is not finite")
-        return
+        return float(v)
     raise FilterSyntaxError(f"a value must be a string, number or boolean, got {type(v).__name__} {v!r}")
 
 
+class _Node:
+    """Base of the AST node classes: ``str(node)`` is its filter text."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return to_text(self)
+
+
 @dataclass(frozen=True)
-class Compare:
+class Compare(_Node):
     """``attr op value``; ``op`` in ``=, !=, <, <=, >, >=``."""
 
     attr: str
@@ -115,11 +127,11 @@ class Compare:
         _check_attr(self.attr)
         if self.op not in COMPARE_OPS:
             raise FilterSyntaxError(f"unknown comparison {self.op!r}; expected one of {', '.join(COMPARE_OPS)}")
-        _check_value(self.value)
+        object.__setattr__(self, "value", _value(self.value))
 
 
 @dataclass(frozen=True)
-class In:
+class In(_Node):
     """``attr in (values...)``, or ``attr not in (values...)`` when ``negated`` (false where ``attr`` is missing)."""
 
     attr: str
@@ -130,17 +142,17 @@ class In:
         _check_attr(self.attr)
         if isinstance(self.values, (str, bytes)) or not isinstance(self.values, Iterable):
             raise FilterSyntaxError(f"'in' needs a list of values, got {self.values!r}")
-        object.__setattr__(self, "values", tuple(self.values))
+        object.__setattr__(self, "values", tuple(_value(v) for v in self.values))
         if not self.values:
             raise FilterSyntaxError("'in' needs at least one value")
-        for v in self.values:
-            _check_value(v)
+        if isinstance(self.negated, np.bool_):
+            object.__setattr__(self, "negated", bool(self.negated))
         if not isinstance(self.negated, bool):
             raise FilterSyntaxError(f"'negated' must be a boolean, got {self.negated!r}")
 
 
 @dataclass(frozen=True)
-class Between:
+class Between(_Node):
     """``attr between low and high`` (both ends inclusive)."""
 
     attr: str
@@ -149,12 +161,12 @@ class Between:
 
     def __post_init__(self):
         _check_attr(self.attr)
-        _check_value(self.low)
-        _check_value(self.high)
+        object.__setattr__(self, "low", _value(self.low))
+        object.__setattr__(self, "high", _value(self.high))
 
 
 @dataclass(frozen=True)
-class Contains:
+class Contains(_Node):
     """``attr contains value`` for a tags attribute: the row's tag set holds ``value``."""
 
     attr: str
@@ -162,7 +174,7 @@ class Contains:
 
     def __post_init__(self):
         _check_attr(self.attr)
-        _check_value(self.value)
+        object.__setattr__(self, "value", _value(self.value))
 
 
 def _check_args(name: str, args: Any) -> tuple:
@@ -178,7 +190,7 @@ def _check_args(name: str, args: Any) -> tuple:
 
 
 @dataclass(frozen=True)
-class And:
+class And(_Node):
     args: tuple
 
     def __post_init__(self):
@@ -186,7 +198,7 @@ class And:
 
 
 @dataclass(frozen=True)
-class Or:
+class Or(_Node):
     args: tuple
 
     def __post_init__(self):
@@ -194,7 +206,7 @@ class Or:
 
 
 @dataclass(frozen=True)
-class Not:
+class Not(_Node):
     arg: Any
 
     def __post_init__(self):

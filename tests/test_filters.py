@@ -479,3 +479,34 @@ def test_nesting_limit():
         F.from_json(obj)
     with pytest.raises(F.FilterSyntaxError, match="nested too deeply"):
         F.evaluate(e, {"a": F.NumericColumn([1.0])}, 1)
+
+
+def test_ast_construction_normalises_and_validates():
+    e = In("x", np.array([1, 2]), np.bool_(True))
+    assert e.values == (1, 2) and all(type(v) is int for v in e.values) and e.negated is True
+    assert type(Compare("x", "<", np.float32(0.5)).value) is float
+    assert type(Contains("t", np.str_("a")).value) is str
+    assert str(e) == "x not in (1, 2)" and str(And((e, Not(Contains("t", "a"))))) == \
+        'x not in (1, 2) and not t contains "a"'
+    for bad in [lambda: Compare("x", "~", 1), lambda: Compare("", "=", 1), lambda: Compare("x", "=", None),
+                lambda: In("x", "abc"), lambda: In("x", ()), lambda: And(()), lambda: Or((1,)),
+                lambda: Not("x = 1"), lambda: Between("x", 1, float("inf"))]:
+        with pytest.raises(F.FilterSyntaxError):
+            bad()
+    assert F.compile(None) is None
+    with pytest.raises(F.FilterSyntaxError):
+        F.compile(42)
+    with pytest.raises(F.FilterSyntaxError, match="invalid JSON"):
+        F.compile('{"op": ')
+    with pytest.raises(F.FilterTypeError, match="known: a"):
+        F.compile(Compare("b", "=", 1), {"a": "int"})
+
+
+def test_interval_predicate_nan_and_missing():
+    lo, hi = np.array([0.0, np.nan, 0.0, 1.0]), np.array([1.0, np.nan, 1.0, 1.0])
+    s, m = F.interval_predicate(Compare("x", "!=", 5), lo, hi, np.array([False, False, True, False]))
+    assert s.tolist() == [True, False, False, True] and not m.any()
+    s, m = F.interval_predicate(In("x", (1,), negated=True), lo, hi)
+    assert s.tolist() == [False, False, False, False] and m.tolist() == [True, False, True, False]
+    with pytest.raises(F.FilterTypeError):
+        F.interval_predicate(Contains("x", "a"), lo, hi)
