@@ -866,6 +866,7 @@ class NumericColumn:
                 raise ValueError(f"NumericColumn missing mask shape {m.shape} != values shape {v.shape}")
             miss = miss | m
         self.missing = miss
+        self._any_missing = bool(miss.any())
 
     def __len__(self) -> int:
         return len(self.values)
@@ -890,13 +891,17 @@ class NumericColumn:
 
 class _Vocab:
     def _init_vocab(self, vocab) -> None:
-        self.vocab = [str(w) for w in vocab]
-        self._lookup = {w: i for i, w in enumerate(self.vocab)}
-        if len(self._lookup) != len(self.vocab):
-            raise ValueError("vocabulary has duplicate words")
+        # kept as given (no copy): columns are cheap to wrap around an engine's arrays for each query
+        self.vocab = vocab if isinstance(vocab, list) else list(vocab)
+        self._lookup: dict[str, int] | None = None
 
     def code_of(self, word: str) -> int:
-        """The code of ``word``, or -1 if it is not in the vocabulary."""
+        """The code of ``word``, or -1 if it is not in the vocabulary (word -> code map built on first use)."""
+        if self._lookup is None:
+            lookup = {w: i for i, w in enumerate(self.vocab)}
+            if len(lookup) != len(self.vocab):
+                raise ValueError(f"{type(self).__name__}: the vocabulary has duplicate words")
+            self._lookup = lookup
         return self._lookup.get(word, -1)
 
 
@@ -1042,7 +1047,7 @@ def _numeric_cmp(col: NumericColumn, op: str, v: Value) -> np.ndarray:
             m = np.full(n, everything, dtype=bool)
         else:
             m = _OPS[op](x, np.int64(v))
-    return m & ~col.missing if col.missing.any() else m
+    return m & ~col.missing if col._any_missing else m
 
 
 def _exact_numbers(col: NumericColumn, values: tuple) -> np.ndarray:

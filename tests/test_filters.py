@@ -157,7 +157,7 @@ def test_missing_attribute_and_bad_columns():
     with pytest.raises(ValueError):
         F.TagsColumn([0, 2], [0], ["x"])
     with pytest.raises(ValueError, match="duplicate"):
-        F.KeywordColumn([0], ["x", "x"])
+        F.evaluate(F.parse('k = "x"'), {"k": F.KeywordColumn([0], ["x", "x"])}, 1)
 
 
 def test_column_take():
