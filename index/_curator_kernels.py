@@ -1,0 +1,713 @@
+"""numba kernels of the Curator index: hash tables, slab pools, Bloom filters, shortlist updates and search.
+
+Every structure is a handful of flat numpy arrays, so one query's whole traversal and scan runs inside one compiled
+call (see ``docs/curator.md`` for the layout). The update kernels work pair by pair and stop *before* a pair when a
+structure lacks the room a pair may need in the worst case, returning a code; the Python side grows that structure and
+calls again from the same pair, so a pair is never half applied.
+
+State tuples (passed as tuples of arrays so signatures stay short):
+
+``tree``  = (cent f32 (N, d), var f32 (N,), child_lo i32 (N,), child_hi i32 (N,), parent i32 (N,),
+             depth i32 (N,), bidx i32 (N,) (row of the node's Bloom filter, -1 for leaves), bloom u8 (B, nbytes))
+``sl``    = (start i64 (S,), length i32 (S,), cap i32 (S,), node i32 (S,), tenant i32 (S,), pool i32 (P,),
+             free i32 (S,), keys i64 (H,), vals i32 (H,), meta i64 (8,))
+``acc``   = (start i64 (R,), length i32 (R,), cap i32 (R,), pool i32 (Q,), meta i64 (2,))
+``ten``   = (count i64 (T,), nsl i64 (T,))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EMPTY = -1
+TOMB = -2
+
+# sl meta slots
+M_USED, M_GARB, M_HW, M_NFREE, M_HCOUNT, M_HTOMB, M_MAXLEN = 0, 1, 2, 3, 4, 5, 6
+
+# codes returned by the update kernels when a structure needs room
+OK, NEED_SL_POOL, NEED_SLOTS, NEED_HASH, NEED_ACC_POOL, CORRUPT = 0, 1, 2, 3, 4, 5
+
+MAX_DEPTH = 64
+
+
+# ---------------------------------------------------------------------------------------------------- hashing
+@njit(inline="always")
+def _mix(key):
+    """splitmix64-style finaliser in unsigned arithmetic (signed overflow would be undefined for the compiler).
+
+    Returns a non-negative int64.
+    """
+    x = np.uint64(key)
+    x = (x ^ (x >> np.uint64(31))) * np.uint64(0x7FB5D329728EA185)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x81DADEF4BC2DD44D)
+    x = x ^ (x >> np.uint64(33))
+    return np.int64(x >> np.uint64(1))
+
+
+@njit(inline="always")
+def _nt_key(node, tenant):
+    return np.int64(node) * 2147483648 + np.int64(tenant)
+
+
+@njit(cache=True)
+def ht_find(keys, key):
+    """Position of ``key`` in an open-addressing table ``keys`` int64 (H,) (H a power of two), or -1."""
+    mask = keys.shape[0] - 1
+    i = _mix(key) & mask
+    while True:
+        k = keys[i]
+        if k == key:
+            return i
+        if k == EMPTY:
+            return -1
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def ht_put(keys, vals, meta, ci, ti, key, val):
+    """Insert or overwrite ``key -> val``; ``meta[ci]`` counts entries, ``meta[ti]`` tombstones.
+
+    The value is written before the key so a reader never sees a key paired with a stale value.
+    """
+    mask = keys.shape[0] - 1
+    i = _mix(key) & mask
+    tomb = -1
+    while True:
+        k = keys[i]
+        if k == key:
+            vals[i] = val
+            return
+        if k == EMPTY:
+            break
+        if k == TOMB and tomb < 0:
+            tomb = i
+        i = (i + 1) & mask
+    if tomb >= 0:
+        i = tomb
+        meta[ti] -= 1
+    vals[i] = val
+    keys[i] = key
+    meta[ci] += 1
+
+
+@njit(cache=True)
+def ht_del(keys, meta, ci, ti, key):
+    pos = ht_find(keys, key)
+    if pos >= 0:
+        keys[pos] = TOMB
+        meta[ci] -= 1
+        meta[ti] += 1
+    return pos
+
+
+@njit(cache=True)
+def ht_rehash(keys, vals, new_cap):
+    """Copy live entries into fresh tables of ``new_cap`` (a power of two); returns (keys, vals, count)."""
+    nk = np.full(new_cap, EMPTY, dtype=np.int64)
+    nv = np.zeros(new_cap, dtype=vals.dtype)
+    meta = np.zeros(2, dtype=np.int64)
+    for i in range(keys.shape[0]):
+        if keys[i] >= 0:
+            ht_put(nk, nv, meta, 0, 1, keys[i], vals[i])
+    return nk, nv, meta[0]
+
+
+@njit(cache=True)
+def ids_lookup(keys, vals, ids):
+    """Rows of user ``ids`` int64 (n,) in the id table; -1 where absent."""
+    out = np.full(ids.shape[0], -1, dtype=np.int64)
+    for j in range(ids.shape[0]):
+        p = ht_find(keys, ids[j])
+        if p >= 0:
+            out[j] = vals[p]
+    return out
+
+
+@njit(cache=True)
+def ids_insert(keys, vals, meta, ids, rows):
+    for j in range(ids.shape[0]):
+        ht_put(keys, vals, meta, 0, 1, ids[j], rows[j])
+
+
+@njit(cache=True)
+def ids_delete(keys, meta, ids):
+    for j in range(ids.shape[0]):
+        ht_del(keys, meta, 0, 1, ids[j])
+
+
+# ---------------------------------------------------------------------------------------------------- slab pools
+@njit(inline="always")
+def _pool_push(start, length, cap, pool, meta, slot, value):
+    """Append ``value`` to segment ``slot``, relocating it to the pool's end when full. False if the pool is full."""
+    n = length[slot]
+    if n == cap[slot]:
+        newcap = n + n // 2 + 2
+        s = meta[0]
+        if s + newcap > pool.shape[0]:
+            return False
+        old = start[slot]
+        for j in range(n):
+            pool[s + j] = pool[old + j]
+        meta[0] = s + newcap
+        meta[1] += cap[slot]
+        start[slot] = s
+        cap[slot] = newcap
+    pool[start[slot] + n] = value
+    length[slot] = n + 1
+    return True
+
+
+@njit(inline="always")
+def _pool_remove(start, length, pool, slot, value):
+    """Swap-remove ``value`` from segment ``slot``; True if it was there."""
+    s = start[slot]
+    n = length[slot]
+    for j in range(n):
+        if pool[s + j] == value:
+            pool[s + j] = pool[s + n - 1]
+            length[slot] = n - 1
+            return True
+    return False
+
+
+@njit(inline="always")
+def _pool_has(start, length, pool, slot, value):
+    s = start[slot]
+    for j in range(length[slot]):
+        if pool[s + j] == value:
+            return True
+    return False
+
+
+@njit(cache=True)
+def pool_compact(start, length, cap, pool, nslots, new_size):
+    """Copy the live segments of ``pool`` into a fresh int32 array of ``new_size``, each with capacity = length.
+
+    Returns ``(new_pool, used)``; ``start`` and ``cap`` are updated in place.
+    """
+    out = np.empty(new_size, dtype=np.int32)
+    pos = 0
+    for s in range(nslots):
+        n = length[s]
+        if cap[s] == 0 and n == 0:
+            continue
+        old = start[s]
+        for j in range(n):
+            out[pos + j] = pool[old + j]
+        start[s] = pos
+        cap[s] = n
+        pos += n
+    return out, pos
+
+
+# ---------------------------------------------------------------------------------------------------- Bloom filters
+@njit(inline="always")
+def _bloom_pos(tenant, i, nbits):
+    a = _mix(np.int64(tenant) * 2 + 1) & 0xFFFFFFFF
+    b = (_mix(np.int64(tenant) * 2 + 2) & 0xFFFFFFFF) | 1
+    return (a + i * b) & (nbits - 1)
+
+
+@njit(inline="always")
+def bloom_has(bloom, row, tenant, nhash):
+    nbits = bloom.shape[1] * 8
+    for i in range(nhash):
+        p = _bloom_pos(tenant, i, nbits)
+        if (bloom[row, p >> 3] >> (p & 7)) & 1 == 0:
+            return False
+    return True
+
+
+@njit(inline="always")
+def bloom_set(bloom, row, tenant, nhash):
+    nbits = bloom.shape[1] * 8
+    for i in range(nhash):
+        p = _bloom_pos(tenant, i, nbits)
+        bloom[row, p >> 3] |= np.uint8(1 << (p & 7))
+
+
+@njit(cache=True)
+def bloom_rebuild(tree, sl, nhash):
+    """Recompute every node's filter from the live shortlists: t is set at each strict ancestor of t's shortlists."""
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    bloom[:, :] = 0
+    for s in range(meta[M_HW]):
+        n = snode[s]
+        if n < 0:
+            continue
+        p = parent[n]
+        while p >= 0:
+            bloom_set(bloom, bidx[p], sten[s], nhash)
+            p = parent[p]
+
+
+# ---------------------------------------------------------------------------------------------------- tree routing
+@njit(inline="always")
+def _l2(a, b):
+    s = np.float32(0.0)
+    for j in range(a.shape[0]):
+        t = a[j] - b[j]
+        s += t * t
+    return s
+
+
+@njit(cache=True)
+def route(x, tree):
+    """Leaf of each vector of ``x`` float32 (n, d) by greedy descent to the nearest child centroid (squared L2)."""
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    out = np.empty(x.shape[0], dtype=np.int32)
+    for i in range(x.shape[0]):
+        n = 0
+        while child_hi[n] > child_lo[n]:
+            best = child_lo[n]
+            bd = np.float32(np.inf)
+            for c in range(child_lo[n], child_hi[n]):
+                dd = _l2(x[i], cent[c])
+                if dd < bd:
+                    bd = dd
+                    best = c
+            n = best
+        out[i] = n
+    return out
+
+
+@njit(inline="always")
+def _path(leaf, parent, buf):
+    """Fill ``buf`` with the root -> leaf path; returns its length."""
+    m = 0
+    n = leaf
+    while n >= 0:
+        buf[m] = n
+        m += 1
+        n = parent[n]
+    for j in range(m // 2):
+        t = buf[j]
+        buf[j] = buf[m - 1 - j]
+        buf[m - 1 - j] = t
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------- shortlists
+@njit(cache=True)
+def _new_slot(sl, ten, node, tenant):
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    if meta[M_NFREE] > 0:
+        meta[M_NFREE] -= 1
+        s = free[meta[M_NFREE]]
+    else:
+        s = meta[M_HW]
+        meta[M_HW] += 1
+    start[s] = 0
+    length[s] = 0
+    cap[s] = 0
+    snode[s] = node
+    sten[s] = tenant
+    ht_put(keys, vals, meta, M_HCOUNT, M_HTOMB, _nt_key(node, tenant), s)
+    ten[1][tenant] += 1
+    return s
+
+
+@njit(cache=True)
+def _free_slot(sl, ten, s):
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    ht_del(keys, meta, M_HCOUNT, M_HTOMB, _nt_key(snode[s], sten[s]))
+    ten[1][sten[s]] -= 1
+    meta[M_GARB] += cap[s]
+    cap[s] = 0
+    length[s] = 0
+    snode[s] = -1
+    sten[s] = -1
+    free[meta[M_NFREE]] = s
+    meta[M_NFREE] += 1
+
+
+@njit(inline="always")
+def _sl_push(sl, s, row):
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    if not _pool_push(start, length, cap, pool, meta, s, row):
+        meta[7] += 1
+    if length[s] > meta[M_MAXLEN]:
+        meta[M_MAXLEN] = length[s]
+
+
+@njit(cache=True)
+def _room(sl, acc, row, max_sl, branch, max_depth):
+    """Code of the first structure lacking the worst-case room one pair's update may need (OK if none)."""
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    levels = max_depth + 2
+    biggest = max(max_sl, meta[M_MAXLEN]) + 2
+    if meta[M_USED] + levels * (3 * biggest + 8 * branch) > pool.shape[0]:
+        return NEED_SL_POOL
+    if start.shape[0] - meta[M_HW] + meta[M_NFREE] < levels * (branch + 1):
+        return NEED_SLOTS
+    if (meta[M_HCOUNT] + meta[M_HTOMB] + levels * (branch + 1)) * 10 > keys.shape[0] * 7:
+        return NEED_HASH
+    if row >= 0:
+        astart, alen, acap, apool, ameta = acc
+        if ameta[0] + alen[row] + alen[row] // 2 + 4 > apool.shape[0]:
+            return NEED_ACC_POOL
+    return OK
+
+
+@njit(cache=True)
+def _split(tree, sl, ten, row_leaf, s0, max_sl, nhash, buf):
+    """Move the rows of overflowing shortlist ``s0`` one level down, then split any child that overflows in turn."""
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    stack = np.empty(4096, dtype=np.int64)
+    top = 0
+    stack[top] = s0
+    top += 1
+    while top > 0:
+        top -= 1
+        s = stack[top]
+        n = snode[s]
+        t = sten[s]
+        if child_hi[n] == child_lo[n] or length[s] <= max_sl:
+            continue
+        nrows = length[s]
+        rows = pool[start[s]:start[s] + nrows].copy()
+        _free_slot(sl, ten, s)
+        bloom_set(bloom, bidx[n], t, nhash)
+        lvl = depth[n] + 1
+        for j in range(nrows):
+            r = rows[j]
+            _path(row_leaf[r], parent, buf)
+            c = buf[lvl]
+            p = ht_find(keys, _nt_key(c, t))
+            if p >= 0:
+                cs = vals[p]
+            else:
+                cs = _new_slot(sl, ten, c, t)
+            _sl_push(sl, cs, r)
+        for c in range(child_lo[n], child_hi[n]):
+            p = ht_find(keys, _nt_key(c, t))
+            if p >= 0 and length[vals[p]] > max_sl and child_hi[c] > child_lo[c]:
+                if top < stack.shape[0]:
+                    stack[top] = vals[p]
+                    top += 1
+
+
+@njit(cache=True)
+def _sl_insert(tree, sl, ten, row_leaf, r, t, max_sl, nhash, buf):
+    """Put row ``r`` into tenant ``t``'s shortlist on its path (creating or splitting shortlists as needed)."""
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    m = _path(row_leaf[r], parent, buf)
+    for lvl in range(m):
+        n = buf[lvl]
+        p = ht_find(keys, _nt_key(n, t))
+        if p >= 0:
+            s = vals[p]
+            _sl_push(sl, s, r)
+            if length[s] > max_sl and child_hi[n] > child_lo[n]:
+                _split(tree, sl, ten, row_leaf, s, max_sl, nhash, buf)
+            return
+        leaf = child_hi[n] == child_lo[n]
+        if leaf or not bloom_has(bloom, bidx[n], t, nhash):
+            s = _new_slot(sl, ten, n, t)
+            _sl_push(sl, s, r)
+            return
+
+
+@njit(cache=True)
+def _collect(tree, sl, p, t, limit, nhash, out_slots):
+    """Shortlists of ``t`` strictly below node ``p`` (guided by the Bloom filters).
+
+    Returns the number found in ``out_slots``, or -1 when they hold more than ``limit`` rows or the search would visit
+    too many nodes (a merge is then not worth it).
+    """
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    stack = np.empty(256, dtype=np.int64)
+    top = 0
+    for c in range(child_lo[p], child_hi[p]):
+        stack[top] = c
+        top += 1
+    nfound = 0
+    total = 0
+    visited = 0
+    while top > 0:
+        top -= 1
+        c = stack[top]
+        visited += 1
+        if visited > 128:
+            return -1
+        q = ht_find(keys, _nt_key(c, t))
+        if q >= 0:
+            s = vals[q]
+            total += length[s]
+            if total > limit or nfound >= out_slots.shape[0]:
+                return -1
+            out_slots[nfound] = s
+            nfound += 1
+        elif child_hi[c] > child_lo[c] and bloom_has(bloom, bidx[c], t, nhash):
+            if top + child_hi[c] - child_lo[c] > stack.shape[0]:
+                return -1
+            for cc in range(child_lo[c], child_hi[c]):
+                stack[top] = cc
+                top += 1
+    return nfound
+
+
+@njit(cache=True)
+def _merge_up(tree, sl, ten, p, t, max_sl, nhash):
+    """Merge ``t``'s shortlists below ``p`` into one at ``p`` while they hold at most ``max_sl // 2`` rows."""
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    found = np.empty(64, dtype=np.int64)
+    while p >= 0:
+        if ht_find(keys, _nt_key(p, t)) >= 0:
+            return
+        nf = _collect(tree, sl, p, t, max_sl // 2, nhash, found)
+        if nf <= 0:
+            return
+        s = _new_slot(sl, ten, p, t)
+        for j in range(nf):
+            src = found[j]
+            for i in range(length[src]):
+                _sl_push(sl, s, pool[start[src] + i])
+            _free_slot(sl, ten, src)
+        p = parent[p]
+
+
+@njit(cache=True)
+def _sl_remove(tree, sl, ten, row_leaf, r, t, max_sl, nhash, buf):
+    """Remove row ``r`` from ``t``'s shortlist on its path; drop it if empty and merge upwards. False if absent."""
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    m = _path(row_leaf[r], parent, buf)
+    for lvl in range(m):
+        n = buf[lvl]
+        p = ht_find(keys, _nt_key(n, t))
+        if p >= 0:
+            s = vals[p]
+            if not _pool_remove(start, length, pool, s, r):
+                return False
+            if length[s] == 0:
+                _free_slot(sl, ten, s)
+            _merge_up(tree, sl, ten, parent[n], t, max_sl, nhash)
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------- update entry points
+@njit(cache=True)
+def grant_pairs(rows, tens, i0, tree, sl, acc, ten, row_leaf, max_sl, nhash, branch, max_depth):
+    """Grant tenant ``tens[i]`` access to row ``rows[i]`` for i >= ``i0`` (pairs already present are skipped).
+
+    Returns ``(next_i, code)``: ``code`` is OK when all pairs are done, else the structure to grow before calling
+    again from ``next_i``.
+    """
+    astart, alen, acap, apool, ameta = acc
+    count, nsl = ten
+    buf = np.empty(MAX_DEPTH, dtype=np.int64)
+    for i in range(i0, rows.shape[0]):
+        r = rows[i]
+        t = tens[i]
+        code = _room(sl, acc, r, max_sl, branch, max_depth)
+        if code != OK:
+            return i, code
+        if _pool_has(astart, alen, apool, r, t):
+            continue
+        _pool_push(astart, alen, acap, apool, ameta, r, t)
+        count[t] += 1
+        _sl_insert(tree, sl, ten, row_leaf, r, t, max_sl, nhash, buf)
+    return rows.shape[0], OK
+
+
+@njit(cache=True)
+def revoke_pairs(rows, tens, i0, tree, sl, acc, ten, row_leaf, max_sl, nhash, branch, max_depth):
+    """Revoke tenant ``tens[i]``'s access to row ``rows[i]`` (absent pairs are skipped). Returns (next_i, code)."""
+    astart, alen, acap, apool, ameta = acc
+    count, nsl = ten
+    buf = np.empty(MAX_DEPTH, dtype=np.int64)
+    for i in range(i0, rows.shape[0]):
+        r = rows[i]
+        t = tens[i]
+        code = _room(sl, acc, -1, max_sl, branch, max_depth)
+        if code != OK:
+            return i, code
+        if not _pool_remove(astart, alen, apool, r, t):
+            continue
+        count[t] -= 1
+        if not _sl_remove(tree, sl, ten, row_leaf, r, t, max_sl, nhash, buf):
+            return i, CORRUPT
+    return rows.shape[0], OK
+
+
+@njit(cache=True)
+def remove_rows(rows, i0, tree, sl, acc, ten, row_leaf, max_sl, nhash, branch, max_depth):
+    """Take rows out of every tenant's shortlists and clear their access lists. Returns (next_i, code)."""
+    astart, alen, acap, apool, ameta = acc
+    count, nsl = ten
+    buf = np.empty(MAX_DEPTH, dtype=np.int64)
+    for i in range(i0, rows.shape[0]):
+        r = rows[i]
+        while alen[r] > 0:
+            code = _room(sl, acc, -1, max_sl, branch, max_depth)
+            if code != OK:
+                return i, code
+            t = apool[astart[r] + alen[r] - 1]
+            alen[r] -= 1
+            count[t] -= 1
+            if not _sl_remove(tree, sl, ten, row_leaf, r, t, max_sl, nhash, buf):
+                return i, CORRUPT
+        ameta[1] += acap[r]
+        acap[r] = 0
+    return rows.shape[0], OK
+
+
+@njit(cache=True)
+def drop_tenant(t, sl, acc, ten):
+    """Delete every shortlist of tenant ``t`` and remove ``t`` from the access lists of its rows."""
+    start, length, cap, snode, sten, pool, free, keys, vals, meta = sl
+    astart, alen, acap, apool, ameta = acc
+    for s in range(meta[M_HW]):
+        if sten[s] != t or snode[s] < 0:
+            continue
+        for j in range(length[s]):
+            _pool_remove(astart, alen, apool, pool[start[s] + j], t)
+        _free_slot(sl, ten, s)
+    ten[0][t] = 0
+
+
+# ---------------------------------------------------------------------------------------------------- search
+@njit(inline="always")
+def _heap_push(hs, hn, hk, size, score, node, kind):
+    i = size
+    hs[i] = score
+    hn[i] = node
+    hk[i] = kind
+    while i > 0:
+        p = (i - 1) >> 1
+        if hs[p] <= hs[i]:
+            break
+        hs[p], hs[i] = hs[i], hs[p]
+        hn[p], hn[i] = hn[i], hn[p]
+        hk[p], hk[i] = hk[i], hk[p]
+        i = p
+    return size + 1
+
+
+@njit(inline="always")
+def _heap_pop(hs, hn, hk, size):
+    """Remove the root (the caller read it first); returns the new size."""
+    size -= 1
+    hs[0] = hs[size]
+    hn[0] = hn[size]
+    hk[0] = hk[size]
+    i = 0
+    while True:
+        l = 2 * i + 1
+        if l >= size:
+            break
+        m = l
+        if l + 1 < size and hs[l + 1] < hs[l]:
+            m = l + 1
+        if hs[i] <= hs[m]:
+            break
+        hs[m], hs[i] = hs[i], hs[m]
+        hn[m], hn[i] = hn[i], hn[m]
+        hk[m], hk[i] = hk[i], hk[m]
+        i = m
+    return size
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def search_batch(Q, tens, k, budget, vboost, use_ip, tree, slh, vecs, row_ids, allowed, mask_mode, nhash):
+    """Best-first search of each query's tenant tree.
+
+    Parameters
+    ----------
+    Q : float32 (nq, d)
+    tens : int32 (nq,)
+        Tenant of each query.
+    k, budget : int
+        Results wanted; stop opening shortlists once ``budget`` candidates were scored.
+    vboost : float
+        Node score = squared L2 to centroid - ``vboost`` * node variance.
+    use_ip : bool
+        Score candidates by negated inner product instead of squared L2.
+    tree : tree tuple (see module docstring)
+    slh : (start i64, length i32, pool i32, keys i64, vals i32)
+        Read-only shortlist view.
+    vecs : float32 (ntotal, d)
+    row_ids : int64 (ntotal,)
+    allowed : bool (m, ntotal)
+        Row masks; used when ``mask_mode`` is 1 (row 0 for every query) or 2 (row i for query i).
+
+    Returns
+    -------
+    D float32 (nq, k), I int64 (nq, k), nscored int64 (nq,)
+    """
+    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
+    start, length, pool, keys, vals = slh
+    nq = Q.shape[0]
+    nn = cent.shape[0]
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    nscored = np.zeros(nq, dtype=np.int64)
+    hs = np.empty(nn + 1, dtype=np.float32)
+    hn = np.empty(nn + 1, dtype=np.int64)
+    hk = np.empty(nn + 1, dtype=np.int64)
+    d = Q.shape[1]
+    for qi in range(nq):
+        q = Q[qi]
+        t = tens[qi]
+        mrow = qi if mask_mode == 2 else 0
+        td = D[qi]
+        ti = I[qi]
+        size = 0
+        p = ht_find(keys, _nt_key(0, t))
+        if p >= 0:
+            size = _heap_push(hs, hn, hk, size, np.float32(0.0), 0, vals[p])
+        elif child_hi[0] > child_lo[0] and bloom_has(bloom, bidx[0], t, nhash):
+            size = _heap_push(hs, hn, hk, size, np.float32(0.0), 0, -1)
+        scored = 0
+        while size > 0 and scored < budget:
+            node = hn[0]
+            slot = hk[0]
+            size = _heap_pop(hs, hn, hk, size)
+            if slot >= 0:
+                s0 = start[slot]
+                for j in range(length[slot]):
+                    r = pool[s0 + j]
+                    if mask_mode != 0 and (r >= allowed.shape[1] or not allowed[mrow, r]):
+                        continue
+                    x = vecs[r]
+                    acc = np.float32(0.0)
+                    if use_ip:
+                        for z in range(d):
+                            acc += q[z] * x[z]
+                        acc = -acc
+                    else:
+                        for z in range(d):
+                            u = q[z] - x[z]
+                            acc += u * u
+                    scored += 1
+                    if acc < td[k - 1]:
+                        pos = k - 1
+                        while pos > 0 and td[pos - 1] > acc:
+                            td[pos] = td[pos - 1]
+                            ti[pos] = ti[pos - 1]
+                            pos -= 1
+                        td[pos] = acc
+                        ti[pos] = row_ids[r]
+                continue
+            for c in range(child_lo[node], child_hi[node]):
+                p = ht_find(keys, _nt_key(c, t))
+                kind = -2
+                if p >= 0:
+                    kind = vals[p]
+                elif child_hi[c] > child_lo[c] and bloom_has(bloom, bidx[c], t, nhash):
+                    kind = -1
+                if kind == -2:
+                    continue
+                sc = _l2(q, cent[c]) - vboost * var[c]
+                size = _heap_push(hs, hn, hk, size, sc, c, kind)
+        nscored[qi] = scored
+    return D, I, nscored
