@@ -876,8 +876,14 @@ class NumericColumn:
         return self.values.nbytes + self.missing.nbytes
 
     def take(self, rows) -> "NumericColumn":
+        """The column at ``rows`` (int array or bool mask)."""
         rows = np.asarray(rows)
         return NumericColumn(self.values[rows], self.missing[rows])
+
+    def __getitem__(self, sl: slice) -> "NumericColumn":
+        """Rows ``[lo:hi]`` as views (the missing mask comes along)."""
+        lo, hi = _bounds(sl, len(self))
+        return NumericColumn(self.values[lo:hi], self.missing[lo:hi])
 
     @classmethod
     def from_values(cls, values: Iterable, kind: str = "float") -> "NumericColumn":
@@ -887,6 +893,15 @@ class NumericColumn:
         if kind == "int":
             return cls(np.array([0 if x is None else int(x) for x in vals], dtype=np.int64), miss)
         return cls(np.array([np.nan if x is None else float(x) for x in vals], dtype=np.float64))
+
+
+def _bounds(sl: Any, n: int) -> tuple[int, int]:
+    if not isinstance(sl, slice):
+        raise TypeError("columns support slices col[lo:hi]; use take(rows) for a list of rows")
+    lo, hi, step = sl.indices(n)
+    if step != 1:
+        raise ValueError("column slices must have step 1; use take(rows)")
+    return lo, max(lo, hi)
 
 
 class _Vocab:
@@ -932,7 +947,13 @@ class KeywordColumn(_Vocab):
         return self.codes.nbytes + sum(len(w) + 56 for w in self.vocab)
 
     def take(self, rows) -> "KeywordColumn":
+        """The column at ``rows`` (int array or bool mask)."""
         return KeywordColumn(self.codes[np.asarray(rows)], self.vocab)
+
+    def __getitem__(self, sl: slice) -> "KeywordColumn":
+        """Rows ``[lo:hi]`` (codes as a view, same vocabulary)."""
+        lo, hi = _bounds(sl, len(self))
+        return KeywordColumn(self.codes[lo:hi], self.vocab)
 
     @classmethod
     def from_values(cls, values: Iterable) -> "KeywordColumn":
@@ -973,8 +994,16 @@ class TagsColumn(_Vocab):
             self._rows = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.indptr))
         return self._rows
 
+    def __getitem__(self, sl: slice) -> "TagsColumn":
+        """Rows ``[lo:hi]`` (same vocabulary)."""
+        lo, hi = _bounds(sl, len(self))
+        ptr = self.indptr[lo:hi + 1]
+        return TagsColumn(ptr - ptr[0], self.codes[ptr[0]:ptr[-1]], self.vocab)
+
     def take(self, rows) -> "TagsColumn":
-        rows = np.asarray(rows, dtype=np.int64)
+        """The column at ``rows`` (int array or bool mask)."""
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64, copy=False)
         lens = np.diff(self.indptr)[rows]
         indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         starts = np.repeat(self.indptr[rows] - indptr[:-1], lens)

@@ -510,3 +510,22 @@ def test_interval_predicate_nan_and_missing():
     assert s.tolist() == [False, False, False, False] and m.tolist() == [True, False, True, False]
     with pytest.raises(F.FilterTypeError):
         F.interval_predicate(Contains("x", "a"), lo, hi)
+
+
+@SETTINGS
+@given(datasets(), exprs, st.data())
+def test_column_slices_and_take(data, expr, d):
+    n, cols, _ = data
+    full = F.evaluate(expr, cols, n)
+    lo = d.draw(st.integers(0, n))
+    hi = d.draw(st.integers(lo, n))
+    part = {k: c[lo:hi] for k, c in cols.items()}
+    assert F.evaluate(expr, part, hi - lo).tolist() == full[lo:hi].tolist()
+    rows = np.array(d.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=10 if n else 0)), dtype=np.int64)
+    sub = {k: c.take(rows) for k, c in cols.items()}
+    assert F.evaluate(expr, sub, len(rows)).tolist() == full[rows].tolist()
+    # an int column with a missing mask keeps it through slices and takes
+    m = F.NumericColumn(np.arange(n), np.arange(n) % 2 == 1)
+    want = (np.arange(n) % 2 == 0)
+    assert F.evaluate(Compare("x", ">=", 0), {"x": m[lo:hi]}, hi - lo).tolist() == want[lo:hi].tolist()
+    assert F.evaluate(Compare("x", ">=", 0), {"x": m.take(rows)}, len(rows)).tolist() == want[rows].tolist()
