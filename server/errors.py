@@ -86,8 +86,9 @@ def abort(context: grpc.ServicerContext, exc: BaseException, trailing=()) -> Non
     """
     code, message = status_of(exc)
     meta = tuple(trailing)
-    if code is not grpc.StatusCode.INTERNAL:
-        meta += ((ERROR_TYPE_KEY, type(exc).__name__),)
+    known = next((c.__name__ for c in type(exc).__mro__ if _KNOWN_SUBCLASSES.get(c.__name__) is c), None)
+    if code is not grpc.StatusCode.INTERNAL and known:
+        meta += ((ERROR_TYPE_KEY, known),)
     if meta:
         context.set_trailing_metadata(meta)
     context.abort(code, message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import importlib.metadata
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,3 +231,289 @@ def test_health_and_reflection(server):
         services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
     assert {"shoal.v1.Collections", "shoal.v1.Points", "shoal.v1.Search", "shoal.v1.Tenants", "shoal.v1.Admin",
             "grpc.health.v1.Health"} <= services
+
+
+# ---------------------------------------------------------------------------------------------------- keys and tenants
+def test_roles_and_authentication(server, rng):
+    ids, x, attrs = make_points(rng, 10)
+    with server.client("admin") as admin:
+        admin.create_collection("roles", DIM, schema=SCHEMA)
+        admin.upsert("roles", ids, x, attrs=attrs)
+    with server.client(None) as anon, pytest.raises(errors.Unauthenticated):
+        anon.list_collections()
+    with server.client("shoal_not_a_configured_key_000") as bad, pytest.raises(errors.Unauthenticated):
+        bad.search("roles", x[:1], k=1)
+    with server.client("ro") as ro:
+        assert ro.search("roles", x[:1], k=1).ids[0, 0] == 0
+        with pytest.raises(errors.PermissionDenied):
+            ro.upsert("roles", ids[:1], x[:1])
+        with pytest.raises(errors.PermissionDenied):
+            ro.delete("roles", [1])
+    with server.client("rw") as rw:
+        assert rw.upsert("roles", ids[:2], x[:2]) == 2
+        with pytest.raises(errors.PermissionDenied):
+            rw.create_collection("nope", DIM)
+        with pytest.raises(errors.PermissionDenied):
+            rw.drop_collection("roles")
+        with pytest.raises(errors.PermissionDenied):
+            rw.build("roles")
+
+
+def test_tenant_bound_keys_never_cross_tenants(server, rng):
+    n = 60
+    ids, x, attrs = make_points(rng, n)
+    # even ids: acme, odd ids: globex; ids 0 and 1 are shared by both
+    tenants = [["acme"] if i % 2 == 0 else ["globex"] for i in range(n)]
+    tenants[0] = tenants[1] = ["acme", "globex"]
+    with server.client("admin") as admin:
+        admin.create_collection("iso", DIM, schema=SCHEMA, multi_tenant=True)
+        admin.upsert("iso", ids, x, attrs=attrs, tenants=tenants)
+    acme_ids = {i for i in range(n) if "acme" in tenants[i]}
+    globex_only = [i for i in range(n) if tenants[i] == ["globex"]]
+
+    with server.client("acme") as acme:
+        # searches are confined to acme whatever the request says, filters included
+        res = acme.search("iso", x, k=10)
+        assert set(res.ids[res.ids >= 0].tolist()) <= acme_ids
+        res = acme.search("iso", x[globex_only[:5]], k=5, filter="color in ('red', 'green', 'blue')")
+        assert set(res.ids[res.ids >= 0].tolist()) <= acme_ids
+        with pytest.raises(errors.PermissionDenied):
+            acme.search("iso", x[:1], k=1, tenant="globex")
+        assert acme.count("iso") == len(acme_ids)
+        assert acme.count("iso", filter="price >= 0") == len(acme_ids)
+        # get-by-id: globex points are invisible; a shared point shows only acme
+        got = acme.get("iso", [0, 1, 3, 5])
+        assert [p["id"] for p in got] == [0, 1] and all(p["tenants"] == ["acme"] for p in got)
+        assert acme.list_tenants("iso") == ["acme"]
+        # writes: no taking over another tenant's id, no writing into another tenant, no grants
+        with pytest.raises(errors.PermissionDenied):
+            acme.upsert("iso", [3], x[:1])
+        with pytest.raises(errors.PermissionDenied):
+            acme.upsert("iso", [1000], x[:1], tenants=[["globex"]])
+        with pytest.raises(errors.PermissionDenied):
+            acme.grant("iso", [3], "acme")
+        with pytest.raises(errors.PermissionDenied):
+            acme.drop_tenant("iso", "globex")
+        with pytest.raises(errors.PermissionDenied):
+            acme.stats("iso")
+        # a new point written by a bound key belongs to its tenant only
+        assert acme.upsert("iso", [1000], x[:1]) == 1
+        # deletes: by id, a globex id is untouched; by filter, the shared point is only revoked from acme
+        assert acme.delete("iso", [3, 5]) == 0
+        assert acme.delete("iso", filter="price >= 0") == len(acme_ids)
+        assert acme.count("iso") == 1  # point 1000 has no price, so the filter did not match it
+    with server.client("admin") as admin:
+        assert admin.count("iso", tenant="globex") == len(globex_only) + 2
+        left = admin.get("iso", [0, 1, 3, 1000], include_vectors=False)
+        assert [(p["id"], p["tenants"]) for p in left] == [(0, ["globex"]), (1, ["globex"]), (3, ["globex"]),
+                                                          (1000, ["acme"])]
+        with pytest.raises(errors.NotFound):
+            admin.search("iso", x[:1], k=1, tenant="acme-typo")
+
+
+# ---------------------------------------------------------------------------------------------------- bad requests
+def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, rng):
+    ids, x, attrs = make_points(rng, 20)
+    with server.client("admin") as c:
+        c.create_collection("bad", DIM, schema=SCHEMA)
+        c.upsert("bad", ids, x, attrs=attrs)
+
+        def still_serving():
+            assert c.search("bad", x[:1], k=1).ids[0, 0] == 0
+
+        with pytest.raises(errors.DimensionMismatch):
+            c.search("bad", np.zeros((2, DIM + 3), np.float32), k=1)
+        still_serving()
+        with pytest.raises(errors.DimensionMismatch):
+            c.upsert("bad", [1], np.zeros((1, DIM - 1), np.float32))
+        still_serving()
+        with pytest.raises(errors.InvalidArgument) as e:
+            c.search("bad", x[:1], k=1, filter="price << 3")
+        assert "Traceback" not in str(e.value)
+        still_serving()
+        with pytest.raises(errors.InvalidArgument):
+            c.search("bad", x[:1], k=1, filter={"op": "nonsense"})
+        with pytest.raises(errors.SchemaError):
+            c.search("bad", x[:1], k=1, filter="weight < 3")
+        with pytest.raises(errors.InvalidArgument):
+            c.search("bad", x[:1], k=0)
+        with pytest.raises(errors.InvalidArgument):
+            c.search("bad", x[:1], k=1, params={"no_such_param": 3})
+        still_serving()
+        with pytest.raises(errors.NotFound):
+            c.search("no_such_collection", x[:1], k=1)
+        with pytest.raises(errors.NotFound):
+            c.describe_collection("no_such_collection")
+        with pytest.raises(errors.AlreadyExists):
+            c.create_collection("bad", DIM)
+        with pytest.raises(errors.InvalidArgument):
+            c.upsert("bad", [-5], x[:1])
+        still_serving()
+        # a 6 MiB message against the server's 4 MiB limit
+        big = np.zeros((6 * (1 << 20) // (4 * DIM), DIM), np.float32)
+        with pytest.raises(errors.ResourceExhausted):
+            c.upsert("bad", np.arange(big.shape[0]) + 10_000, big, stream=False, batch_size=big.shape[0])
+        still_serving()
+        # the same data in client batches goes through
+        assert c.upsert("bad", np.arange(big.shape[0]) + 10_000, big) == big.shape[0]
+        still_serving()
+
+
+# ---------------------------------------------------------------------------------------------------- concurrency
+def test_concurrent_writers_and_readers_lose_no_acknowledged_write(server, rng):
+    threads, rounds, per = 8, 12, 25
+    with server.client("admin") as c:
+        c.create_collection("conc", DIM)
+    acked: list[list[int]] = [[] for _ in range(threads)]
+    failures: list[BaseException] = []
+    data = rng.standard_normal((threads * rounds * per, DIM)).astype(np.float32)
+
+    def worker(t: int):
+        try:
+            with server.client("rw") as c:
+                for r in range(rounds):
+                    lo = (t * rounds + r) * per
+                    ids = np.arange(lo, lo + per)
+                    assert c.upsert("conc", ids, data[lo:lo + per], stream=(r % 2 == 1)) == per
+                    acked[t].extend(ids.tolist())
+                    res = c.search("conc", data[lo:lo + 2], k=1)
+                    assert res.ids[:, 0].tolist() == [lo, lo + 1]  # read-your-writes
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not failures, failures[:3]
+    every = sorted(i for a in acked for i in a)
+    assert every == list(range(threads * rounds * per))
+    with server.client("ro") as c:
+        assert c.count("conc") == len(every)
+        got = c.get("conc", every)
+        assert [p["id"] for p in got] == every
+        np.testing.assert_array_equal(np.stack([p["vector"] for p in got]), data)
+
+
+# ---------------------------------------------------------------------------------------------------- process life
+def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
+    """One worker: the call after an expired search is answered promptly only if the server stopped working on it."""
+    srv = Server(tmp_path / "deadline", "--workers", "1")
+    d, n = 32, 5_000
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    try:
+        with srv.client(timeout=60) as c:
+            c.create_collection("big", d)
+            c.upsert("big", np.arange(n), x)
+            probe = rng.standard_normal((512, d)).astype(np.float32)
+            c.search("big", probe[:64], k=10)  # warm up
+            t0 = time.perf_counter()
+            c.search("big", probe[:64], k=10)
+            t1 = time.perf_counter()
+            c.search("big", probe, k=10)
+            t2 = time.perf_counter()
+            # marginal cost per query (a batch has a fixed cost too); the whole search: 12 s or more
+            per_query = max((t2 - t1) - (t1 - t0), 1e-3 * (t2 - t1)) / (probe.shape[0] - 64)
+            nq = int(min(200_000, max(2_000, 12.0 / per_query)))
+            queries = rng.standard_normal((nq, d)).astype(np.float32)
+            t0 = time.monotonic()
+            with pytest.raises(errors.DeadlineExceeded):
+                c.search("big", queries, k=10, timeout=0.5)
+            assert c.describe_collection("big")["count"] == n  # needs the only worker
+            elapsed = time.monotonic() - t0
+            assert elapsed < 0.5 + 2.0, f"next call waited {elapsed:.2f}s; full search ~{nq * per_query:.1f}s"
+            counters = c.stats()["server"]["counters"]
+            assert counters["search.abandoned"] == 1
+            assert counters["search.queries_abandoned"] > nq // 2
+
+            # SIGTERM while a search (~1.5 s) is in flight: it completes, new calls are refused, exit 0
+            mid = queries[: max(8, int(1.5 / per_query))]
+            result: dict = {}
+            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=60)))
+            t.start()
+            time.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            with srv.client(retries=0, timeout=5) as late, pytest.raises((Unavailable, errors.DeadlineExceeded)):
+                late.count("big")
+            t.join(60)
+            assert result["res"].ids.shape == (mid.shape[0], 3) and (result["res"].ids >= 0).all()
+        assert srv.terminate() == 0
+        assert "stopped" in srv.output() and "Traceback" not in srv.output()
+    finally:
+        if srv.proc.poll() is None:
+            srv.kill()
+
+
+def test_sigkill_restart_keeps_acknowledged_upserts_and_health_waits_for_load(tmp_path, rng):
+    data = tmp_path / "durable"
+    srv = Server(data)
+    ids, x, attrs = make_points(rng, 400)
+    with srv.client() as c:
+        c.create_collection("dur", DIM, schema=SCHEMA)
+        for lo in range(0, 400, 50):
+            assert c.upsert("dur", ids[lo:lo + 50], x[lo:lo + 50], attrs=attrs[lo:lo + 50],
+                            stream=(lo // 50) % 2 == 1) == 50
+        assert c.delete("dur", [7]) == 1
+    srv.kill()  # SIGKILL: no flush, no snapshot, no goodbye
+
+    # the restarted server binds at once but cannot load while the data directory is locked (here: by the test)
+    lock = os.open(data / ".shoal-serve.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    srv2 = Server(data, wait=False)
+    try:
+        with srv2.client(retries=0, timeout=5) as c:
+            deadline = time.time() + 30
+            while "waiting for another shoal server" not in srv2.output():
+                assert time.time() < deadline, srv2.output()
+                time.sleep(0.05)
+            assert c.health() == "NOT_SERVING"
+            assert c.health("shoal.v1.Search") == "NOT_SERVING"
+            with pytest.raises(Unavailable):
+                c.count("dur")
+        os.close(lock)
+        with srv2.client() as c:
+            c.wait_until_serving(60)
+            assert c.health() == "SERVING"
+            assert c.count("dur") == 399
+            got = c.get("dur", ids)
+            assert [p["id"] for p in got] == [i for i in ids.tolist() if i != 7]
+            np.testing.assert_array_equal(np.stack([p["vector"] for p in got]), np.delete(x, 7, axis=0))
+            assert got[10]["attrs"]["color"] == attrs[11]["color"]
+        assert srv2.terminate() == 0
+    finally:
+        if srv2.proc.poll() is None:
+            srv2.kill()
+
+
+def test_network_address_without_keys_is_refused(tmp_path):
+    cmd = [sys.executable, "-m", "shoal.server.app", "--data", str(tmp_path / "d"), "--host", "0.0.0.0",
+           "--port", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "SHOAL_API_KEYS"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2
+    assert "refusing to serve 0.0.0.0 without API keys" in out.stderr and "--insecure" in out.stderr
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command to make a test certificate")
+def test_tls_with_api_key(tmp_path, rng):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    srv = Server(tmp_path / "tls", "--tls-cert", str(cert), "--tls-key", str(key), env_keys=f"{KEYS['admin']}:admin",
+                 wait=False)
+    try:
+        with Client(srv.address, api_key=KEYS["admin"], root_certificates=str(cert)) as c:
+            c.wait_until_serving(60)
+            c.create_collection("tls", DIM)
+            assert c.upsert("tls", [1, 2], rng.standard_normal((2, DIM))) == 2
+            assert c.count("tls") == 2
+        with Client(srv.address, api_key=KEYS["admin"], retries=0, timeout=3) as plain:
+            with pytest.raises((Unavailable, errors.DeadlineExceeded)):
+                plain.count("tls")
+        assert srv.terminate() == 0
+    finally:
+        if srv.proc.poll() is None:
+            srv.kill()
