@@ -4,11 +4,12 @@ from .errors import (AlreadyExists, DimensionMismatch, FailedPrecondition, Inval
                      PermissionDenied, ShoalError)
 from .index import FlatIndex, Index, describe, index_factory, load_index, merge_topk
 from .engine import Collection, Database
+from .server.client import Client
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Database", "Collection", "Index", "FlatIndex", "index_factory", "describe", "load_index", "merge_topk",
     "ShoalError", "InvalidArgument", "DimensionMismatch", "NotFound", "AlreadyExists", "PermissionDenied",
-    "FailedPrecondition",
+    "FailedPrecondition", "Client",
 ]
