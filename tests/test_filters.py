@@ -14,6 +14,7 @@ from shoal import filters as F
 from shoal.filters import And, Between, Compare, Contains, In, Not, Or
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+FEWER = settings(SETTINGS, max_examples=80)
 
 # ------------------------------------------------------------------------------------------------ random data / exprs
 SCHEMA = {"i": "int", "f": "float", "k": "keyword", "t": "tags"}
@@ -421,7 +422,7 @@ def test_evaluate3_kleene_rules():
     assert code(F.evaluate3(Or((a, b)), leaf, 9)) == [2, 2, 2, 2, 1, 1, 2, 1, 0]
 
 
-@SETTINGS
+@FEWER
 @given(datasets(), exprs)
 def test_evaluate3_with_exact_leaf_equals_evaluate(data, expr):
     n, cols, _ = data
@@ -512,7 +513,7 @@ def test_interval_predicate_nan_and_missing():
         F.interval_predicate(Contains("x", "a"), lo, hi)
 
 
-@SETTINGS
+@FEWER
 @given(datasets(), exprs, st.data())
 def test_column_slices_and_take(data, expr, d):
     n, cols, _ = data
