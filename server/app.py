@@ -202,6 +202,64 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
+class LocalServer:
+    """A ``shoal serve`` child process on a free loopback port (for demos, benchmarks and tests).
+
+    ``with LocalServer(data) as srv: shoal.Client(srv.address)``; leaving the block sends SIGTERM and waits.
+    ``env`` replaces the child's environment additions (e.g. ``{"SHOAL_API_KEYS": ...}``); ``log`` is a file path
+    that receives the server's output (default: inherited stderr).
+    """
+
+    def __init__(self, data, *args: str, env: dict | None = None, log=None, start_timeout: float = 60.0):
+        import subprocess
+
+        self.data = Path(data)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.port_file = self.data.parent / f".{self.data.name}.port"
+        self.port_file.unlink(missing_ok=True)
+        self.log_path = None if log is None else Path(log)
+        out = None if log is None else open(log, "ab")
+        child_env = {k: v for k, v in os.environ.items() if k != "SHOAL_API_KEYS"}
+        child_env.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "shoal.server.app", "--data", str(self.data),
+                                      "--port", "0", "--port-file", str(self.port_file), *args],
+                                     stdout=out, stderr=out, env=child_env)
+        if out is not None:
+            out.close()
+        deadline = time.monotonic() + start_timeout
+        while not self.port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"shoal serve did not start (exit status {self.proc.returncode})"
+                                   + (f":\n{self.output()}" if self.log_path else ""))
+            time.sleep(0.02)
+        self.port = int(self.port_file.read_text())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait (graceful shutdown); returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> "LocalServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.terminate()
+        finally:
+            self.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = add_arguments(argparse.ArgumentParser(prog="shoal serve", description="Serve shoal over gRPC."))
     return run(parser.parse_args(argv))

@@ -24,6 +24,7 @@ import pytest
 
 from shoal import errors
 from shoal.server import gen_proto
+from shoal.server.app import LocalServer
 from shoal.server.client import Client
 from shoal.server.errors import Unavailable
 
@@ -41,52 +42,18 @@ DIM = 16
 SCHEMA = {"price": "float", "color": "keyword", "tags": "tags", "year": "int"}
 
 
-class Server:
-    """A `shoal serve` child process on a free loopback port."""
+class Server(LocalServer):
+    """A `shoal serve` child process on a free loopback port, its output in a log file beside the data."""
 
     def __init__(self, data: Path, *args: str, env_keys: str | None = None, wait: bool = True):
-        self.data = data
-        self.port_file = data.parent / f"{data.name}.port"
-        self.port_file.unlink(missing_ok=True)
-        self.log = open(data.parent / f"{data.name}.log", "ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        env.pop("SHOAL_API_KEYS", None)
-        if env_keys:
-            env["SHOAL_API_KEYS"] = env_keys
-        self.proc = subprocess.Popen([sys.executable, "-m", "shoal.server.app", "--data", str(data), "--port", "0",
-                                      "--port-file", str(self.port_file), *args],
-                                     stdout=self.log, stderr=self.log, env=env, cwd=str(data.parent))
-        deadline = time.time() + 60
-        while not self.port_file.exists():
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not start:\n{self.output()}")
-            time.sleep(0.02)
-        self.port = int(self.port_file.read_text())
-        self.address = f"127.0.0.1:{self.port}"
+        super().__init__(data, *args, env={"SHOAL_API_KEYS": env_keys} if env_keys else None,
+                         log=data.parent / f"{data.name}.log")
         if wait:
             with self.client() as c:
                 c.wait_until_serving(60)
 
     def client(self, key: str | None = "admin", **kw) -> Client:
         return Client(self.address, api_key=KEYS.get(key, key) if key else None, **kw)
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return (self.data.parent / f"{self.data.name}.log").read_text(errors="replace")
-
-    def terminate(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.log.close()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
 
 
 def make_points(rng, n: int, start: int = 0, tenants=None):
