@@ -288,9 +288,7 @@ class Collection:
         if expr is None:
             raise InvalidArgument("delete_where needs a non-empty filter (use delete(ids) or drop the collection)")
         with self._wlock:
-            with self._rw.read():
-                mask = self._slot_mask(expr, self._tenant_id(tenant), self.records.n)
-                ids = self.records.ids[np.flatnonzero(mask)].copy()
+            ids = self.ids_where(expr, tenant)
             return self.delete(ids) if ids.size else 0
 
     def grant(self, ids, tenant: str) -> int:
@@ -418,6 +416,14 @@ class Collection:
             if expr is None:
                 return len(self.records.tenant_slots.get(tid, ()))
             return int(np.count_nonzero(self._slot_mask(expr, tid, self.records.n)))
+
+    def ids_where(self, filter=None, tenant=None) -> np.ndarray:
+        """Ids (int64, in slot order) of the live records matching ``filter`` that ``tenant`` can see."""
+        self._check_open()
+        expr = parse_filter(filter, self.schema)
+        with self._rw.read():
+            mask = self._slot_mask(expr, self._tenant_id(tenant), self.records.n)
+            return self.records.ids[np.flatnonzero(mask)].copy()
 
     def list_tenants(self) -> list[str]:
         self._check_open()
