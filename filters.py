@@ -458,8 +458,8 @@ class _Parser:
         elif t.kind in ("kw", "str", "num", "op"):
             hint = "missing 'and' or 'or' between predicates?" if t.kind == "kw" else \
                 "a predicate is complete here; combine predicates with 'and' / 'or'"
-        expected = "'and', 'or', ')'" if self.parens else "'and', 'or'"
-        self.fail(f"expected {expected} or end of filter, got {_describe(t)}", t, hint)
+        expected = "'and', 'or' or ')'" if self.parens else "'and', 'or' or end of filter"
+        self.fail(f"expected {expected}, got {_describe(t)}", t, hint)
 
     def or_expr(self) -> Expr:
         args = [self.and_expr()]
@@ -506,7 +506,9 @@ class _Parser:
         prev = self.toks[self.i - 1] if self.i > 0 else None
         after = f" after '{prev.value}'" if prev is not None and prev.kind == "kw" else ""
         hint = None
-        if t.kind == "kw":
+        if t.kind == "kw" and t.value in ("and", "or"):
+            hint = f"a predicate is missing before '{t.value}'"
+        elif t.kind == "kw":
             hint = f"'{t.value}' is a reserved word; quote such an attribute name in backquotes: `{t.value}`"
         elif t.kind == ")":
             hint = "unbalanced parenthesis" if not self.parens else None

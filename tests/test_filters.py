@@ -268,7 +268,10 @@ SYNTAX_ERRORS = [
     ("a = 12abc", 4, "invalid number"),
     ("a = 99999999999999999999", 4, "int64"),
     ("a = 1e999", 4, "out of range"),
-    ("and = 3", 0, "reserved word"),
+    ("in = 3", 0, "reserved word"),
+    ("and a = 3", 0, "a predicate is missing before 'and'"),
+    ("a = 1 and or b = 2", 10, "a predicate is missing before 'or'"),
+    ("(a = 1 b = 2)", 7, "expected 'and', 'or' or ')'"),
     ("a = 1 and", 9, "expected a predicate after 'and'"),
     ("not", 3, "expected a predicate after 'not'"),
     ("a = 1 ; b = 2", 6, "unexpected character ';'"),
@@ -530,3 +533,22 @@ def test_column_slices_and_take(data, expr, d):
     want = (np.arange(n) % 2 == 0)
     assert F.evaluate(Compare("x", ">=", 0), {"x": m[lo:hi]}, hi - lo).tolist() == want[lo:hi].tolist()
     assert F.evaluate(Compare("x", ">=", 0), {"x": m.take(rows)}, len(rows)).tolist() == want[rows].tolist()
+
+
+@settings(SETTINGS, max_examples=300)
+@given(st.one_of(
+    st.lists(st.sampled_from(list("ab(),'\"`\\<>=!-+.e1 ") + [" and ", " or ", " not ", " in ", " between ",
+                                                                  " contains ", " any ", "9", "x"]),
+             max_size=30).map("".join),
+    st.text(max_size=20)))
+def test_fuzz_only_filter_errors(text):
+    """Arbitrary text either parses (and then round-trips) or raises a filter error with a sane position."""
+    try:
+        e = F.parse(text)
+    except F.FilterSyntaxError as err:
+        assert err.position is not None and 0 <= err.position <= len(text)
+        assert f"at position {err.position}" in str(err)
+    except F.FilterTypeError as err:
+        assert err.attribute
+    else:
+        assert F.parse(F.to_text(e)) == e
