@@ -128,7 +128,7 @@ class OSQPartition:
         sidx = np.ascontiguousarray(sidx, dtype=np.int64)
         rerank = max(int(p["rerank"]), k)
         keep_min = max(int(p["keep_min"]), rerank)
-        cap = 2 * rerank + 64
+        cap = max(1, min(2 * rerank + 64, self.size))
         out_rows = np.full((nq, cap), -1, dtype=np.int64)
         counts = np.zeros((nq, 4), dtype=np.int64)
         metric = K.METRIC_L2 if self.metric == "l2" else K.METRIC_IP

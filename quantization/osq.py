@@ -154,6 +154,37 @@ def lloyd_edges(sorted_values: np.ndarray, inner: np.ndarray, *, iters: int = 25
     return out
 
 
+def snap_edges(inner: np.ndarray, frac: float = 0.1) -> np.ndarray:
+    """Move each finite boundary to the roundest number within ``frac`` of its narrower neighbouring cell.
+
+    People write round constants (``price < 500``); a boundary at 500 rather than 499.3 makes such a predicate fall
+    on a cell edge, so no cell straddles it and its rows are *sure* instead of *maybe*. The order of boundaries is
+    kept.
+    """
+    inner = np.asarray(inner, dtype=np.float64)
+    fin = np.isfinite(inner)
+    e = inner[fin]
+    if e.size == 0:
+        return inner.copy()
+    gaps = np.diff(e)
+    left = np.concatenate([[np.inf], gaps])
+    right = np.concatenate([gaps, [np.inf]])
+    tol = frac * np.minimum(left, right)
+    tol[~np.isfinite(tol)] = frac * max(1.0, float(np.abs(e).max()))
+    out = e.copy()
+    done = np.zeros(e.size, dtype=bool)
+    for p in range(15, -16, -1):
+        step = 10.0 ** p
+        cand = np.round(e / step) * step
+        ok = ~done & (np.abs(cand - e) <= tol)
+        out[ok] = cand[ok]
+        done |= ok
+    out = np.maximum.accumulate(out)
+    res = inner.copy()
+    res[fin] = out
+    return res
+
+
 def assign_cells(values: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """Cell of each value: the number of inner boundaries ``<= value`` (int64)."""
     return np.searchsorted(inner, values, side="right").astype(np.int64)
@@ -352,7 +383,7 @@ class NumericCells:
         ncells = min(1 << int(bits), MAX_CELLS - 1)
         start = quantile_edges(v, ncells)
         inner = lloyd_edges(v, start, iters=lloyd_iters) if lloyd_iters > 0 else start
-        return cls(inner)
+        return cls(snap_edges(inner))
 
     def encode(self, values, missing=None) -> np.ndarray:
         """uint8 codes (n,); widens the member ranges of the cells to cover ``values``.

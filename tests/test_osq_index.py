@@ -1,0 +1,239 @@
+"""OSQIndex: filtered search equals exact filtered search at maximal settings, min(k, matches) in one pass,
+results always satisfy the filter, factory strings, tombstones, save -> load -> search (local and S3), and the
+serverless split (level 0 on a level-0-only load, levels 1-3 on single loaded partitions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shoal import filters
+from shoal.engine.store import LocalStore, S3Store
+from shoal.errors import InvalidArgument
+from shoal.index.factory import describe, index_factory, load_index
+from shoal.index.osq import OSQIndex
+from shoal.index.topk import merge_topk
+
+N, DIM = 3000, 16
+MAX = {"nprobe": 64, "keep_frac": 1.0, "keep_min": 10**6, "rerank": 10**6, "mode": "multilevel"}
+_WORDS = ["red", "green", "blue"]
+
+
+def make_data(seed=0, n=N, d=DIM):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(12, d)) * 4
+    x = (c[rng.integers(12, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
+    q = (c[rng.integers(12, size=25)] + rng.normal(size=(25, d))).astype(np.float32)
+    price = rng.uniform(0, 100, n)
+    price[rng.random(n) < 0.05] = np.nan
+    cols = {"price": filters.NumericColumn(price),
+            "year": filters.NumericColumn(rng.integers(1990, 2025, n).astype(np.int64)),
+            "color": filters.KeywordColumn(rng.integers(-1, 3, n).astype(np.int32), _WORDS),
+            "tags": filters.TagsColumn.from_lists([list(rng.choice(["a", "b", "c"], rng.integers(0, 3), replace=False))
+                                                   for _ in range(n)])}
+    return x, q, cols
+
+
+def build(metric="l2", seed=0, **settings):
+    x, q, cols = make_data(seed)
+    settings = {"partitions": 5, "attr_bits": 4, **settings}
+    index = OSQIndex(DIM, metric, **settings)
+    index.train(x)
+    ids = np.arange(N, dtype=np.int64) * 3 + 7
+    index.add(x, ids, attrs=cols)
+    return index, x, q, cols, ids
+
+
+def exact_filtered(x, q, ids, mask, k, metric):
+    xs, qs = x.astype(np.float64), q.astype(np.float64)
+    if metric == "cosine":
+        xs = xs / np.linalg.norm(xs, axis=1, keepdims=True)
+        qs = qs / np.linalg.norm(qs, axis=1, keepdims=True)
+    keys = ((qs[:, None, :] - xs[None]) ** 2).sum(-1) if metric == "l2" else -(qs @ xs.T)
+    keys[:, ~mask] = np.inf
+    order = np.argsort(keys, axis=1, kind="stable")[:, :k]
+    kd = np.take_along_axis(keys, order, axis=1)
+    return kd, np.where(np.isfinite(kd), ids[order], -1)
+
+
+FILTERS = [
+    None,
+    'price < 30',
+    'price between 20 and 60 and color in ("red", "blue")',
+    'not (price >= 50) or tags contains "a"',
+    'year > 2010 and not color = "green"',
+    'year = 1999 and price < 10',            # a handful of matches
+    'price > 1000',                           # none
+]
+
+
+@pytest.fixture(scope="module", params=["l2", "ip", "cosine"])
+def built(request):
+    return build(request.param)
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_maximal_settings_equal_exact_filtered_search(built, text):
+    index, x, q, cols, ids = built
+    expr = None if text is None else filters.parse(text)
+    mask = filters.evaluate(expr, cols, N)
+    k = 10
+    D, I = index.search(q, k, filter=expr, params=MAX)
+    kd, ki = exact_filtered(x, q, ids, mask, k, index.metric)
+    assert np.array_equal(I >= 0, ki >= 0)  # min(k, matches) results
+    np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-3)
+    # ids equal up to ties in the distance
+    for i in range(len(q)):
+        if not np.array_equal(I[i], ki[i]):
+            assert set(I[i]) ^ set(ki[i]) <= set(I[i][np.isclose(D[i], D[i][I[i] >= 0].max())]) | \
+                set(ki[i][np.isclose(kd[i], kd[i][ki[i] >= 0].max())])
+
+
+@pytest.mark.parametrize("text", FILTERS)
+@pytest.mark.parametrize("mode", ["auto", "multilevel", "exact"])
+def test_default_settings_satisfy_filter_and_never_short(built, text, mode):
+    index, x, q, cols, ids = built
+    expr = None if text is None else filters.parse(text)
+    mask = filters.evaluate(expr, cols, N)
+    D, I = index.search(q, 10, filter=expr, params={"mode": mode})
+    got = I[I >= 0]
+    assert np.isin(got, ids[mask]).all()
+    assert np.all((I >= 0).sum(1) == min(10, int(mask.sum())))
+    valid = I[:, 1:] >= 0
+    assert np.all(D[:, 1:][valid] >= D[:, :-1][valid])
+    _, ki = exact_filtered(x, q, ids, mask, 10, index.metric)
+    hits = sum(len(set(I[i][I[i] >= 0]) & set(ki[i][ki[i] >= 0])) for i in range(len(q)))
+    assert hits >= 0.9 * (ki >= 0).sum()
+
+
+def test_fewer_sure_than_k_resolves_maybe_rows():
+    index, x, q, cols, ids = build("l2", attr_bits=1)  # two cells: almost everything is maybe
+    expr = filters.parse("price between 41.5 and 43")
+    sure, maybe = index.estimate_matches(expr)
+    mask = filters.evaluate(expr, cols, N)
+    assert sure < 10 and sure + maybe >= mask.sum() > 10
+    D, I = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
+    assert index.last_stats["resolved"]
+    assert np.all((I >= 0).sum(1) == 10) and np.isin(I, ids[mask]).all()
+
+
+def test_allowed_masks_and_remove():
+    index, x, q, cols, ids = build("l2")
+    expr = filters.parse("price < 50")
+    allowed = np.random.default_rng(1).random(N) < 0.5
+    mask = filters.evaluate(expr, cols, N) & allowed
+    D, I = index.search(q, 10, filter=expr, allowed=allowed, params=MAX)
+    _, ki = exact_filtered(x, q, ids, mask, 10, "l2")
+    assert np.array_equal(np.sort(I, 1), np.sort(ki, 1))
+    per_query = np.stack([allowed if i % 2 else ~allowed for i in range(len(q))])
+    D, I = index.search(q, 10, filter=expr, allowed=per_query, params=MAX)
+    for i in range(len(q)):
+        m = filters.evaluate(expr, cols, N) & per_query[i]
+        assert np.isin(I[i][I[i] >= 0], ids[m]).all() and (I[i] >= 0).sum() == min(10, m.sum())
+    gone = I[0, :5]
+    assert index.remove(gone) == 5
+    D2, I2 = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
+    assert not np.isin(I2, gone).any()
+    assert index.estimate_matches(None)[0] == N - 5
+
+
+def test_factory_and_describe():
+    index = index_factory(DIM, "OSQ(partitions=4,bits=64)", "l2")
+    assert isinstance(index, OSQIndex) and index.settings["partitions"] == 4 and index.budget == 64
+    again = index_factory(DIM, describe(index), "l2")
+    assert describe(again) == describe(index)
+    with pytest.raises(InvalidArgument, match="valid settings"):
+        index_factory(DIM, "OSQ(parts=4)", "l2")
+    with pytest.raises(InvalidArgument):
+        index_factory(DIM, "OSQ16", "l2")
+    with pytest.raises(InvalidArgument, match="unknown search parameter"):
+        build("l2")[0].search(np.zeros((1, DIM), np.float32), 3, params={"bogus": 1})
+
+
+def test_bad_filters_and_bytes_per_vector():
+    index, x, q, cols, ids = build("l2", bits=64)
+    with pytest.raises(InvalidArgument):
+        index.search(q, 5, filter=filters.parse('color < 3'))
+    # an attribute the index has never seen is missing everywhere, so its predicates are false
+    _, I = index.search(q, 5, filter=filters.parse("unknown_attr < 3"))
+    assert (I < 0).all()
+    _, I = index.search(q[:2], 5, filter='price < 50 and color = "red"')  # text form accepted
+    assert (I >= 0).all()
+    assert index.memory_bytes() > index.code_bytes_per_vector() * N
+    # codes + binary + quantized numeric attributes, without the re-rank vectors: <= 1/4 of float32
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2000, 32)).astype(np.float32)
+    small = OSQIndex(32, "l2", partitions=2)
+    small.train(x)
+    small.add(x, np.arange(2000), attrs={"a": rng.uniform(size=2000), "b": rng.integers(0, 9, 2000)})
+    assert small.code_bytes_per_vector() <= 32 * 4 / 4
+
+
+def _roundtrip(index, store, q, cols):
+    index.save(store, "idx")
+    loaded = load_index(store, "idx")
+    assert isinstance(loaded, OSQIndex)
+    for text in FILTERS[:5]:
+        expr = None if text is None else filters.parse(text)
+        for params in ({"mode": "multilevel"}, MAX):
+            a = index.search(q, 10, filter=expr, params=params)
+            b = loaded.search(q, 10, filter=expr, params=params)
+            assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    # the serverless split: level 0 from the allocator's share, levels 1-3 from single partitions
+    alloc = OSQIndex.load_level0(store, "idx")
+    assert all(p is None for p in alloc.parts)
+    expr = filters.parse('price < 60 and tags contains "b"')
+    lv = alloc.level0(q, 10, {"mode": "multilevel"}, filter=expr)
+    parts_out = []
+    for p in range(alloc.nparts):
+        qs = np.flatnonzero(lv.visit[:, p])
+        part = OSQIndex.load_partition(store, "idx", p)
+        d_, i_, st = part.search(lv.qrot[qs], lv.status[:, part.rows], 10, {"mode": "multilevel"}, expr=expr,
+                                 sidx=lv.sidx[qs])
+        assert st["bytes"] >= 0
+        full_d = np.full((len(q), 10), np.inf, np.float32)
+        full_i = np.full((len(q), 10), -1, np.int64)
+        full_d[qs], full_i[qs] = d_, i_
+        parts_out.append((full_d, full_i))
+    Dm, Im = merge_topk(parts_out, 10)
+    Da, Ia = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
+    assert np.array_equal(Ia, Im)
+
+
+def test_save_load_local(tmp_path):
+    index, x, q, cols, ids = build("cosine")
+    _roundtrip(index, LocalStore(tmp_path), q, cols)
+    # one array per segment per partition, readable by ranged GETs
+    store = LocalStore(tmp_path)
+    keys = store.list("idx/p0000/")
+    assert any(k.endswith("seg0000.npy") for k in keys)
+    from shoal.index.persist import read_npy_rows
+    seg = read_npy_rows(store, "idx/p0000/seg0001.npy", 3, 9)
+    assert np.array_equal(seg, index.parts[0].segs[1, 3:9])
+    mm = load_index(store, "idx", mmap=True)
+    assert np.array_equal(mm.search(q, 5)[1], index.search(q, 5)[1])
+
+
+def test_save_load_s3(s3_bucket):
+    endpoint, bucket = s3_bucket
+    index, x, q, cols, ids = build("l2", partitions=3, bits=48)
+    _roundtrip(index, S3Store(bucket, "osq", endpoint_url=endpoint), q, cols)
+
+
+def test_incremental_add_keeps_attributes():
+    x, q, cols = make_data(4)
+    index = OSQIndex(DIM, "l2", partitions=4)
+    index.train(x)
+    half = N // 2
+    index.add(x[:half], np.arange(half), attrs={k: v.take(np.arange(half)) for k, v in cols.items()})
+    rest = np.arange(half, N)
+    index.add(x[half:], rest, attrs={"price": cols["price"].take(rest), "color": filters.KeywordColumn(
+        cols["color"].codes[rest], _WORDS)})
+    expr = filters.parse('price < 40 and color = "blue"')
+    merged = {"price": cols["price"], "color": cols["color"]}
+    mask = filters.evaluate(expr, merged, N)
+    D, I = index.search(q, 10, filter=expr, params=MAX)
+    _, ki = exact_filtered(x, q, np.arange(N), mask, 10, "l2")
+    assert np.array_equal(np.sort(I, 1), np.sort(ki, 1))
+    # rows added without tags have none
+    assert not index.exact_rows(filters.parse('tags contains "a"'), rest).any()
