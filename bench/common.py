@@ -219,6 +219,48 @@ def measure_qps(search: Callable[[np.ndarray], object], queries: np.ndarray, *, 
     return Timing(seconds=min(runs), nq=nq, threads=nthreads, runs=runs, result=result)
 
 
+def measure_interleaved(searches: dict[str, Callable[[np.ndarray], object]], queries: np.ndarray, *,
+                        threads: int | None = 1, rounds: int = 3, warmup: int | None = None,
+                        setup: dict[str, Callable[[], Callable[[], None]]] | None = None) -> dict[str, Timing]:
+    """Time several methods on the same queries in alternation (A B C A B C ...), best of ``rounds`` each.
+
+    On a shared, noisy machine this is fairer than timing each method in one go: a burst of load from other
+    processes hits every method instead of one. Arguments are as for :func:`measure_qps`.
+
+    Parameters
+    ----------
+    searches : {name: callable (float32 (m, d)) -> anything}
+    setup : {name: callable () -> undo callable}, optional
+        Run before each timing of that method (e.g. set a library switch); the returned callable undoes it.
+
+    Returns
+    -------
+    {name: Timing}
+    """
+    nq = int(queries.shape[0])
+    nthreads = max(1, int(threads or os.cpu_count() or 1))
+    setup = setup or {}
+    runs: dict[str, list[float]] = {name: [] for name in searches}
+    results: dict[str, object] = {}
+    with thread_limit(nthreads):
+        w = min(nq, 32) if warmup is None else warmup
+        for rnd in range(-1 if w else 0, max(1, rounds)):
+            for name, fn in searches.items():
+                undo = setup[name]() if name in setup else None
+                try:
+                    if rnd < 0:
+                        fn(queries[:w])
+                        continue
+                    t0 = time.perf_counter()
+                    results[name] = fn(queries)
+                    runs[name].append(time.perf_counter() - t0)
+                finally:
+                    if undo is not None:
+                        undo()
+    return {name: Timing(seconds=min(r), nq=nq, threads=nthreads, runs=r, result=results[name])
+            for name, r in runs.items()}
+
+
 @contextlib.contextmanager
 def stopwatch() -> Iterator[dict]:
     """``with stopwatch() as t: ...`` then ``t["seconds"]`` holds the elapsed wall time."""

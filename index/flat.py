@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _topk_kernels as _kern
 from .base import Index, array_bytes
 from .factory import Stage, take_settings
 from .persist import load_arrays, save_arrays
-from .topk import topk_from_distances
+from .topk import empty_result
 
-#: cap on one block of the distance matrix (float32 entries); bounds memory at 64 MiB per block
-_BLOCK_ENTRIES = 1 << 24
+#: tile of the distance matrix computed per BLAS call: queries x base rows (float32 entries, 1 MiB); small enough to
+#: stay in cache while the kernel selects from it, large enough for BLAS to run at full speed
+_QUERY_BLOCK = 256
+_BASE_BLOCK = 1024
 
 
 def distance_keys(q: np.ndarray, x: np.ndarray, metric: str, x_norms: np.ndarray | None = None) -> np.ndarray:
@@ -49,6 +52,10 @@ def exact_search(q: np.ndarray, x: np.ndarray, k: int, metric: str, *, labels: n
                  allowed: np.ndarray | None = None, x_norms: np.ndarray | None = None):
     """Exact top-``k`` of ``q`` over ``x`` under an optional allowed mask.
 
+    The distance matrix is computed by BLAS in tiles of ``_QUERY_BLOCK`` queries x ``_BASE_BLOCK`` rows that stay in
+    cache; a numba kernel turns each tile into keys (same float32 operations as :func:`distance_keys`) and feeds one
+    bounded heap per query, so the full ``(nq, n)`` matrix is never materialised. Ties are broken by the smaller row.
+
     Parameters
     ----------
     q : float32 (nq, d)
@@ -56,13 +63,15 @@ def exact_search(q: np.ndarray, x: np.ndarray, k: int, metric: str, *, labels: n
     labels : int64 (n,), optional
         Returned in place of row numbers.
     allowed : bool (n,) or (nq, n), optional
-        A shared mask is applied by gathering the allowed rows first (cheap when selective); per-query masks set
-        excluded keys to ``+inf``.
+        A shared mask is applied by gathering the allowed rows first (cheap when selective); per-query masks skip
+        excluded entries inside the kernel.
 
     Returns
     -------
     D float32 (nq, k), I int64 (nq, k)
     """
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     nq, n = q.shape[0], x.shape[0]
     if labels is None:
         labels = np.arange(n, dtype=np.int64)
@@ -72,20 +81,36 @@ def exact_search(q: np.ndarray, x: np.ndarray, k: int, metric: str, *, labels: n
             return exact_search(q, x[rows], k, metric, labels=labels[rows],
                                 x_norms=None if x_norms is None else x_norms[rows])
         allowed = None
-    if metric == "l2" and x_norms is None:
-        x_norms = np.einsum("ij,ij->i", x, x)
-    block = max(1, min(nq, _BLOCK_ENTRIES // max(n, 1)))
-    Ds, Is = [], []
-    for s in range(0, nq, block):
-        dist = distance_keys(q[s:s + block], x, metric, x_norms)
-        if allowed is not None:
-            dist[~allowed[s:s + block]] = np.inf
-        d_, i_ = topk_from_distances(dist, k, labels)
-        Ds.append(d_)
-        Is.append(i_)
-    if not Ds:
-        return topk_from_distances(np.empty((0, n), np.float32), k)
-    return np.concatenate(Ds), np.concatenate(Is)
+    D, I = empty_result(nq, k)
+    kk = min(k, n)
+    if nq == 0 or kk == 0:
+        return D, I
+    l2 = metric == "l2"
+    if l2:
+        x_norms = np.einsum("ij,ij->i", x, x) if x_norms is None else np.ascontiguousarray(x_norms, np.float32)
+        q_norms = np.einsum("ij,ij->i", q, q)
+    else:
+        x_norms = q_norms = np.zeros(max(nq, n), np.float32)
+    use_mask = allowed is not None
+    mask = np.ascontiguousarray(allowed) if use_mask else np.ones((1, 1), dtype=bool)
+    parallel = _kern.use_parallel(nq)
+    update = _kern.heap_update_dots if parallel else _kern.heap_update_dots_serial
+    hd, hi = _kern.init_heaps(nq, kk)
+    bq, bn = min(nq, _QUERY_BLOCK), min(n, _BASE_BLOCK)
+    buf = np.empty(bq * bn, dtype=np.float32)
+    for s in range(0, nq, bq):
+        qb = q[s:s + bq]
+        for c in range(0, n, bn):
+            xb = x[c:c + bn]
+            dots = buf[:qb.shape[0] * xb.shape[0]].reshape(qb.shape[0], xb.shape[0])
+            np.matmul(qb, xb.T, out=dots)
+            update(dots, l2, q_norms[s:s + bq], x_norms[c:c + bn], c,
+                   mask[s:s + bq, c:c + bn] if use_mask else mask, use_mask, hd[s:s + bq], hi[s:s + bq])
+    (_kern.sort_heaps if parallel else _kern.sort_heaps_serial)(hd, hi)
+    found = hi >= 0
+    D[:, :kk] = hd
+    I[:, :kk] = np.where(found, labels[np.where(found, hi, 0)], -1)
+    return D, I
 
 
 class FlatIndex(Index):

@@ -30,24 +30,26 @@ def topk_from_distances(dist: np.ndarray, k: int, labels: np.ndarray | None = No
     -------
     D : float32 (nq, k), I : int64 (nq, k)
     """
+    from . import _topk_kernels as _kern  # numba compiles on first use; keep importing topk cheap
+
+    dist = np.ascontiguousarray(dist, dtype=np.float32)
     nq, n = dist.shape
     D, I = empty_result(nq, k)
-    if n == 0 or nq == 0:
-        return D, I
     kk = min(k, n)
-    if kk < n:
-        part = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+    if kk == 0 or nq == 0:
+        return D, I
+    # one bounded heap per row, ordered by (key, column): ties go to the smaller column, +inf never enters
+    hd, hi = _kern.init_heaps(nq, kk)
+    if n * nq >= 1 << 16 and _kern.use_parallel(nq):
+        _kern.heap_update_keys(dist, 0, hd, hi)
+        _kern.sort_heaps(hd, hi)
     else:
-        part = np.broadcast_to(np.arange(n), (nq, n))
-    pd = np.take_along_axis(dist, part, axis=1)
-    # ties broken by column so results are deterministic across runs and stores
-    order = np.lexsort((part, pd), axis=1) if pd.size else np.zeros_like(part)
-    cols = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(pd, order, axis=1)
-    D[:, :kk] = vals
-    ids = cols if labels is None else labels[cols]
-    I[:, :kk] = np.where(np.isfinite(vals), ids, -1)
-    D[:, :kk][~np.isfinite(vals)] = np.inf
+        _kern.heap_update_keys_serial(dist, 0, hd, hi)
+        _kern.sort_heaps_serial(hd, hi)
+    found = hi >= 0
+    D[:, :kk] = hd
+    cols = np.where(found, hi, 0)
+    I[:, :kk] = np.where(found, cols if labels is None else labels[cols], -1)
     return D, I
 
 
