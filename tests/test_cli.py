@@ -1,0 +1,127 @@
+"""The shoal command: build / search / info through main(argv), and the console script through a subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shoal.cli import main
+from shoal.engine import Database
+
+HAS_READERS = importlib.util.find_spec("shoal.engine.readers") is not None
+
+
+@pytest.fixture
+def vecs(tmp_path, rng):
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    return x, str(path)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_build_search_info(tmp_path, vecs, capsys):
+    x, path = vecs
+    data = tmp_path / "data"
+    code, out, err = run(capsys, "build", path, "--data", data, "--name", "v", "--metric", "l2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["count"] == 200 and summary["dim"] == 8 and summary["stored_bytes"] > 200 * 8 * 4
+    assert "load [" in err and "add [" in err  # progress on stderr
+    # the collection is real: search it in-process and through the CLI
+    q = x[:2] + 0.01
+    code, out, err = run(capsys, "search", "--data", data, "--name", "v", "--vector=" + ",".join(map(str, q[0])),
+                         "--vector=" + ",".join(map(str, q[1])), "-k", "3", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert [r["hits"][0]["id"] for r in res["results"]] == [0, 1]
+    assert res["score_kind"] == "distance" and res["stats"]["plan"] == "index(Flat)"
+    d = np.sqrt(((x - q[0]) ** 2).sum(1))
+    assert [h["id"] for h in res["results"][0]["hits"]] == list(np.argsort(d)[:3])
+    # by ids, table output
+    code, out, err = run(capsys, "search", "--data", data, "--name", "v", "--ids", "5,7", "-k", "2")
+    assert code == 0 and "id 5: 2 result(s)" in out and "plan index(Flat)" in out
+    # query file
+    np.save(tmp_path / "q.npy", x[10:13])
+    code, out, _ = run(capsys, "search", "--data", data, "--name", "v", "--query-file", tmp_path / "q.npy", "--json")
+    assert [r["hits"][0]["id"] for r in json.loads(out)["results"]] == [10, 11, 12]
+    code, out, _ = run(capsys, "info", "--data", data)
+    assert code == 0 and "v" in out and "200" in out
+    code, out, _ = run(capsys, "info", "--data", data, "--name", "v", "--json")
+    assert json.loads(out)["count"] == 200
+    # overwrite vs already exists
+    code, _, err = run(capsys, "build", path, "--data", data, "--name", "v", "--quiet")
+    assert code == 2 and "already exists" in err
+    code, _, err = run(capsys, "build", path, "--data", data, "--name", "v", "--quiet", "--overwrite",
+                       "--limit", "50", "--metric", "cosine")
+    assert code == 0, err
+    with Database(data) as db:
+        assert db.collection("v").count() == 50 and db.collection("v").metric == "cosine"
+
+
+def test_errors_are_clear(tmp_path, vecs, capsys):
+    _, path = vecs
+    data = tmp_path / "data"
+    assert run(capsys, "build", path, "--data", data, "--name", "v", "--quiet")[0] == 0
+    cases = [
+        (["search", "--data", data, "--name", "nope", "--vector", "1,2"], "unknown collection"),
+        (["search", "--data", data, "--name", "v", "--vector", "1,2"], "dimension"),
+        (["search", "--data", data, "--name", "v", "--vector", "1,x"], "comma-separated numbers"),
+        (["search", "--data", data, "--name", "v", "--ids", "999999"], "not in collection"),
+        (["search", "--data", data, "--name", "v", "--ids", "1", "--filter", "a <"], "filter"),
+        (["search", "--data", data, "--name", "v", "--ids", "1", "--nprobe", "4"], "unknown search parameter"),
+        (["search", "--data", data, "--name", "v", "--ids", "1", "--tenant", "t"], "not multi-tenant"),
+        (["build", tmp_path / "missing.npy", "--data", data, "--name", "w"], "not found"),
+        (["build", path, "--data", data, "--name", "w", "--index", "Bogus"], "Bogus"),
+        (["info", "--data", tmp_path / "nowhere"], "does not exist"),
+    ]
+    for argv, needle in cases:
+        code, out, err = run(capsys, *argv)
+        assert code in (1, 2), argv
+        assert needle in err, (argv, err)
+    with Database(data) as db:
+        assert db.list_collections() == ["v"]
+
+
+@pytest.mark.skipif(not HAS_READERS, reason="shoal.engine.readers (attribute files) not available")
+def test_build_with_attributes_ids_and_tenants(tmp_path, vecs, capsys):
+    x, path = vecs
+    rows = [{"doc": 1000 + i, "price": float(i), "color": ["red", "blue"][i % 2], "owner": f"t{i % 3}"}
+            for i in range(200)]
+    attrs = tmp_path / "a.jsonl"
+    attrs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tmp_path / "data"
+    code, out, err = run(capsys, "build", path, "--attrs", attrs, "--ids", "doc", "--tenants", "owner",
+                         "--data", data, "--name", "a", "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["schema"] == {"price": "float", "color": "keyword"}
+    code, out, err = run(capsys, "search", "--data", data, "--name", "a", "--ids", "1004", "-k", "5",
+                         "--filter", 'color = "red" and price < 100', "--tenant", "t1", "--attrs", "--json")
+    assert code == 0, err
+    hits = json.loads(out)["results"][0]["hits"]
+    assert hits and all(h["attrs"]["color"] == "red" and h["attrs"]["price"] < 100 for h in hits)
+    assert all((h["id"] - 1000) % 3 == 1 for h in hits)
+
+
+def test_console_script_subprocess(tmp_path, vecs):
+    _, path = vecs
+    exe = os.path.join(os.path.dirname(sys.executable), "shoal")
+    assert subprocess.run([exe, "--help"], capture_output=True, text=True).stdout.count("build") >= 1
+    data = str(tmp_path / "data")
+    r = subprocess.run([exe, "build", path, "--data", data, "--name", "v", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "built 'v': 200 vectors x 8" in r.stdout
+    r = subprocess.run([exe, "search", "--data", data, "--name", "v", "--ids", "3", "-k", "1"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "           3" in r.stdout
