@@ -1,10 +1,10 @@
 """shoal errors <-> gRPC status codes, in one place for the servicer and the client.
 
-The server maps every exception a handler raises to a status code and a one-line message: shoal's typed errors by their
-``status`` name, ``ValueError``/``TypeError`` (e.g. the filter parser's errors) to INVALID_ARGUMENT, and anything else to
-INTERNAL with a generic message and an error id (the traceback goes to the server's log, never to the caller). The exact
-error class travels in the trailing metadata ``shoal-error-type`` so the client can raise the same subclass
-(``DimensionMismatch`` rather than just ``InvalidArgument``).
+The server maps every exception a handler raises to a status code and a one-line message: shoal's typed errors by
+their ``status`` name, ``ValueError``/``TypeError`` (e.g. the filter parser's errors) to INVALID_ARGUMENT, and
+anything else to INTERNAL with a generic message and an error id (the traceback goes to the server's log, never to the
+caller). The nearest error class the client knows travels in the trailing metadata ``shoal-error-type`` so the client
+can raise the same subclass (``DimensionMismatch`` rather than just ``InvalidArgument``).
 """
 
 from __future__ import annotations

@@ -168,23 +168,6 @@ def attr_rows(msgs, n: int) -> list[dict] | None:
     return [codec.from_attributes(m) for m in msgs]
 
 
-def ids_where(col, flt, tenant: str | None) -> np.ndarray:
-    """Ids of the live points matching ``flt`` that ``tenant`` can see.
-
-    Uses the collection's ``ids_where`` when the engine offers it; otherwise reads its record table under its read
-    lock (the engine has no public enumeration yet).
-    """
-    public = getattr(col, "ids_where", None)
-    if public is not None:
-        return np.asarray(public(flt, tenant=tenant), dtype=np.int64)
-    from ..engine.collection import parse_filter
-
-    expr = parse_filter(flt, col.schema)
-    with col._rw.read():
-        mask = col._slot_mask(expr, col._tenant_id(tenant), col.records.n)
-        return col.records.ids[np.flatnonzero(mask)].copy()
-
-
 def point_message(p: dict, principal: Principal) -> pb.Point:
     vec = p.get("vector")
     tenants = list(p.get("tenants") or [])
@@ -342,10 +325,11 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
                 return
             ids = np.concatenate([b[0] for b in buf])
             x = np.concatenate([b[1] for b in buf])
-            attrs = None if all(b[2] is None for b in buf) else \
-                sum(([{}] * b[0].size if b[2] is None else b[2] for b in buf), [])
-            tenants = None if all(b[3] is None for b in buf) else \
-                sum(([[]] * b[0].size if b[3] is None else b[3] for b in buf), [])
+            attrs = tenants = None
+            if any(b[2] is not None for b in buf):
+                attrs = [row for b in buf for row in (b[2] if b[2] is not None else [{}] * b[0].size)]
+            if any(b[3] is not None for b in buf):
+                tenants = [lst for b in buf for lst in (b[3] if b[3] is not None else [[]] * b[0].size)]
             buf.clear()
             applied += self._apply(col, info, principal, ids, x, attrs, tenants)
 
@@ -379,7 +363,8 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
             if principal.tenant is None:  # the engine's meaning: every matching point the tenant (if any) can see
                 return pb.DeleteResponse(deleted=int(col.delete_where(flt, tenant=tenant)))
             with self.state.write_lock(info["name"]):
-                return pb.DeleteResponse(deleted=self._delete_in_tenant(col, ids_where(col, flt, tenant), tenant))
+                ids = col.ids_where(flt, tenant=tenant)
+                return pb.DeleteResponse(deleted=self._delete_in_tenant(col, ids, tenant))
         if not len(request.ids):
             raise InvalidArgument("give ids or a filter to delete")
         ids = decode_ids(request.ids)
