@@ -1,0 +1,198 @@
+"""Container data retention: a module-level LRU of loaded index data that survives between warm invocations.
+
+A Lambda container keeps its module globals between invocations; the handler keeps loaded arrays here, keyed by
+``(store URI, object version, name)``. Index data under a version is immutable (a rebuild writes a new version), so a
+hit never serves stale data and a rebuild never mixes versions. The cache is bounded in bytes and evicts least
+recently used entries; each invocation reads through a :class:`Reader` that counts its own hits (warm), misses (cold)
+and bytes fetched, which the handler reports in the response metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InvalidArgument
+
+
+def default_capacity() -> int:
+    """Bytes the cache may hold: ``$SHOAL_CACHE_MB``, else half the Lambda memory size, else 1 GiB."""
+    if os.environ.get("SHOAL_CACHE_MB"):
+        return int(float(os.environ["SHOAL_CACHE_MB"]) * (1 << 20))
+    if os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"):
+        return int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]) * (1 << 20) // 2
+    return 1 << 30
+
+
+def nbytes_of(value: Any) -> int:
+    """Honest size of a cached value: arrays by ``nbytes``, containers recursively, objects by their arrays."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(nbytes_of(v) for v in value.values()) + 64 * len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes_of(v) for v in value) + 8 * len(value)
+    if hasattr(value, "memory_bytes"):
+        return int(value.memory_bytes())
+    return 64
+
+
+class LRUCache:
+    """A thread-safe LRU bounded in bytes. An entry larger than the whole capacity is returned but not kept."""
+
+    def __init__(self, capacity_bytes: int):
+        if capacity_bytes < 0:
+            raise InvalidArgument("cache capacity must be >= 0 bytes")
+        self.capacity = int(capacity_bytes)
+        self._data: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Lock] = {}
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
+    def get_or_load(self, key: tuple, loader: Callable[[], Any]) -> tuple[Any, bool]:
+        """Return ``(value, hit)``; on a miss, call ``loader()`` once (concurrent callers for a key wait for it)."""
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key][0], True
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    self.hits += 1
+                    return self._data[key][0], True
+            value = loader()
+            size = nbytes_of(value)
+            with self._lock:
+                self.misses += 1
+                self._loading.pop(key, None)
+                if size <= self.capacity:
+                    self._data[key] = (value, size)
+                    self.used += size
+                    while self.used > self.capacity:
+                        _k, (_v, s) = self._data.popitem(last=False)
+                        self.used -= s
+                        self.evictions += 1
+            return value, False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.used = 0
+
+    def stats(self) -> dict:
+        return {"entries": len(self._data), "used_bytes": self.used, "capacity_bytes": self.capacity,
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
+
+
+#: the container-wide cache (module global: survives between warm invocations)
+CACHE = LRUCache(default_capacity())
+
+_STORES: dict[str, Any] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def store_for(uri):
+    """One store (and so one boto3 client, which is thread-safe) per URI per container: creating a client costs
+    ~0.1 s, too much to pay per invocation. Passing a store object registers it under its URI (so a caller's
+    configured store, e.g. with an endpoint, is the one used for spills)."""
+    if not isinstance(uri, str):
+        with _STORES_LOCK:
+            _STORES[uri.uri] = uri
+        return uri
+    with _STORES_LOCK:
+        store = _STORES.get(uri)
+        if store is None:
+            from ..engine.store import open_store
+
+            store = _STORES[uri] = open_store(uri)
+        return store
+
+
+class CountingStore:
+    """Wraps an object store and counts the bytes and requests of every read."""
+
+    def __init__(self, store):
+        self.store = store
+        self.uri = store.uri
+        self.bytes_fetched = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def _count(self, data: bytes) -> bytes:
+        with self._lock:
+            self.bytes_fetched += len(data)
+            self.requests += 1
+        return data
+
+    def get(self, key):
+        return self._count(self.store.get(key))
+
+    def get_range(self, key, start, end):
+        return self._count(self.store.get_range(key, start, end))
+
+    def local_path(self, key):
+        return None  # force reads through get/get_range so every byte is counted
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+class Reader:
+    """Per-invocation view of an index version through the container cache.
+
+    Parameters
+    ----------
+    store : ObjectStore
+        Rooted at the index prefix.
+    version : str
+        The manifest version every key is read under (``versions/{version}/...``).
+    cache : LRUCache, optional
+        Defaults to the container-wide :data:`CACHE`.
+    """
+
+    def __init__(self, store, version: str, cache: LRUCache | None = None):
+        self.store = CountingStore(store)
+        self.version = version
+        self.cache = CACHE if cache is None else cache
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+
+    @property
+    def base(self) -> str:
+        return f"versions/{self.version}"
+
+    def key(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def cached(self, name: str, loader: Callable[[], Any]) -> Any:
+        """Value cached under ``(store URI, version, name)``; ``loader()`` reads through ``self.store``."""
+        value, hit = self.cache.get_or_load((self.store.uri, self.version, name), loader)
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+        return value
+
+    def metrics(self) -> dict:
+        return {"cache_hits": self.hits, "cache_misses": self.misses, "bytes_fetched": self.store.bytes_fetched,
+                "get_requests": self.store.requests}

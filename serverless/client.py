@@ -1,0 +1,82 @@
+"""Querying a serverless deployment: invoke the coordinator (or act as it) and summarise the tree's metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from ..index.validate import as_vectors, check_k
+from .cache import store_for
+from .cost import X86, Prices, summarize
+from .handler import LocalContext, call, check_result, run_coordinator, use_child_invoker
+from .invokers import LambdaInvoker, RemoteError
+from .tree import Tree
+
+
+@dataclass(frozen=True)
+class ServerlessResult:
+    """Result of one batch: ``D`` float32 (nq, k) distance keys, ``I`` int64 (nq, k) ids, the index version read,
+    the per-invocation ``metrics`` and their ``stats`` summary (counts per role, cold/warm, bytes, cost)."""
+
+    D: np.ndarray
+    I: np.ndarray
+    version: str
+    metrics: list = field(repr=False)
+    stats: dict = field(repr=False)
+    elapsed_ms: float = 0.0
+
+
+def search(queries, k: int = 10, *, index: str, function: str | None = None, invoker=None, b: int = 2, L: int = 1,
+           allocator: str | None = None, processor: str | None = None, params: dict | None = None, filter=None,
+           version: str | None = None, retries: int = 2, prices: Prices = X86) -> ServerlessResult:
+    """Search a partitioned index through Lambda.
+
+    Parameters
+    ----------
+    queries : float32 (nq, d)
+    index : str or ObjectStore
+        The partitioned index: a store URI (``s3://bucket/prefix``) or a store object (its URI is what the functions
+        receive; the object itself is used here, e.g. for spilling a large batch).
+    function : str, optional
+        Coordinator function. ``None`` runs the coordinator in this process (allocators and processors still run in
+        Lambda), which saves one hop.
+    invoker : Invoker, optional
+        Defaults to a :class:`LambdaInvoker` (``$SHOAL_LAMBDA_ENDPOINT`` or AWS).
+    b, L : int
+        Tree branching and depth: ``b + ... + b^L`` allocators.
+    allocator, processor : str, optional
+        Function names per role (default: ``function``); ``processor`` may be a template like ``shoal-p{partition}``.
+    filter : dict, optional
+        Filter AST in its JSON form (OSQ indexes).
+    """
+    if function is None and (allocator is None or processor is None):
+        raise InvalidArgument("give the coordinator function, or the allocator and processor functions")
+    q = as_vectors(queries, None, name="queries")
+    k = check_k(k)
+    Tree(b, L)
+    invoker = invoker or LambdaInvoker()
+    if not isinstance(index, str):
+        index = store_for(index).uri
+    body = {"role": "coordinator", "index": index, "version": version, "queries": q, "k": k,
+            "params": params or {}, "filter": filter, "tree": {"b": b, "L": L}, "retries": retries,
+            "functions": {"allocator": allocator or function, "processor": processor or function}}
+    t0 = time.perf_counter()
+    if function is None:
+        with use_child_invoker(invoker):
+            out = run_coordinator(body, LocalContext("client"))
+        info = {"req_bytes": 0, "resp_bytes": 0, "spilled_request": False, "spilled_response_bytes": 0}
+        out["metrics"][0]["inline"] = True  # the client's own time is not billed by Lambda
+    else:
+        out, info = call(function, body, index, throttle_retries=None, invoker=invoker)
+    elapsed = (time.perf_counter() - t0) * 1e3
+    D, I, metrics = check_result(out, q.shape[0], k, f"coordinator {function or '(local)'}")
+    if metrics:
+        metrics[0].update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"],
+                          spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
+    if not isinstance(out.get("version"), str):
+        raise RemoteError(function or "local", "MalformedResponse", "response lacks the index version")
+    return ServerlessResult(D=D, I=I, version=out["version"], metrics=metrics, stats=summarize(metrics, prices),
+                            elapsed_ms=elapsed)

@@ -1,0 +1,68 @@
+"""Fault injection for tests and chaos drills: make chosen invocations raise, hang or answer garbage.
+
+Active only when ``$SHOAL_FAULTS_FILE`` names a JSON file holding a list of specs, re-read on every invocation so a
+running emulator can be reconfigured::
+
+    [{"role": "processor", "partition": 2, "mode": "raise" | "sleep" | "malformed", "seconds": 5, "times": 1}]
+
+``times`` (optional) limits how often a spec fires, counted across processes in a side file next to the spec file,
+so "fail once, then succeed" can be expressed. Never set the variable in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _specs() -> list[tuple[int, dict]]:
+    path = os.environ.get("SHOAL_FAULTS_FILE")
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        text = f.read().strip()
+    return list(enumerate(json.loads(text))) if text else []
+
+
+def _fire(path: str, i: int, spec: dict) -> bool:
+    times = spec.get("times")
+    if times is None:
+        return True
+    counter = f"{path}.fired.{i}"
+    # one byte appended per firing: O_APPEND makes the count exact across processes
+    fd = os.open(counter, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    return os.path.getsize(counter) <= int(times)
+
+
+def matching(role: str, partition: int | None = None, node: int | None = None) -> dict | None:
+    """The first spec that matches this invocation and may still fire (counting the firing), else ``None``."""
+    path = os.environ.get("SHOAL_FAULTS_FILE")
+    for i, spec in _specs():
+        if spec.get("role", role) != role:
+            continue
+        if "partition" in spec and spec["partition"] != partition:
+            continue
+        if "node" in spec and spec["node"] != node:
+            continue
+        if _fire(path, i, spec):
+            return spec
+    return None
+
+
+def before(spec: dict | None) -> None:
+    """Apply a ``raise`` or ``sleep`` fault before the work."""
+    if spec is None:
+        return
+    if spec.get("mode") == "raise":
+        raise InjectedFault(spec.get("message", "injected failure"))
+    if spec.get("mode") == "sleep":
+        time.sleep(float(spec.get("seconds", 60)))

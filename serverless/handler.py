@@ -1,0 +1,379 @@
+"""The Lambda entry point: one function, three roles (coordinator, allocator, processor) chosen by ``event["role"]``.
+
+- **coordinator** (node 0): resolves the index version once (so the whole tree reads one version), then acts as the
+  root of the tree: invokes its ``b`` child allocators in parallel and merges what comes back.
+- **allocator** (nodes ``1 .. b + ... + b^L``, pre-order, see :mod:`.tree`): first invokes its children (in parallel,
+  from threads), then does its own share: level 0 (routing, from router data it caches) for the batch, and one
+  processor invocation per owned partition with the queries routed there. Results and metrics are merged with
+  :func:`~shoal.index.topk.merge_topk` on the way up.
+- **processor**: searches one partition for a batch of queries (data from the container cache).
+
+A child that is throttled (429) is not waited for: the parent runs that child's work inline, in its own thread, so a
+concurrency limit smaller than the tree cannot deadlock it. A processor that raises, times out or answers malformed
+data is retried; if it still fails the error names the partition. Every response lists the partitions it covers, and
+parents check that against the tree, so a result is never silently incomplete.
+
+Handlers are deployed as ``shoal.serverless.handler.handler``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeadlineExceeded, InvalidArgument, ShoalError
+from ..index.topk import empty_result, merge_topk
+from ..index.validate import as_vectors, check_k
+from . import faults
+from .cache import CACHE, Reader, default_capacity, store_for
+from .invokers import LambdaInvoker, RemoteError, Throttled
+from .partitioned import cached_manifest, check_partition, current_version, get_backend, scatter
+from .payload import decode, delete_spill, encode, spill_if_large, unspill
+from .tree import Tree
+
+ROLES = ("coordinator", "allocator", "processor")
+DEFAULT_RETRIES = 2
+
+_STATE = {"invocations": 0}
+_STATE_LOCK = threading.Lock()
+_CHILD: dict[str, Any] = {"invoker": None, "depth": 0}
+_CHILD_LOCK = threading.Lock()
+
+
+class MalformedResponse(ShoalError, ValueError):
+    """A child answered, but not with what the protocol requires."""
+
+
+class PartitionError(ShoalError, RuntimeError):
+    """A partition could not be searched after retries; the message names it."""
+
+
+class LocalContext:
+    """The bits of the Lambda context object the handler uses, for in-process runs."""
+
+    def __init__(self, function_name: str = "local", memory_mb: int = 1024, timeout_s: float = 900.0):
+        self.function_name = function_name
+        self.memory_limit_in_mb = memory_mb
+        self.aws_request_id = "local"
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int(max(0.0, self._deadline - time.monotonic()) * 1000)
+
+
+@contextlib.contextmanager
+def use_child_invoker(invoker):
+    """Make handlers in this process invoke their children through ``invoker`` (in-process runs)."""
+    with _CHILD_LOCK:
+        prev = _CHILD["invoker"]
+        _CHILD["invoker"] = invoker
+        _CHILD["depth"] += 1
+    try:
+        yield
+    finally:
+        with _CHILD_LOCK:
+            _CHILD["depth"] -= 1
+            if _CHILD["depth"] == 0:
+                _CHILD["invoker"] = prev
+
+
+def child_invoker():
+    """The invoker for child invocations: the one installed in-process, else boto3 (``$SHOAL_LAMBDA_ENDPOINT``)."""
+    with _CHILD_LOCK:
+        if _CHILD["invoker"] is None:
+            _CHILD["invoker"] = LambdaInvoker()
+        return _CHILD["invoker"]
+
+
+# ---------------------------------------------------------------------------------------------------- plumbing
+
+
+def _memory_mb(context) -> int:
+    try:
+        return int(getattr(context, "memory_limit_in_mb", None) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                   or 1024)
+    except (TypeError, ValueError):
+        return 1024
+
+
+def check_ctx(ctx: Any) -> dict:
+    """Validate the context every node passes down (index, version, k, params, filter, tree, functions)."""
+    if not isinstance(ctx, dict):
+        raise InvalidArgument("payload needs a 'ctx' object")
+    for key in ("index", "version", "k", "tree", "functions"):
+        if key not in ctx:
+            raise InvalidArgument(f"ctx is missing {key!r}")
+    if not isinstance(ctx["index"], str) or not isinstance(ctx["version"], str):
+        raise InvalidArgument("ctx.index and ctx.version must be strings")
+    funcs = ctx["functions"]
+    if not isinstance(funcs, dict) or not all(isinstance(funcs.get(r), str) and funcs.get(r)
+                                             for r in ("allocator", "processor")):
+        raise InvalidArgument("ctx.functions needs 'allocator' and 'processor' function names")
+    ctx = dict(ctx)
+    ctx["k"] = check_k(ctx["k"])
+    ctx["params"] = dict(ctx.get("params") or {})
+    ctx["retries"] = int(ctx.get("retries", DEFAULT_RETRIES))
+    tree = ctx["tree"]
+    if not isinstance(tree, dict):
+        raise InvalidArgument("ctx.tree must be {'b': int, 'L': int}")
+    Tree(tree.get("b"), tree.get("L"))
+    return ctx
+
+
+def processor_function(ctx: dict, p: int) -> str:
+    """The processor function for partition ``p``: a name, or a template like ``shoal-p{partition}``."""
+    return ctx["functions"]["processor"].format(partition=p)
+
+
+def _reader(ctx: dict) -> Reader:
+    return Reader(store_for(ctx["index"]), ctx["version"])
+
+
+def _record(role: str, context, t0: float, reader: Reader | None, **extra) -> dict:
+    rec = {"role": role, "function": getattr(context, "function_name", "local"), "ms": (time.perf_counter() - t0) * 1e3,
+           "memory_mb": _memory_mb(context), "inline": False, "cold": False}
+    rec.update(reader.metrics() if reader is not None else
+               {"cache_hits": 0, "cache_misses": 0, "bytes_fetched": 0, "get_requests": 0})
+    rec.update(extra)
+    return rec
+
+
+def call(function: str, body: dict, ctx_uri: str | None, *, throttle_retries: int | None = 0,
+         invoker=None) -> tuple[dict, dict]:
+    """Invoke ``function`` with ``body`` (spilling a large request to the store); returns the decoded response."""
+    invoker = invoker or child_invoker()
+    encoded = encode(body)
+    payload, spill_key = spill_if_large(encoded, ctx_uri)
+    try:
+        resp, info = invoker.invoke(function, payload, throttle_retries=throttle_retries)
+    finally:
+        delete_spill(ctx_uri, spill_key)
+    resp, spilled = unspill(resp, delete=True)
+    info["spilled_request"] = spill_key is not None
+    info["spilled_response_bytes"] = spilled
+    return decode(resp), info
+
+
+def check_result(out: Any, nq: int, k: int, what: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """``(D, I, metrics)`` from a child's response, or :class:`MalformedResponse`."""
+    if not isinstance(out, dict):
+        raise MalformedResponse(f"{what}: response is not an object")
+    D, I, metrics = out.get("D"), out.get("I"), out.get("metrics", [])
+    if not (isinstance(D, np.ndarray) and isinstance(I, np.ndarray)):
+        raise MalformedResponse(f"{what}: response lacks D/I arrays")
+    if D.shape != (nq, k) or I.shape != (nq, k) or D.dtype != np.float32 or I.dtype != np.int64:
+        raise MalformedResponse(f"{what}: expected D float32 / I int64 of shape {(nq, k)}, got "
+                                f"{D.dtype}{D.shape} / {I.dtype}{I.shape}")
+    if np.isnan(D).any() or ((I < 0) & np.isfinite(D)).any() or (I < -1).any():
+        raise MalformedResponse(f"{what}: NaN keys or ids inconsistent with padding")
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
+        raise MalformedResponse(f"{what}: metrics must be a list of objects")
+    return D, I, metrics
+
+
+# ---------------------------------------------------------------------------------------------------- roles
+
+
+def run_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context, *, inline: bool = False) -> dict:
+    """Search partition ``p`` for queries ``q``; returns ``{"D", "I", "partition", "metrics"}``."""
+    t0 = time.perf_counter()
+    fault = None if inline else faults.matching("processor", partition=p)
+    faults.before(fault)
+    reader = _reader(ctx)
+    manifest = cached_manifest(reader)
+    p = check_partition(manifest, p)
+    q = as_vectors(q, manifest["d"], name="queries")
+    backend = get_backend(manifest["kind"])
+    D, I = backend.partition(reader, manifest, p).search(q, ctx["k"], ctx["params"], ctx.get("filter"), extra or {})
+    if fault is not None and fault.get("mode") == "malformed":
+        D = D[:, :-1] if D.shape[1] > 1 else "garbage"
+    rec = _record("processor", context, t0, reader, partition=p, nq=int(q.shape[0]), inline=inline)
+    return {"D": D, "I": I, "partition": p, "metrics": [rec]}
+
+
+def _invoke_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context) -> tuple[np.ndarray, np.ndarray, list]:
+    function = processor_function(ctx, p)
+    attempts = 1 + max(0, ctx["retries"])
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            out, info = call(function, {"role": "processor", "partition": p, "ctx": ctx, "queries": q,
+                                        "extra": extra}, ctx["index"])
+        except Throttled:
+            out = run_processor(ctx, p, q, extra, context, inline=True)
+            return out["D"], out["I"], out["metrics"]
+        except (RemoteError, DeadlineExceeded) as exc:
+            last = exc
+            continue
+        try:
+            D, I, metrics = check_result(out, q.shape[0], ctx["k"], f"partition {p}")
+            if out.get("partition") != p:
+                raise MalformedResponse(f"partition {p}: response is for partition {out.get('partition')!r}")
+        except MalformedResponse as exc:
+            last = exc
+            continue
+        for m in metrics:
+            m.update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"], attempt=attempt,
+                     spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
+        return D, I, metrics
+    raise PartitionError(f"partition {p}: processor {function} failed after {attempts} attempts: {last}")
+
+
+def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context) -> dict:
+    tree = Tree(**ctx["tree"])
+    function = ctx["functions"]["allocator"]
+    try:
+        out, info = call(function, {"role": "allocator", "node": node, "ctx": ctx, "queries": q}, ctx["index"])
+    except Throttled:
+        return run_allocator(ctx, node, q, context, inline=True)
+    except RemoteError as exc:
+        # the remote message already names the failing partition; say which subtree it came through
+        raise PartitionError(f"allocator {node} failed: {exc.remote_message}") from None
+    D, I, metrics = check_result(out, q.shape[0], ctx["k"], f"allocator {node}")
+    if metrics:
+        metrics[0].update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"],
+                          spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
+    out["metrics"] = metrics
+    return out
+
+
+def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool = False) -> dict:
+    """Node ``node``'s work: children first (in parallel), then its own partitions; merged results of its subtree."""
+    t0 = time.perf_counter()
+    fault = None if inline else faults.matching("allocator", node=node)
+    faults.before(fault)
+    tree = Tree(**ctx["tree"])
+    reader = _reader(ctx)
+    manifest = cached_manifest(reader)
+    P = manifest["n_partitions"]
+    q = as_vectors(q, manifest["d"], name="queries")
+    nq, k = q.shape[0], ctx["k"]
+    children = tree.children(node)
+    share = tree.share(node, P)
+    parts = [empty_result(nq, k)]
+    metrics: list[dict] = []
+    done: list[int] = []
+    skipped: list[int] = []
+    with ThreadPoolExecutor(max_workers=max(1, len(children) + len(share))) as pool:
+        child_futs = {c: pool.submit(_invoke_allocator, ctx, c, q, context) for c in children}
+        proc_futs = {}
+        route_ms = 0.0
+        if share:
+            t_route = time.perf_counter()
+            backend = get_backend(manifest["kind"])
+            routes = backend.router(reader, manifest).route(q, k, ctx["params"], ctx.get("filter"))
+            route_ms = (time.perf_counter() - t_route) * 1e3
+            for p in share:
+                if p not in routes or routes[p][0].size == 0:
+                    skipped.append(p)
+                    continue
+                rows, extra = routes[p]
+                proc_futs[p] = (rows, pool.submit(_invoke_processor, ctx, p, q[rows], extra, context))
+        errors = []
+        for p, (rows, fut) in proc_futs.items():
+            try:
+                D, I, m = fut.result()
+            except ShoalError as exc:
+                errors.append(exc)
+                continue
+            parts.append(scatter(rows, D, I, nq, k))
+            metrics.extend(m)
+            done.append(p)
+        for c, fut in child_futs.items():
+            try:
+                out = fut.result()
+            except ShoalError as exc:
+                errors.append(exc)
+                continue
+            expected = set(tree.subtree_partitions(c, P))
+            got_done, got_skip = list(out.get("partitions", [])), list(out.get("skipped", []))
+            if sorted(got_done + got_skip) != sorted(expected):
+                errors.append(MalformedResponse(
+                    f"allocator {c}: covered partitions {sorted(got_done)} + skipped {sorted(got_skip)}, "
+                    f"expected {sorted(expected)}"))
+                continue
+            parts.append((out["D"], out["I"]))
+            metrics.extend(out["metrics"])
+            done.extend(got_done)
+            skipped.extend(got_skip)
+    if errors:
+        raise errors[0] if len(errors) == 1 else PartitionError("; ".join(str(e) for e in errors))
+    D, I = merge_topk(parts, k)
+    rec = _record("coordinator" if node == 0 else "allocator", context, t0, reader, node=node, inline=inline,
+                  route_ms=route_ms, children=len(children), share=len(share))
+    if fault is not None and fault.get("mode") == "malformed":
+        D = D[:, :-1]
+    return {"D": D, "I": I, "partitions": sorted(done), "skipped": sorted(skipped), "metrics": [rec] + metrics}
+
+
+def run_coordinator(event: dict, context) -> dict:
+    """Resolve the version, build the context, run the tree from node 0, check every partition is covered."""
+    t0 = time.perf_counter()
+    index = event.get("index")
+    if not isinstance(index, str) or not index:
+        raise InvalidArgument("coordinator payload needs 'index': the index's store URI")
+    store = store_for(index)
+    version = event.get("version") or current_version(store)
+    funcs = dict(event.get("functions") or {})
+    default = getattr(context, "function_name", None)
+    funcs.setdefault("allocator", default)
+    funcs.setdefault("processor", default)
+    tree = event.get("tree") or {"b": 2, "L": 1}
+    ctx = check_ctx({"index": index, "version": version, "k": event.get("k", 10), "params": event.get("params"),
+                     "filter": event.get("filter"), "tree": tree, "functions": funcs,
+                     "retries": event.get("retries", DEFAULT_RETRIES)})
+    q = event.get("queries")
+    if not isinstance(q, np.ndarray):
+        raise InvalidArgument("coordinator payload needs 'queries' (an encoded float32 array)")
+    out = run_allocator(ctx, 0, q, context)
+    manifest = cached_manifest(_reader(ctx))
+    covered = sorted(out["partitions"] + out["skipped"])
+    if covered != list(range(manifest["n_partitions"])):
+        raise PartitionError(f"tree covered partitions {covered}, expected 0..{manifest['n_partitions'] - 1}")
+    out["version"] = version
+    out["metrics"][0]["ms"] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+
+
+def handler(event, context=None):
+    """AWS Lambda entry point (``shoal.serverless.handler.handler``); ``event`` is the decoded JSON payload."""
+    with _STATE_LOCK:
+        cold = _STATE["invocations"] == 0
+        _STATE["invocations"] += 1
+        if cold:
+            CACHE.capacity = default_capacity()
+    context = context or LocalContext()
+    if not isinstance(event, dict):
+        raise InvalidArgument("event must be a JSON object")
+    event, spilled = unspill(event)
+    role = event.get("role")
+    if role not in ROLES:
+        raise InvalidArgument(f"unknown role {role!r}; expected one of {ROLES}")
+    body = decode(event)
+    if role == "coordinator":
+        out = run_coordinator(body, context)
+        uri = body["index"]
+    else:
+        ctx = check_ctx(body.get("ctx"))
+        uri = ctx["index"]
+        if role == "allocator":
+            node = body.get("node")
+            Tree(**ctx["tree"])._check(node)
+            if node == 0:
+                raise InvalidArgument("node 0 is the coordinator")
+            out = run_allocator(ctx, node, body.get("queries"), context)
+        else:
+            out = run_processor(ctx, body.get("partition"), body.get("queries"), body.get("extra") or {}, context)
+    out["metrics"][0]["cold"] = cold
+    out["metrics"][0]["spilled_in_bytes"] = spilled
+    resp, _ = spill_if_large(encode(out), uri)
+    return resp

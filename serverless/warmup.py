@@ -1,0 +1,21 @@
+"""Imported by the emulator's forkserver before it forks workers: loads the handler's modules and botocore's service
+models once, so every forked worker starts with them, much as a Lambda SnapStart snapshot would. Cold/warm *data*
+behaviour is unchanged: the data cache is empty. Kernels are not run here: a parallel numba kernel starts OpenMP
+threads, and a process with OpenMP threads must not fork."""
+
+from __future__ import annotations
+
+from . import handler  # noqa: F401
+
+
+def _warm() -> None:
+    try:
+        import boto3
+
+        for service in ("s3", "lambda"):  # fills the default session's loader cache; no connection is opened
+            boto3.client(service, region_name="us-east-1")
+    except Exception:  # noqa: BLE001  (an optimisation only)
+        pass
+
+
+_warm()

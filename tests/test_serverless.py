@@ -1,0 +1,399 @@
+"""Serverless fan-out: tree ids, cache, payloads, cost, in-process tree, and end to end through boto3 against the
+local Lambda emulator with S3 on the moto server (results, per-role invocation counts, warm reuse, faults,
+throttling, >6 MB payloads), plus the deploy control plane against moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from shoal.engine.store import LocalStore, S3Store
+from shoal.errors import InvalidArgument, ResourceExhausted
+from shoal.index.flat import exact_search
+from shoal.serverless import client
+from shoal.serverless.cache import LRUCache
+from shoal.serverless.cost import invocation_cost, summarize
+from shoal.serverless.invokers import LambdaInvoker, LocalInvoker, RemoteError
+from shoal.serverless.partitioned import FlatBackend, current_version, list_versions, search_inprocess
+from shoal.serverless.payload import decode, dumps, encode, loads, spill_if_large, unspill
+from shoal.serverless.tree import Tree
+
+D_DIM = 16
+N = 2400
+P = 6
+
+
+def make_data(seed=7):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((P, D_DIM)).astype(np.float32) * 4
+    x = (centers[rng.integers(0, P, N)] + rng.standard_normal((N, D_DIM))).astype(np.float32)
+    ids = (np.arange(N, dtype=np.int64) * 3 + 11)
+    q = (centers[rng.integers(0, P, 24)] + rng.standard_normal((24, D_DIM))).astype(np.float32)
+    return x, ids, q
+
+
+# ---------------------------------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize("b,L", [(1, 1), (2, 1), (2, 2), (3, 2), (2, 3), (4, 2), (3, 0)])
+def test_tree_preorder_ids_and_shares(b, L):
+    tree = Tree(b, L)
+    assert tree.n_allocators == sum(b ** j for j in range(1, L + 1))
+    # walking children from the root visits every node once, in pre-order
+    order, stack = [], [0]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(reversed(tree.children(node)))
+    assert order == list(range(tree.n_nodes))
+    for node in range(tree.n_nodes):
+        sub = tree.subtree(node)
+        assert list(sub) == sorted(sub) and all(c in sub for c in tree.children(node))
+        assert len(tree.children(node)) == (b if tree.depth_of(node) < L else 0)
+    for n_parts in (1, 4, 13):
+        owners = [tree.owner(p) for p in range(n_parts)]
+        shares = sum((tree.share(n, n_parts) for n in range(tree.n_nodes)), [])
+        assert sorted(shares) == list(range(n_parts))  # every partition has exactly one owner
+        assert all(p in tree.share(owners[p], n_parts) for p in range(n_parts))
+        assert tree.subtree_partitions(0, n_parts) == list(range(n_parts))
+
+
+def test_tree_rejects_bad_settings():
+    for b, L in [(0, 1), (2, -1), (True, 1), (2.0, 1)]:
+        with pytest.raises(InvalidArgument):
+            Tree(b, L)
+    with pytest.raises(InvalidArgument):
+        Tree(2, 2).children(7)
+
+
+def test_lru_cache_bound_eviction_and_single_load():
+    cache = LRUCache(3000)
+    loads_ = []
+
+    def loader(n, size):
+        def f():
+            loads_.append(n)
+            return np.zeros(size, dtype=np.uint8)
+        return f
+
+    assert cache.get_or_load(("s", "v", "a"), loader("a", 1000))[1] is False
+    assert cache.get_or_load(("s", "v", "a"), loader("a", 1000))[1] is True
+    cache.get_or_load(("s", "v", "b"), loader("b", 1000))
+    cache.get_or_load(("s", "v", "a"), loader("a", 1000))  # a is now most recent
+    cache.get_or_load(("s", "v", "c"), loader("c", 1500))  # evicts b
+    assert ("s", "v", "b") not in cache and ("s", "v", "a") in cache and cache.used <= 3000
+    big, hit = cache.get_or_load(("s", "v", "huge"), loader("huge", 5000))
+    assert big.size == 5000 and not hit and ("s", "v", "huge") not in cache
+    # a new version is a different key: a rebuild never serves stale data
+    assert cache.get_or_load(("s", "v2", "a"), loader("a2", 10))[1] is False
+    # concurrent callers of one key load it once
+    cache2 = LRUCache(10_000)
+    gate = threading.Event()
+
+    def slow():
+        gate.wait(2)
+        loads_.append("slow")
+        return np.zeros(10)
+
+    threads = [threading.Thread(target=cache2.get_or_load, args=(("k",), slow)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert loads_.count("slow") == 1 and cache2.hits == 3
+
+
+def test_payload_roundtrip_and_spill(tmp_path, rng):
+    obj = {"role": "processor", "a": rng.standard_normal((50, 8)).astype(np.float32),
+           "i": np.arange(-1, 30, dtype=np.int64), "z": np.zeros(5000, np.float32), "n": np.int64(3), "s": "x",
+           "inf": np.array([np.inf, -1.0], np.float32), "nested": [{"b": np.ones(2, bool)}]}
+    back = loads(dumps(obj))
+    for key in ("a", "i", "z", "inf"):
+        assert back[key].dtype == obj[key].dtype and np.array_equal(back[key], obj[key])
+    assert back["n"] == 3 and back["nested"][0]["b"].dtype == bool
+    assert len(dumps({"z": np.zeros(100_000, np.float32)})) < 4000  # compressible arrays are compressed
+    store = LocalStore(tmp_path / "s")
+    enc = encode(obj)
+    same, key = spill_if_large(enc, store.uri, limit=10**7)
+    assert key is None and same is enc
+    ref, key = spill_if_large(enc, store.uri, limit=100)
+    assert key and ref["role"] == "processor" and store.exists(key)
+    got, nbytes = unspill(ref, delete=True)
+    assert nbytes > 0 and not store.exists(key)
+    assert np.array_equal(decode(got)["a"], obj["a"])
+    with pytest.raises(ResourceExhausted):
+        spill_if_large(enc, None, limit=100)
+    with pytest.raises(InvalidArgument):
+        decode({"__nd__": {"dtype": "<f4", "shape": [3], "z": False, "b64": "AAAA"}})
+
+
+def test_cost_model():
+    c = invocation_cost(100.2, 2048)
+    assert c == pytest.approx(0.101 * 2 * 0.0000166667 + 0.2e-6)
+    metrics = [{"role": "coordinator", "ms": 10, "memory_mb": 1024, "cold": True},
+               {"role": "processor", "ms": 5, "memory_mb": 1024, "bytes_fetched": 100, "get_requests": 2},
+               {"role": "processor", "ms": 50, "memory_mb": 1024, "inline": True}]
+    s = summarize(metrics)
+    assert s["invocations"] == {"coordinator": 1, "processor": 1} and s["inline"] == {"processor": 1}
+    assert s["cold"] == {"coordinator": 1} and s["warm"] == {"processor": 1} and s["bytes_fetched"] == 100
+    assert s["gb_s"] == pytest.approx(0.015)
+    assert s["cost_usd"] == pytest.approx(0.015 * 0.0000166667 + 2 * 0.2e-6 + 2 * 0.0004 / 1000)
+
+
+# ---------------------------------------------------------------------------------------------------- in-process
+
+
+def test_inprocess_tree_equals_exact_and_survives_tiny_concurrency(tmp_path):
+    x, ids, q = make_data()
+    store = LocalStore(tmp_path / "idx")
+    m = FlatBackend.build(store, x, ids, n_partitions=P)
+    assert sum(m["partition_counts"]) == N and min(m["partition_counts"]) > 0
+    De, Ie = exact_search(q, x, 10, "l2", labels=ids)
+    D0, I0 = search_inprocess(store, q, 10)
+    assert np.array_equal(I0, Ie)
+    np.testing.assert_allclose(D0, De, rtol=1e-4, atol=1e-3)
+    for limit in (None, 1, 3):
+        inv = LocalInvoker(max_concurrency=limit)
+        r = client.search(q, 10, index=store.uri, function="f", invoker=inv, b=2, L=2)
+        assert np.array_equal(r.I, I0)
+        tot = {k: r.stats["invocations"].get(k, 0) + r.stats["inline"].get(k, 0) for k in
+               ("coordinator", "allocator", "processor")}
+        assert tot == {"coordinator": 1, "allocator": 6, "processor": P}
+        if limit == 1:  # nothing but the coordinator could be invoked: the whole tree ran inline, no deadlock
+            assert r.stats["invocations"] == {"coordinator": 1} and inv.throttled > 0
+    # nprobe routes each query to fewer partitions; still exactly what the in-process search returns
+    r = client.search(q, 5, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, params={"nprobe": 2})
+    D2, I2 = search_inprocess(store, q, 5, params={"nprobe": 2})
+    assert np.array_equal(r.I, I2)
+    # a rebuild is a new version; a search pinned to the old one still reads the old data only
+    old = current_version(store)
+    FlatBackend.build(store, x[:100], ids[:100], n_partitions=2)
+    assert len(list_versions(store)) == 2 and current_version(store) != old
+    r_old = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), version=old)
+    assert np.array_equal(r_old.I, I0) and r_old.version == old
+    r_new = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker())
+    assert np.isin(r_new.I[r_new.I >= 0], ids[:100]).all()
+
+
+def test_inprocess_response_spill(tmp_path, monkeypatch):
+    x, ids, q = make_data()
+    store = LocalStore(tmp_path / "idx")
+    FlatBackend.build(store, x, ids, n_partitions=4)
+    D0, I0 = search_inprocess(store, q, 10)
+    monkeypatch.setenv("SHOAL_PAYLOAD_LIMIT", "1500")  # every request and response spills to the store
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1)
+    assert np.array_equal(r.I, I0)
+    assert r.stats["spilled_requests"] > 0 and r.stats["spilled_responses"] > 0
+    assert store.list("_spill") == []  # spills are cleaned up after each call
+
+
+# ---------------------------------------------------------------------------------------------------- emulator
+
+
+@pytest.fixture(scope="module")
+def s3_index(moto_endpoint):
+    import uuid
+
+    import boto3
+
+    bucket = "shoal-sls-" + uuid.uuid4().hex[:10]
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    x, ids, q = make_data()
+    store = S3Store(bucket, "idx", endpoint_url=moto_endpoint)
+    FlatBackend.build(store, x, ids, n_partitions=P)
+    return store, x, ids, q
+
+
+@pytest.fixture(scope="module")
+def emulator(moto_endpoint, tmp_path_factory):
+    from shoal.serverless.emulator import Emulator
+
+    faults_file = tmp_path_factory.mktemp("faults") / "faults.json"
+    faults_file.write_text("[]")
+    emu = Emulator(max_workers=16, timeout=60, env={"SHOAL_S3_ENDPOINT": moto_endpoint,
+                                                    "SHOAL_FAULTS_FILE": str(faults_file)},
+                   functions={"shoal-p*": {"timeout": 10}})
+    emu.start()
+    emu.faults_file = faults_file
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def faults(emulator):
+    path = emulator.faults_file
+
+    def set_faults(specs):
+        for f in path.parent.glob(path.name + ".fired.*"):
+            f.unlink()
+        path.write_text(json.dumps(specs))
+
+    yield set_faults
+    set_faults([])
+
+
+def run_search(emulator, store, q, **kw):
+    kw.setdefault("b", 2)
+    kw.setdefault("L", 2)
+    return client.search(q, kw.pop("k", 10), index=store, function="shoal", allocator="shoal-a",
+                         processor="shoal-p{partition}", invoker=LambdaInvoker(emulator.url), **kw)
+
+
+def test_end_to_end_tree_through_boto3_and_warm_second_batch(emulator, s3_index):
+    store, x, ids, q = s3_index
+    D0, I0 = search_inprocess(store, q, 10)
+    emulator.reset_stats()
+    r = run_search(emulator, store, q)
+    assert np.array_equal(r.I, I0)
+    np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
+    st = emulator.stats()
+    # the tree: 1 coordinator, b + b^2 = 6 allocators, and each partition processed exactly once
+    assert st["by_role"] == {"coordinator": 1, "allocator": 6, "processor": P}
+    assert all(st["invocations"][f"shoal-p{p}"] == 1 for p in range(P))
+    assert r.stats["invocations"] == {"coordinator": 1, "allocator": 6, "processor": P}
+    assert r.stats["bytes_fetched"] > 0 and r.stats["cost_usd"] > 0
+    assert sorted(m["partition"] for m in r.metrics if m["role"] == "processor") == list(range(P))
+    nodes = sorted(m["node"] for m in r.metrics if m["role"] == "allocator")
+    assert nodes == list(range(1, 7))
+    # second batch: same containers, nothing fetched from S3
+    emulator.reset_stats()
+    r2 = run_search(emulator, store, q[::-1].copy())
+    assert np.array_equal(r2.I, I0[::-1])
+    assert emulator.stats().get("cold_starts", 0) == 0
+    assert r2.stats["cold"] == {} and r2.stats["bytes_fetched"] == 0 and r2.stats["cache_misses"] == 0
+    assert r2.stats["cache_hits"] > 0
+
+
+def test_processor_failures_are_retried_then_name_the_partition(emulator, s3_index, faults):
+    store, x, ids, q = s3_index
+    I0 = search_inprocess(store, q, 10)[1]
+    # fails once, then succeeds: retried transparently
+    faults([{"role": "processor", "partition": 2, "mode": "raise", "times": 1}])
+    emulator.reset_stats()
+    r = run_search(emulator, store, q)
+    assert np.array_equal(r.I, I0) and emulator.stats()["invocations"]["shoal-p2"] == 2
+    # always raises: 1 + 2 retries, then an error naming the partition
+    faults([{"role": "processor", "partition": 2, "mode": "raise", "message": "disk on fire"}])
+    emulator.reset_stats()
+    with pytest.raises(RemoteError, match="partition 2") as err:
+        run_search(emulator, store, q)
+    assert "disk on fire" in str(err.value)
+    assert emulator.stats()["invocations"]["shoal-p2"] == 3
+    # malformed answers are detected and retried like failures
+    faults([{"role": "processor", "partition": 4, "mode": "malformed"}])
+    with pytest.raises(RemoteError, match=r"partition 4.*expected D float32"):
+        run_search(emulator, store, q, b=2, L=1)
+    faults([{"role": "processor", "partition": 4, "mode": "malformed", "times": 2}])
+    assert np.array_equal(run_search(emulator, store, q, b=2, L=1).I, I0)
+
+
+def test_processor_timeout_is_retried_then_named(emulator, s3_index, faults):
+    store, x, ids, q = s3_index
+    I0 = search_inprocess(store, q, 10)[1]
+    run_search(emulator, store, q, b=2, L=1)  # warm
+    faults([{"role": "processor", "partition": 1, "mode": "sleep", "seconds": 30, "times": 1}])
+    emulator.reset_stats()
+    r = run_search(emulator, store, q, b=2, L=1)
+    assert np.array_equal(r.I, I0)
+    st = emulator.stats()
+    assert st["timeouts"] == 1 and st["invocations"]["shoal-p1"] == 2
+    faults([{"role": "processor", "partition": 1, "mode": "sleep", "seconds": 30}])
+    with pytest.raises(RemoteError, match=r"partition 1.*timed out"):
+        run_search(emulator, store, q, b=2, L=1, retries=0)
+
+
+def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index):
+    from shoal.serverless.emulator import Emulator
+
+    store, x, ids, q = s3_index
+    I0 = search_inprocess(store, q, 10)[1]
+    with Emulator(max_workers=2, env={"SHOAL_S3_ENDPOINT": moto_endpoint}) as emu:
+        # the tree needs 13 concurrent invocations; with 2 the allocators run refused children inline
+        r = run_search(emu, store, q)
+        assert np.array_equal(r.I, I0)
+        assert emu.stats()["throttled"] > 0 and sum(r.stats["inline"].values()) > 0
+        done = {k: r.stats["invocations"].get(k, 0) + r.stats["inline"].get(k, 0)
+                for k in ("coordinator", "allocator", "processor")}
+        assert done == {"coordinator": 1, "allocator": 6, "processor": P}
+        # two clients at once on one container: the second is refused (429) and retried with backoff
+        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint}) as one:
+            invokers = [LambdaInvoker(one.url, seed=i, base_delay=0.2, max_attempts=12) for i in range(2)]
+            client.search(q, 10, index=store.uri, function="shoal", invoker=invokers[0], b=2, L=1)  # warm it
+            results = [None, None]
+
+            def go(i):
+                results[i] = client.search(q, 10, index=store.uri, function="shoal", invoker=invokers[i], b=2, L=1)
+
+            threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert all(res is not None and np.array_equal(res.I, I0) for res in results)
+            assert sum(inv.retries["throttle"] for inv in invokers) > 0
+            assert one.stats()["throttled"] > 0
+
+
+def test_payload_over_6mb(emulator, s3_index):
+    store, x, ids, q = s3_index
+    rng = np.random.default_rng(3)
+    # wide vectors so that a >6 MB batch is only a few thousand queries
+    wide = S3Store(store.bucket, "wide", endpoint_url=store.endpoint_url)
+    FlatBackend.build(wide, rng.standard_normal((300, 512)).astype(np.float32), np.arange(300), n_partitions=2)
+    big = rng.standard_normal((3300, 512)).astype(np.float32)  # 6.8 MB raw, ~9 MB as JSON
+    # the emulator enforces Lambda's limit on raw requests
+    with pytest.raises(ResourceExhausted, match="too large"):
+        LambdaInvoker(emulator.url).invoke("shoal", {"role": "coordinator", "blob": "x" * (6 * 1024 * 1024 + 10)})
+    # the client spills the batch to S3 and passes it by reference; allocators do the same for their children
+    r = run_search(emulator, wide, big, k=1, b=1, L=1, params={"nprobe": 1})
+    Ir = search_inprocess(wide, big, 1, params={"nprobe": 1})[1]
+    assert np.array_equal(r.I, Ir)
+    assert r.stats["spilled_requests"] >= 1 and r.stats["max_req_bytes"] < 6 * 1024 * 1024
+    assert wide.list("_spill") == []
+
+
+# ---------------------------------------------------------------------------------------------------- deploy
+
+
+def test_deploy_control_plane_against_moto(moto_endpoint):
+    import uuid
+
+    import boto3
+
+    from shoal.serverless.deploy import DeploySpec, build_zip, deploy
+
+    iam = boto3.client("iam", endpoint_url=moto_endpoint)
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                                     "Action": "sts:AssumeRole"}]}
+    role_name = "shoal-exec-" + uuid.uuid4().hex[:6]
+    arn = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    zipped = build_zip()
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(zipped)).namelist()
+    assert "shoal/serverless/handler.py" in names and not any("tests/" in n or ".venv" in n for n in names)
+    bucket = "shoal-deploy-" + uuid.uuid4().hex[:6]
+    fn = "shoal-" + uuid.uuid4().hex[:6]
+    spec = DeploySpec(function=fn, role_arn=arn, bucket=bucket, zip_bytes=zipped, memory_mb=1769, timeout_s=90,
+                      env={"SHOAL_CACHE_MB": "512"}, partitions=2)
+    rep = deploy(spec, endpoint_url=moto_endpoint, log=lambda *_: None)
+    assert [f["action"] for f in rep["functions"]] == ["created"] * 3
+    lam = boto3.client("lambda", endpoint_url=moto_endpoint)
+    cfg = lam.get_function_configuration(FunctionName=fn)
+    assert cfg["MemorySize"] == 1769 and cfg["Timeout"] == 90 and cfg["Role"] == arn
+    assert cfg["Handler"] == "shoal.serverless.handler.handler"
+    assert cfg["Environment"]["Variables"]["SHOAL_CACHE_MB"] == "512"
+    assert lam.get_function(FunctionName=f"{fn}-p1")["Configuration"]["FunctionName"] == f"{fn}-p1"
+    boto3.client("s3", endpoint_url=moto_endpoint).head_bucket(Bucket=bucket)
+    spec.memory_mb = 3008
+    rep = deploy(spec, endpoint_url=moto_endpoint, log=lambda *_: None)
+    assert [f["action"] for f in rep["functions"]] == ["updated"] * 3
+    assert lam.get_function_configuration(FunctionName=f"{fn}-p0")["MemorySize"] == 3008
+    with pytest.raises(InvalidArgument):
+        deploy(DeploySpec(function=fn, role_arn="not-an-arn"), endpoint_url=moto_endpoint)
