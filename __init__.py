@@ -4,9 +4,17 @@ from .errors import (AlreadyExists, DimensionMismatch, FailedPrecondition, Inval
                      PermissionDenied, ShoalError)
 from .index import FlatIndex, Index, describe, index_factory, load_index, merge_topk
 from .engine import Collection, Database
-from .server.client import Client
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # shoal.Client loads grpc on first use, so `import shoal` (and the CLI) stay fast for embedded use
+    if name == "Client":
+        from .server.client import Client
+
+        return Client
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
 
 __all__ = [
     "Database", "Collection", "Index", "FlatIndex", "index_factory", "describe", "load_index", "merge_topk",

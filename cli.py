@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "search": "shoal.cli:add_search",
     "info": "shoal.cli:add_info",
     "demo": "shoal.cli:add_demo",
+    "serve": "shoal.server.app:add_serve",
 }
 
 EPILOG = """examples:
@@ -35,6 +36,7 @@ EPILOG = """examples:
   shoal search --data data/ --name sift --query-file queries.fvecs -k 10 --nprobe 16 --json
   shoal info --data data/
   shoal demo --data data/demo
+  shoal serve --data data/ --port 50051
 """
 
 

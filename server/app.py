@@ -24,14 +24,9 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from ..errors import ShoalError
-from .auth import KeyRing
-from .servicer import SERVICE_NAMES, ServerState, add_services
 
+# grpc and the servicers are imported in run(): `shoal --help` builds this module's parser and should stay fast
 log = logging.getLogger("shoal.server")
 
 DEFAULT_PORT = 50051
@@ -105,6 +100,13 @@ def _open_database(data: str):
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit status."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from .auth import KeyRing
+    from .servicer import SERVICE_NAMES, ServerState, add_services
+
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -200,6 +202,14 @@ def run(args: argparse.Namespace) -> int:
             os.close(lock_fd)
         _say("stopped")
     return status
+
+
+def add_serve(sub) -> None:
+    """Register ``shoal serve`` on the CLI's sub-parsers."""
+    p = sub.add_parser("serve", help="serve collections over gRPC (loopback by default)",
+                       description=__doc__.split("\n\n")[0] + " See docs/grpc.md.")
+    add_arguments(p)
+    p.set_defaults(func=run)
 
 
 class LocalServer:

@@ -455,8 +455,8 @@ def test_sigkill_restart_keeps_acknowledged_upserts_and_health_waits_for_load(tm
 
 
 def test_network_address_without_keys_is_refused(tmp_path):
-    cmd = [sys.executable, "-m", "shoal.server.app", "--data", str(tmp_path / "d"), "--host", "0.0.0.0",
-           "--port", "0"]
+    cmd = [sys.executable, "-m", "shoal.cli", "serve", "--data", str(tmp_path / "d"), "--host", "0.0.0.0",
+           "--port", "0"]  # through the `shoal serve` subcommand
     env = {k: v for k, v in os.environ.items() if k != "SHOAL_API_KEYS"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2
