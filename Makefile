@@ -10,7 +10,7 @@ export AWS_EC2_METADATA_DISABLED = true
 .PHONY: help venv test demo bench gpu proto clean
 
 help:
-	@echo "make demo   build a GloVe-50d collection and run example queries (embedded, no server to install)"
+	@echo "make demo   build a GloVe-50d collection and run example queries (embedded, then through shoal serve)"
 	@echo "make test   run the whole test suite"
 	@echo "make bench  run the benchmarks (needs the bench extra and the data sets in shared/DATASETS.md)"
 	@echo "make gpu    swap faiss-cpu for faiss-gpu-cu12 in the virtualenv"
@@ -32,6 +32,7 @@ test: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/shoal demo --data data/demo
+	$(BIN)/shoal demo-grpc --data data/demo-grpc
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.flat

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "info": "shoal.cli:add_info",
     "demo": "shoal.cli:add_demo",
     "serve": "shoal.server.app:add_serve",
+    "demo-grpc": "shoal.server.demo:add_demo_grpc",
 }
 
 EPILOG = """examples:
