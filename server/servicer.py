@@ -15,7 +15,7 @@ import functools
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any, Callable
 
 import grpc
@@ -47,7 +47,7 @@ class ServerState:
         self.started_at = time.time()
         self._counters: Counter = Counter()
         self._counter_lock = threading.Lock()
-        self._write_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._write_locks: dict[str, threading.Lock] = {}
         self.operations = Operations()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -71,7 +71,8 @@ class ServerState:
 
     def write_lock(self, name: str) -> threading.Lock:
         """Serialises a tenant-bound key's check-then-write on one collection."""
-        return self._write_locks[name]
+        with self._counter_lock:
+            return self._write_locks.setdefault(name, threading.Lock())
 
 
 def handler(role: str, *, streaming: bool = False) -> Callable:
@@ -133,8 +134,19 @@ def unbound(principal: Principal, what: str) -> None:
                                "tenants and needs an unbound key")
 
 
-def collection_info(col) -> dict:
-    return dict(col.info())
+def collection_meta(col) -> dict:
+    """The few facts every call needs (cheap: no counting, no locks)."""
+    return {"name": col.name, "dim": int(col.dim), "metric": col.metric, "multi_tenant": bool(col.multi_tenant)}
+
+
+def describe(col, principal: Principal) -> dict:
+    """``Collection.info()``; a tenant-bound key sees only its tenant's count and the configuration."""
+    if principal.tenant is None:
+        return dict(col.info())
+    meta = collection_meta(col)
+    tenant = scope(principal, "", meta)
+    info = {key: v for key, v in col.info().items() if key in ("name", "dim", "metric", "schema", "index")}
+    return {**info, "multi_tenant": True, "count": int(col.count(tenant=tenant))}
 
 
 def info_message(info: dict) -> pb.CollectionInfo:
@@ -266,11 +278,11 @@ class CollectionsServicer(_Base, pb_grpc.CollectionsServicer):
         if not request.name:
             raise InvalidArgument("collection name is required")
         col = self.state.db.create_collection(request.name, **kwargs)
-        return info_message(collection_info(col))
+        return info_message(col.info())
 
     @handler("read-only")
     def DescribeCollection(self, request, context, principal):
-        return info_message(collection_info(self.state.collection(request.name)))
+        return info_message(describe(self.state.collection(request.name), principal))
 
     @handler("read-only")
     def ListCollections(self, request, context, principal):
@@ -309,7 +321,7 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
     @handler("read-write")
     def Upsert(self, request, context, principal):
         col = self.state.collection(request.collection)
-        info = collection_info(col)
+        info = collection_meta(col)
         n = self._apply(col, info, principal, *self._decode_upsert(request, info))
         return pb.UpsertResponse(upserted=n)
 
@@ -337,7 +349,7 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
             for request in request_iterator:
                 if col is None:
                     col = self.state.collection(request.collection)
-                    info = collection_info(col)
+                    info = collection_meta(col)
                 elif request.collection and request.collection != info["name"]:
                     raise InvalidArgument("every message of an upsert stream must name the same collection")
                 buf.append(self._decode_upsert(request, info))
@@ -354,7 +366,7 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
     @handler("read-write")
     def Delete(self, request, context, principal):
         col = self.state.collection(request.collection)
-        info = collection_info(col)
+        info = collection_meta(col)
         tenant = scope(principal, request.tenant, info)
         flt = codec.from_filter(request.filter, request.HasField("filter"))
         if len(request.ids) and flt is not None:
@@ -387,14 +399,14 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
     @handler("read-only")
     def Get(self, request, context, principal):
         col = self.state.collection(request.collection)
-        tenant = scope(principal, request.tenant, collection_info(col))
+        tenant = scope(principal, request.tenant, collection_meta(col))
         points = col.get(decode_ids(request.ids), tenant=tenant, include_vectors=bool(request.include_vectors))
         return pb.GetResponse(points=[point_message(p, principal) for p in points])
 
     @handler("read-only")
     def Count(self, request, context, principal):
         col = self.state.collection(request.collection)
-        tenant = scope(principal, request.tenant, collection_info(col))
+        tenant = scope(principal, request.tenant, collection_meta(col))
         flt = codec.from_filter(request.filter, request.HasField("filter"))
         return pb.CountResponse(count=int(col.count(tenant=tenant, filter=flt)))
 
@@ -423,7 +435,7 @@ class SearchServicer(_Base, pb_grpc.SearchServicer):
     @handler("read-only")
     def Search(self, request, context, principal):
         col = self.state.collection(request.collection)
-        info = collection_info(col)
+        info = collection_meta(col)
         d = int(info["dim"])
         if request.dim and request.dim != d:
             raise DimensionMismatch(f"queries: dimension {request.dim} does not match the collection's dimension {d}")
@@ -480,7 +492,7 @@ class TenantsServicer(_Base, pb_grpc.TenantsServicer):
     @handler("read-write")
     def Revoke(self, request, context, principal):
         col = self.state.collection(request.collection)
-        tenant = scope(principal, request.tenant, collection_info(col))
+        tenant = scope(principal, request.tenant, collection_meta(col))
         if not tenant:
             raise InvalidArgument("tenant is required")
         ids = decode_ids(request.ids)
@@ -495,14 +507,14 @@ class TenantsServicer(_Base, pb_grpc.TenantsServicer):
         col = self.state.collection(request.collection)
         names = [str(t) for t in col.list_tenants()]
         if principal.tenant is not None:
-            scope(principal, "", collection_info(col))
+            scope(principal, "", collection_meta(col))
             names = [t for t in names if t == principal.tenant]
         return pb.ListTenantsResponse(tenants=sorted(names))
 
     @handler("read-write")
     def DropTenant(self, request, context, principal):
         col = self.state.collection(request.collection)
-        tenant = scope(principal, request.tenant, collection_info(col))
+        tenant = scope(principal, request.tenant, collection_meta(col))
         if not tenant:
             raise InvalidArgument("tenant is required")
         col.drop_tenant(tenant)
@@ -517,7 +529,7 @@ class AdminServicer(_Base, pb_grpc.AdminServicer):
         if index is not None:  # a bad factory string fails the call, not the background operation
             from ..index.factory import index_factory
 
-            info = collection_info(col)
+            info = collection_meta(col)
             index_factory(int(info["dim"]), index, info["metric"])
 
         def work(progress):

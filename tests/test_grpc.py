@@ -254,6 +254,8 @@ def test_tenant_bound_keys_never_cross_tenants(server, rng):
         got = acme.get("iso", [0, 1, 3, 5])
         assert [p["id"] for p in got] == [0, 1] and all(p["tenants"] == ["acme"] for p in got)
         assert acme.list_tenants("iso") == ["acme"]
+        desc = acme.describe_collection("iso")
+        assert desc["count"] == len(acme_ids) and "tenants" not in desc
         # writes: no taking over another tenant's id, no writing into another tenant, no grants
         with pytest.raises(errors.PermissionDenied):
             acme.upsert("iso", [3], x[:1])
