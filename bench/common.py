@@ -393,8 +393,37 @@ def machine_info() -> dict:
             with contextlib.suppress(Exception):
                 libs[mod] = getattr(__import__(mod), "__version__", "?")
         _MACHINE = {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(),
-                    "os": platform.platform(), "python": platform.python_version(), "libs": libs}
+                    "os": platform.platform(), "python": platform.python_version(), "libs": libs,
+                    "blas_cores": blas_core_names(),
+                    "env": {v: os.environ[v] for v in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+                            if v in os.environ}}
     return dict(_MACHINE)
+
+
+def blas_core_names() -> dict[str, str]:
+    """The kernel family each loaded OpenBLAS picked for this CPU, e.g. ``{"libscipy_openblas64_...so": "SkylakeX"}``.
+
+    An old OpenBLAS that does not know the CPU falls back to generic SSE kernels ("Prescott"), several times slower;
+    faiss-cpu wheels bundle their own OpenBLAS, so this can differ between numpy and faiss (see bench/README.md).
+    """
+    out = {}
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return out
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("openblas_get_corename", "scipy_openblas_get_corename64_", "openblas_get_corename64_"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                out[os.path.basename(path)] = fn().decode(errors="replace")
+                break
+    return out
 
 
 def git_commit() -> str | None:

@@ -238,3 +238,32 @@ def test_bench_parser_and_quick_mode():
     a2 = p.parse_args([])
     assert common.dataset_names(a2) == ["fashion-mnist", "glove-50"]
     assert common.dataset_names(p.parse_args(["--dataset", "all"])) == ["fashion-mnist", "glove-50"]
+
+
+def test_plot_writes_png_for_bars_and_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench import plot
+
+    res = tmp_path / "r.jsonl"
+    for ds in ("a", "b"):
+        for th in (1, 2):
+            for m, q in (("ours", 100.0 * th), ("theirs", 50.0 * th)):
+                append_result(res, {"bench": "t", "dataset_name": ds, "method": m, "threads": th, "qps": q,
+                                    "recall": 1.0}, echo=False)
+    append_result(res, {"bench": "t", "dataset_name": "a", "method": "ours", "threads": 1, "qps": 120.0,
+                        "recall": 1.0}, echo=False)  # a re-run replaces the earlier point
+    recs = plot.latest(read_results(res))
+    assert len(recs) == 8 and [r["qps"] for r in recs if r["method"] == "ours" and r["dataset_name"] == "a"] \
+        == [120.0, 200.0]
+    assert plot.choose_mode(recs, "method") == "bar"
+    assert plot.main([str(res)]) == 0
+    png = res.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curve = tmp_path / "c.jsonl"
+    for nprobe, (rec, q) in enumerate([(0.5, 900.0), (0.8, 500.0), (0.95, 200.0)]):
+        append_result(curve, {"dataset_name": "a", "method": "ivf", "params": {"nprobe": nprobe}, "qps": q,
+                              "recall": rec}, echo=False)
+    assert plot.choose_mode(read_results(curve), "method") == "curve"
+    assert plot.main([str(curve), "--out", str(tmp_path / "c.png"), "--where", "dataset_name=a"]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert plot.main([str(curve), "--where", "dataset_name=zzz"]) == 1
