@@ -618,7 +618,8 @@ def _heap_pop(hs, hn, hk, size):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def search_batch(Q, tens, k, budget, vboost, use_ip, tree, slh, vecs, row_ids, allowed, mask_mode, nhash):
+def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child_lo, child_hi, bidx, bloom, start,
+                 length, pool, keys, vals, vecs, row_ids, allowed, mask_mode, nhash):
     """Best-first search of each query's tenant tree.
 
     Parameters
@@ -632,9 +633,13 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, tree, slh, vecs, row_ids, a
         Node score = squared L2 to centroid - ``vboost`` * node variance.
     use_ip : bool
         Score candidates by negated inner product instead of squared L2.
-    tree : tree tuple (see module docstring)
-    slh : (start i64, length i32, pool i32, keys i64, vals i32)
-        Read-only shortlist view.
+    normalize : bool
+        L2-normalise each query first (cosine).
+    cent, var, child_lo, child_hi, bidx, bloom
+        The tree arrays (see the module docstring); passed one by one, as numba dispatches plain arrays much faster
+        than tuples (this call is on every query's path).
+    start, length, pool, keys, vals
+        The shortlist arrays and the ``(node, tenant) -> shortlist`` table, read only.
     vecs : float32 (ntotal, d)
     row_ids : int64 (ntotal,)
     allowed : bool (m, ntotal)
@@ -644,8 +649,6 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, tree, slh, vecs, row_ids, a
     -------
     D float32 (nq, k), I int64 (nq, k), nscored int64 (nq,)
     """
-    cent, var, child_lo, child_hi, parent, depth, bidx, bloom = tree
-    start, length, pool, keys, vals = slh
     nq = Q.shape[0]
     nn = cent.shape[0]
     D = np.full((nq, k), np.inf, dtype=np.float32)
@@ -655,8 +658,17 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, tree, slh, vecs, row_ids, a
     hn = np.empty(nn + 1, dtype=np.int64)
     hk = np.empty(nn + 1, dtype=np.int64)
     d = Q.shape[1]
+    q = np.empty(d, dtype=np.float32)
     for qi in range(nq):
-        q = Q[qi]
+        q[:] = Q[qi]
+        if normalize:
+            nrm = np.float32(0.0)
+            for z in range(d):
+                nrm += q[z] * q[z]
+            if nrm > 0:
+                nrm = np.float32(1.0) / np.sqrt(nrm)
+                for z in range(d):
+                    q[z] *= nrm
         t = tens[qi]
         mrow = qi if mask_mode == 2 else 0
         td = D[qi]

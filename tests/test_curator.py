@@ -295,7 +295,7 @@ class CuratorMachine(RuleBasedStateMachine):
 
 
 TestCuratorStateful = CuratorMachine.TestCase
-TestCuratorStateful.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+TestCuratorStateful.settings = settings(max_examples=30, stateful_step_count=25, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
 
 
