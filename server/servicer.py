@@ -444,6 +444,8 @@ class SearchServicer(_Base, pb_grpc.SearchServicer):
             include = True
         elif len(request.attributes):
             include = list(request.attributes)
+            for name in include:
+                col.schema.type_of(name)  # SchemaError naming the known attributes
         else:
             include = False
         kwargs = dict(k=int(request.k), filter=codec.from_filter(request.filter, request.HasField("filter")),
@@ -455,25 +457,21 @@ class SearchServicer(_Base, pb_grpc.SearchServicer):
 
 
 def search_response(parts: list, include) -> pb.SearchResponse:
-    ids = np.concatenate([np.asarray(r.ids, dtype=np.int64) for r in parts]) if len(parts) > 1 else parts[0].ids
-    scores = np.concatenate([np.asarray(r.scores, dtype=np.float32) for r in parts]) if len(parts) > 1 \
-        else parts[0].scores
-    nq, k = ids.shape
-    first = parts[0]
-    stats = [getattr(r, "stats", None) for r in parts]
+    """One response from the engine's results of one or more query chunks."""
+    ids = np.concatenate([r.ids for r in parts])
+    stats = [r.stats for r in parts]
     msg = pb.SearchResponse(
-        nq=nq, k=k, ids=codec.pack_array(ids, codec.I64), scores=codec.pack_array(scores, codec.F32),
-        score_kind=str(getattr(first, "score_kind", "")),
-        stats=pb.SearchStats(plan=str(getattr(stats[0], "plan", "") or ""),
-                             ndis=sum(int(getattr(s, "ndis", 0) or 0) for s in stats),
-                             nscanned=sum(int(getattr(s, "nscanned", 0) or 0) for s in stats),
-                             elapsed_ms=sum(float(getattr(s, "elapsed_ms", 0) or 0) for s in stats)))
+        nq=ids.shape[0], k=ids.shape[1], ids=codec.pack_array(ids, codec.I64),
+        scores=codec.pack_array(np.concatenate([r.scores for r in parts]), codec.F32), score_kind=parts[0].score_kind,
+        stats=pb.SearchStats(plan=stats[0].plan, ndis=sum(int(s.ndis) for s in stats),
+                             nscanned=sum(int(s.nscanned) for s in stats),
+                             elapsed_ms=sum(float(s.elapsed_ms) for s in stats)))
     if include:
         wanted = set(include) if isinstance(include, list) else None
         for r in parts:
-            for row_ids, row_attrs in zip(r.ids, r.attrs or [[None] * len(r.ids[0])] * len(r.ids)):
+            for row_ids, row_attrs in zip(r.ids, r.attrs):
                 for uid, a in zip(row_ids, row_attrs):
-                    a = {} if uid < 0 or a is None else a
+                    a = {} if uid < 0 or not a else a
                     if wanted is not None:
                         a = {key: v for key, v in a.items() if key in wanted}
                     msg.attributes.append(codec.to_attributes(a))

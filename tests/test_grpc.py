@@ -306,6 +306,8 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, 
             c.search("bad", x[:1], k=1, filter={"op": "nonsense"})
         with pytest.raises(errors.SchemaError):
             c.search("bad", x[:1], k=1, filter="weight < 3")
+        with pytest.raises(errors.SchemaError):
+            c.search("bad", x[:1], k=1, attributes=["weight"])
         with pytest.raises(errors.InvalidArgument):
             c.search("bad", x[:1], k=0)
         with pytest.raises(errors.InvalidArgument):
