@@ -18,6 +18,52 @@ BUILD_CHUNK = 16_384
 EXTEND_MAX_DELETED = 0.25
 
 
+class _MemoryStore:
+    """A dict-backed store, used to copy an index through its own save/load when ``copy.deepcopy`` cannot."""
+
+    uri = "memory://"
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+
+    def get(self, key):
+        return self.objects[key]
+
+    def get_range(self, key, start, end):
+        return self.objects[key][start:end]
+
+    def put(self, key, data):
+        self.objects[key] = bytes(data)
+
+    def list(self, prefix=""):
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def delete(self, key):
+        self.objects.pop(key, None)
+
+    def size(self, key):
+        return len(self.objects[key])
+
+    def exists(self, key):
+        return key in self.objects
+
+    def local_path(self, key):
+        return None
+
+
+def clone_index(index):
+    """An independent copy of ``index`` (copy-on-write builds): deepcopy, else a save/load round trip in memory
+    (kinds holding locks or other unpicklable state)."""
+    try:
+        return copy.deepcopy(index)
+    except (TypeError, copy.Error, RecursionError):
+        from ..index.factory import load_index
+
+        store = _MemoryStore()
+        index.save(store, "clone")
+        return load_index(store, "clone")
+
+
 def _extendable(index) -> bool:
     if index is None or not index.is_trained or index.ntotal == 0:
         return False
@@ -38,7 +84,7 @@ def run_build(col, job, train_kwargs, progress) -> None:
             index_factory(col.dim, job.spec, col.metric).factory_string()
         if extend:
             slots = rec.live_slots(col._boundary, n0)
-            new = copy.deepcopy(old)
+            new = clone_index(old)
             base_row_slot = col._row_slot.copy()
         else:
             slots = rec.live_slots(0, n0)
@@ -102,15 +148,8 @@ def run_build(col, job, train_kwargs, progress) -> None:
 
 
 def _slice_column(col, lo, hi):
-    """Rows ``[lo, hi)`` of a filters column object."""
-    from .. import filters
-
-    if isinstance(col, filters.NumericColumn):
-        return filters.NumericColumn(col.values[lo:hi])
-    if isinstance(col, filters.KeywordColumn):
-        return filters.KeywordColumn(col.codes[lo:hi], col.vocab)
-    ptr = col.indptr[lo:hi + 1]
-    return filters.TagsColumn(ptr - ptr[0], col.codes[ptr[0]:ptr[-1]], col.vocab)
+    """Rows ``[lo, hi)`` of a :mod:`shoal.filters` column object."""
+    return col.take(np.arange(lo, hi))
 
 
 def write_snapshot(col) -> None:

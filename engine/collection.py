@@ -645,5 +645,12 @@ def _replay_one(index, op: str, ids: np.ndarray, tid: int | None) -> None:
             pass
         return
     held = ids[np.isin(ids, index.row_ids[~index.deleted])] if ids.size else ids
-    if held.size:
-        (index.grant if op == "grant" else index.revoke)(held, tid)
+    if held.size == 0:
+        return
+    if op == "grant":
+        index.grant(held, tid)
+        return
+    try:
+        index.revoke(held, tid)
+    except (KeyError, NotFound):  # the index never saw this tenant on its rows: nothing to revoke
+        pass

@@ -95,14 +95,14 @@ def run_search(col, queries, k, flt, tenant, params, include_attrs) -> SearchRes
             plan = "tail"
             ndis = nscanned = nq * int(np.count_nonzero(tail_mask))
         else:
-            Di, Ii, idx_scanned, idx_ndis = _index_part(col, index, q, k, params, expr, tid, fmask, tmask, mask, b)
+            Di, Ii, idx_scanned, idx_ndis, sub = _index_part(col, index, q, k, params, expr, tid, fmask, tmask, mask, b)
             tail_mask = (alive if mask is None else mask)[b:n]
             ntail = int(np.count_nonzero(tail_mask))
             parts = [(Di, Ii)]
             if ntail:
                 parts.append(_exact(col, qn, k, None, b, n, tail_mask))
             D, I = merge_topk(parts, k)
-            plan = f"index({index.kind})" + (f"[{why}]" if why else "") + ("+tail" if ntail else "")
+            plan = f"index({index.kind}{':' + sub if sub else ''})" + (f"[{why}]" if why else "") + ("+tail" if ntail else "")
             nscanned = idx_scanned + nq * ntail
             ndis = idx_ndis + nq * ntail
         attrs = None
@@ -122,7 +122,7 @@ def _index_part(col, index, q, k, params, expr, tid, fmask, tmask, mask, b):
     native_t = tid is not None and index.supports_tenants
     native_f = expr is not None and index.supports_filter
     if tmask is not None and not tmask[:b].any():
-        return (*empty_result(nq, k), 0, 0)
+        return (*empty_result(nq, k), 0, 0, "")
     smask = None
     for m, native in ((fmask, native_f), (tmask, native_t)):
         if m is not None and not native:
@@ -136,17 +136,25 @@ def _index_part(col, index, q, k, params, expr, tid, fmask, tmask, mask, b):
         allowed[ok] = smask[rs[ok]]
         eligible = int(np.count_nonzero(allowed & ~index.deleted))
         if eligible == 0:
-            return (*empty_result(nq, k), 0, 0)
+            return (*empty_result(nq, k), 0, 0, "")
     else:
         eligible = index.nlive
     slot_of = col.records.slot_of
     kk = min(k, max(ntotal, 1))
     while True:
+        kw = dict(params=params, allowed=allowed, tenant=tid if native_t else None, filter=expr if native_f else None)
         try:
-            D, I = index.search(q, kk, params=params, allowed=allowed, tenant=tid if native_t else None,
-                                filter=expr if native_f else None)
+            sub = ""
+            if hasattr(index, "search_stats"):  # kinds that count candidates per query
+                D, I, counts = index.search_stats(q, kk, **kw)
+                ndis = int(np.sum(counts))
+            else:
+                D, I = index.search(q, kk, **kw)
+                st = getattr(index, "last_stats", None)
+                ndis = int(st["ndis"]) if isinstance(st, dict) and "ndis" in st else None
+                sub = str(st.get("plan", "")) if isinstance(st, dict) else ""
         except NotFound:  # a kind with native tenants that has not seen this tenant yet
-            return (*empty_result(nq, k), 0, 0)
+            return (*empty_result(nq, k), 0, 0, "")
         flat = I.ravel().tolist()
         slots = np.fromiter((slot_of.get(u, -1) if u >= 0 else -1 for u in flat), np.int64, len(flat)).reshape(I.shape)
         valid = (slots >= 0) & (slots < b)
@@ -159,8 +167,7 @@ def _index_part(col, index, q, k, params, expr, tid, fmask, tmask, mask, b):
         kk = min(ntotal, kk * OVERFETCH)
     D = np.where(valid, D, np.inf).astype(np.float32)
     I = np.where(valid, I, -1)
-    ndis = getattr(index, "last_ndis", None)
     if ndis is None:
         ndis = nq * eligible if index.kind == "Flat" else 0
     D, I = merge_topk([(D, I)], k) if D.shape[1] != k or not valid.all() else (D, I)
-    return D, I, nq * eligible, int(ndis)
+    return D, I, nq * eligible, int(ndis), sub

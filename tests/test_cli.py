@@ -125,3 +125,18 @@ def test_console_script_subprocess(tmp_path, vecs):
     r = subprocess.run([exe, "search", "--data", data, "--name", "v", "--ids", "3", "-k", "1"], capture_output=True,
                        text=True)
     assert r.returncode == 0 and "           3" in r.stdout
+
+
+def test_build_out_copies_to_s3(tmp_path, vecs, capsys, s3_bucket, monkeypatch):
+    x, path = vecs
+    endpoint, bucket = s3_bucket
+    monkeypatch.setenv("SHOAL_S3_ENDPOINT", endpoint)
+    code, out, err = run(capsys, "build", path, "--data", tmp_path / "data", "--name", "v", "--quiet", "--json",
+                         "--out", f"s3://{bucket}/shared")
+    assert code == 0, err
+    assert json.loads(out)["copied_to"] == f"s3://{bucket}/shared/v"
+    db = Database(f"s3://{bucket}/shared", read_only=True)
+    col = db.collection("v")
+    assert col.count() == 200
+    np.testing.assert_array_equal(col.search(x[:5], k=1).ids[:, 0], np.arange(5))
+    db.close()
