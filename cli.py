@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "demo": "shoal.cli:add_demo",
     "serve": "shoal.server.app:add_serve",
     "demo-grpc": "shoal.server.demo:add_demo_grpc",
+    "push": "shoal.serverless.cli_commands:add_push",
+    "deploy": "shoal.serverless.cli_commands:add_deploy",
+    "lambda-local": "shoal.serverless.cli_commands:add_lambda_local",
 }
 
 EPILOG = """examples:
@@ -353,6 +356,9 @@ def add_search(sub) -> None:
     p.add_argument("--attrs", action="store_true", help="show each result's attributes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_search)
+    from .serverless.cli_commands import add_serverless_search_args
+
+    add_serverless_search_args(p)  # --serverless FUNCTION [--stats]: query a Lambda deployment
 
 
 def cmd_search(args) -> int:

@@ -27,9 +27,10 @@ class ServerlessResult:
     metrics: list = field(repr=False)
     stats: dict = field(repr=False)
     elapsed_ms: float = 0.0
+    metric: str = "l2"
 
 
-def search(queries, k: int = 10, *, index: str, function: str | None = None, invoker=None, b: int = 2, L: int = 1,
+def search(queries, k: int = 10, *, index=None, function: str | None = None, invoker=None, b: int = 2, L: int = 1,
            allocator: str | None = None, processor: str | None = None, params: dict | None = None, filter=None,
            version: str | None = None, retries: int = 2, prices: Prices = X86) -> ServerlessResult:
     """Search a partitioned index through Lambda.
@@ -37,9 +38,10 @@ def search(queries, k: int = 10, *, index: str, function: str | None = None, inv
     Parameters
     ----------
     queries : float32 (nq, d)
-    index : str or ObjectStore
+    index : str or ObjectStore, optional
         The partitioned index: a store URI (``s3://bucket/prefix``) or a store object (its URI is what the functions
-        receive; the object itself is used here, e.g. for spilling a large batch).
+        receive; the object itself is used here, e.g. for spilling a large batch). ``None``: the coordinator's
+        ``$SHOAL_INDEX`` (set by ``shoal deploy --index``).
     function : str, optional
         Coordinator function. ``None`` runs the coordinator in this process (allocators and processors still run in
         Lambda), which saves one hop.
@@ -58,8 +60,10 @@ def search(queries, k: int = 10, *, index: str, function: str | None = None, inv
     k = check_k(k)
     Tree(b, L)
     invoker = invoker or LambdaInvoker()
-    if not isinstance(index, str):
+    if index is not None and not isinstance(index, str):
         index = store_for(index).uri
+    if index is None and function is None:
+        raise InvalidArgument("running the coordinator here needs the index URI")
     body = {"role": "coordinator", "index": index, "version": version, "queries": q, "k": k,
             "params": params or {}, "filter": filter, "tree": {"b": b, "L": L}, "retries": retries,
             "functions": {"allocator": allocator or function, "processor": processor or function}}
@@ -79,4 +83,4 @@ def search(queries, k: int = 10, *, index: str, function: str | None = None, inv
     if not isinstance(out.get("version"), str):
         raise RemoteError(function or "local", "MalformedResponse", "response lacks the index version")
     return ServerlessResult(D=D, I=I, version=out["version"], metrics=metrics, stats=summarize(metrics, prices),
-                            elapsed_ms=elapsed)
+                            elapsed_ms=elapsed, metric=str(out.get("metric", "l2")))

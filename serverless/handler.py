@@ -315,9 +315,9 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
 def run_coordinator(event: dict, context) -> dict:
     """Resolve the version, build the context, run the tree from node 0, check every partition is covered."""
     t0 = time.perf_counter()
-    index = event.get("index")
+    index = event.get("index") or os.environ.get("SHOAL_INDEX")
     if not isinstance(index, str) or not index:
-        raise InvalidArgument("coordinator payload needs 'index': the index's store URI")
+        raise InvalidArgument("coordinator payload needs 'index' (the index's store URI), or set $SHOAL_INDEX")
     store = store_for(index)
     version = event.get("version") or current_version(store)
     funcs = dict(event.get("functions") or {})
@@ -337,6 +337,7 @@ def run_coordinator(event: dict, context) -> dict:
     if covered != list(range(manifest["n_partitions"])):
         raise PartitionError(f"tree covered partitions {covered}, expected 0..{manifest['n_partitions'] - 1}")
     out["version"] = version
+    out["metric"] = manifest["metric"]
     out["metrics"][0]["ms"] = (time.perf_counter() - t0) * 1e3
     return out
 
@@ -361,7 +362,7 @@ def handler(event, context=None):
     body = decode(event)
     if role == "coordinator":
         out = run_coordinator(body, context)
-        uri = body["index"]
+        uri = body.get("index") or os.environ.get("SHOAL_INDEX")
     else:
         ctx = check_ctx(body.get("ctx"))
         uri = ctx["index"]

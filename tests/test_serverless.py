@@ -397,3 +397,91 @@ def test_deploy_control_plane_against_moto(moto_endpoint):
     assert lam.get_function_configuration(FunctionName=f"{fn}-p0")["MemorySize"] == 3008
     with pytest.raises(InvalidArgument):
         deploy(DeploySpec(function=fn, role_arn="not-an-arn"), endpoint_url=moto_endpoint)
+
+
+# ---------------------------------------------------------------------------------------------------- OSQ + CLI
+
+
+def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
+    from shoal import filters
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = rng.standard_normal((n, D_DIM)).astype(np.float32)
+    attrs = {"price": rng.uniform(0, 100, n),
+             "color": filters.KeywordColumn(rng.integers(0, 3, n).astype(np.int32), ["red", "green", "blue"])}
+    index = OSQIndex(D_DIM, "l2", partitions=5)
+    index.train(x)
+    index.add(x, np.arange(n, dtype=np.int64) * 5, attrs=attrs)
+    store = LocalStore(tmp_path / "osq")
+    OSQBackend.publish(store, index)
+    q = rng.standard_normal((16, D_DIM)).astype(np.float32)
+    for text in (None, 'price < 30 and color = "red"', "price < 0.4"):  # multilevel, filtered, exact plan
+        flt = None if text is None else filters.to_json(filters.parse(text))
+        D0, I0 = index.search(q, 10, filter=text)
+        assert index.last_stats.get("short_fixed", 0) == 0
+        r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2, filter=flt)
+        assert np.array_equal(r.I, I0), text
+        np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
+        if text is not None:
+            ok = index.exact_rows(filters.parse(text), np.flatnonzero(np.isin(index.row_ids, r.I[r.I >= 0])))
+            assert ok.all()
+    # processors loaded only their own partition's objects
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1)
+    assert r.stats["invocations"]["processor"] == 5
+
+
+def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import boto3
+
+    from shoal.cli import main
+    from shoal.engine import Database
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    db = Database(str(tmp_path / "data"))
+    col = db.create_collection("docs", dim=8, metric="l2", schema={"price": "float"}, index="Flat")
+    col.upsert(np.arange(600) + 100, x, attrs={"price": list(rng.uniform(0, 10, 600))})
+    db.close()
+    bucket = "shoal-cli-" + uuid.uuid4().hex[:8]
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/docs"
+    assert main(["push", "--data", str(tmp_path / "data"), "--name", "docs", "--to", uri, "--partitions", "4",
+                 "--s3-endpoint", moto_endpoint]) == 0
+    assert "600 vectors as flat with 4 partitions" in capsys.readouterr().out
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "lambda-local", "--port", str(port),
+                             "--max-workers", "8", "--s3-endpoint", moto_endpoint],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "Lambda Invoke API at" in proc.stdout.readline()
+        monkeypatch.setenv("SHOAL_S3_ENDPOINT", moto_endpoint)
+        q = x[:3] + 0.01
+        argv = ["search", "--serverless", "shoal", "--index-uri", uri, "--lambda-endpoint",
+                f"http://127.0.0.1:{port}", "--depth", "2", "-k", "3", "--stats", "--json"]
+        for v in q:
+            argv.append("--vector=" + ",".join(f"{t:.6f}" for t in v))
+        t0 = time.time()
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert [h["id"] for h in out["results"][0]][:1] == [100] and time.time() - t0 < 120
+        st = out["stats"]
+        done = {r: st["invocations"].get(r, 0) + st["inline"].get(r, 0) for r in ("coordinator", "allocator",
+                                                                                 "processor")}
+        assert done == {"coordinator": 1, "allocator": 6, "processor": 4}  # 11 > 8 workers: some ran inline
+        assert out["stats"]["usd_per_1000_queries"] > 0
+        # without --serverless the local collection path still needs --data/--name
+        assert main(["search", "--vector", "1,2,3,4,5,6,7,8"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(20)

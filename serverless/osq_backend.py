@@ -1,0 +1,150 @@
+"""OSQ partitions for the serverless fan-out: level 0 in allocators, levels 1-3 in processors.
+
+Layout: the OSQ index is saved by :meth:`OSQIndex.save` under ``versions/VERSION/osq`` (one ``.npy`` object per
+array: level-0 arrays at the top, each partition's segments, binary codes, vectors, codebook and exact attributes
+under ``pNNNN/``). An allocator loads only the level-0 arrays (:meth:`OSQIndex.load_level0`: rotation, centroids,
+row maps, attribute codes); a processor loads only its partition's objects (:meth:`OSQIndex.load_partition`), so a
+cold processor fetches ``1/P`` of the index. Both stay in the container cache.
+
+Per batch an allocator runs :meth:`OSQIndex.level0` (rotation, three-valued filter over the attribute codes, counts of
+sure/maybe rows per partition, partitions to visit) and sends each visited partition the rotated queries, the filter
+status of that partition's rows (uint8, compressed in the payload) and the plan. The processor runs levels 1-3
+(:meth:`OSQPartition.search`), or, when level 0 chose the exact plan (very selective filters), an exact scan of its
+sure rows. Results are merged with ``merge_topk`` up the tree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidArgument
+from ..index.flat import exact_search
+from ..index.topk import empty_result
+from .cache import Reader
+from .partitioned import new_version, register_backend, write_manifest
+
+STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at import of the router)
+
+
+def _expr(filter):
+    if filter is None:
+        return None
+    from ..index.osq import _as_expr
+
+    return _as_expr(filter)
+
+
+class OSQRouter:
+    """Level 0 over a level-0-only :class:`OSQIndex`."""
+
+    def __init__(self, index):
+        from ..quantization import _osq_kernels as K
+
+        if K.STATUS_SURE != STATUS_SURE:
+            raise RuntimeError("OSQ status codes changed; update serverless/osq_backend.py")
+        self.index = index
+        P = index.nparts
+        order = np.lexsort((index.row_pos, index.row_part))
+        bounds = np.searchsorted(index.row_part[order], np.arange(P + 1))
+        # internal rows of each partition in position order: status[:, rows_of[p]] is the partition's status
+        self.rows_of = [order[bounds[p]:bounds[p + 1]].astype(np.int64) for p in range(P)]
+
+    def memory_bytes(self) -> int:
+        return int(self.index.memory_bytes() + sum(r.nbytes for r in self.rows_of))
+
+    def route(self, q, k, params, filter) -> dict[int, tuple[np.ndarray, dict]]:
+        index = self.index
+        params = {key: v for key, v in (params or {}).items()}
+        unknown = set(params) - set(index.search_params)
+        if unknown:
+            raise InvalidArgument(f"unknown OSQ search parameter(s) {sorted(unknown)}; valid: {index.search_params}")
+        lv = index.level0(q, k, params, filter=_expr(filter))
+        nq, P = q.shape[0], index.nparts
+        out: dict[int, tuple[np.ndarray, dict]] = {}
+        for p in range(P):
+            rows_p = self.rows_of[p]
+            if rows_p.size == 0:
+                continue
+            if lv.plan == "exact":
+                # exact plan: every partition with sure rows for a query scans them exactly
+                has = (lv.status[:, rows_p] == STATUS_SURE).any(axis=1)
+                qs = np.flatnonzero(has[lv.sidx])
+            else:
+                qs = np.flatnonzero(lv.visit[:, p])
+            if qs.size == 0:
+                continue
+            used, sidx = np.unique(lv.sidx[qs], return_inverse=True)
+            status = np.ascontiguousarray(lv.status[np.ix_(used, rows_p)])
+            out[p] = (qs.astype(np.int64), {"qrot": np.ascontiguousarray(lv.qrot[qs]), "status": status,
+                                            "sidx": sidx.astype(np.int64), "plan": lv.plan})
+        return out
+
+
+class OSQProcessor:
+    """Levels 1-3 (or the exact scan) over one partition."""
+
+    def __init__(self, part):
+        self.part = part
+
+    def memory_bytes(self) -> int:
+        p = self.part
+        return int(sum(a.nbytes for a in (p.rows, p.ids, p.segs, p.binary, p.vectors)) + 4096)
+
+    def search(self, q, k, params, filter, extra):
+        try:
+            qrot = np.ascontiguousarray(extra["qrot"], dtype=np.float32)
+            status = np.ascontiguousarray(extra["status"], dtype=np.uint8)
+            sidx = np.asarray(extra["sidx"], dtype=np.int64)
+            plan = extra["plan"]
+        except KeyError as exc:
+            raise InvalidArgument(f"OSQ processor payload lacks {exc}") from None
+        part = self.part
+        if status.ndim != 2 or status.shape[1] != part.size or sidx.shape != (qrot.shape[0],) or \
+                (sidx.size and (sidx.min() < 0 or sidx.max() >= status.shape[0])):
+            raise InvalidArgument(f"partition {part.number}: status {status.shape} / sidx {sidx.shape} do not match "
+                                  f"{part.size} rows and {qrot.shape[0]} queries")
+        if plan == "exact":
+            D, I = empty_result(qrot.shape[0], k)
+            metric = "l2" if part.metric == "l2" else "ip"
+            for s in range(status.shape[0]):
+                qs = np.flatnonzero(sidx == s)
+                pos = np.flatnonzero(status[s] == STATUS_SURE)
+                if qs.size and pos.size:
+                    D[qs], I[qs] = exact_search(qrot[qs], np.ascontiguousarray(part.vectors[pos]), k, metric,
+                                                labels=part.ids[pos])
+            return D, I
+        D, I, _stats = part.search(qrot, status, k, params, expr=_expr(filter), sidx=sidx)
+        return D, I
+
+
+@register_backend("osq")
+class OSQBackend:
+    """Serverless layout and roles for :class:`~shoal.index.osq.OSQIndex`."""
+
+    @staticmethod
+    def publish(store, index) -> dict:
+        """Write a built OSQ index as a new version and move the manifest pointer to it."""
+        from ..index.osq import OSQIndex
+
+        if not isinstance(index, OSQIndex) or not index.is_trained:
+            raise InvalidArgument("publish needs a trained OSQIndex")
+        version = new_version()
+        index.save(store, f"versions/{version}/osq")
+        manifest = {"version": version, "kind": "osq", "d": index.d, "metric": index.metric,
+                    "n_partitions": index.nparts, "ntotal": index.ntotal,
+                    "partition_counts": [int(p.size) for p in index.parts], "factory": index.factory_string()}
+        write_manifest(store, manifest)
+        return manifest
+
+    @staticmethod
+    def router(reader: Reader, manifest: dict) -> OSQRouter:
+        from ..index.osq import OSQIndex
+
+        return reader.cached("router", lambda: OSQRouter(OSQIndex.load_level0(reader.store, reader.key("osq"))))
+
+    @staticmethod
+    def partition(reader: Reader, manifest: dict, p: int) -> OSQProcessor:
+        from ..index.osq import OSQIndex
+
+        return reader.cached(f"p{p}", lambda: OSQProcessor(
+            OSQIndex.load_partition(reader.store, reader.key("osq"), p, attrs=True)))
