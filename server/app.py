@@ -24,6 +24,8 @@ import time
 from concurrent import futures
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ShoalError
 
 # grpc and the servicers are imported in run(): `shoal --help` builds this module's parser and should stay fast
@@ -94,7 +96,12 @@ def _open_database(data: str):
     db = Database(data)
     names = list(db.list_collections())
     for name in names:  # open every collection now (WAL replay, index load) so the first call does not pay for it
-        db.collection(name)
+        col = db.collection(name)
+        if col.count():  # and run one search: loads the compiled kernels and touches the index
+            try:
+                col.search(np.zeros((1, col.dim), np.float32), k=1)
+            except ShoalError as exc:  # e.g. an index that needs a build first: serving still works for the rest
+                log.warning("warm-up search on %s failed: %s", name, exc)
     return db, names
 
 
