@@ -214,7 +214,10 @@ class Client:
         return sum(self._call(self._points.Upsert, b, timeout=timeout).upserted for b in batches)
 
     def delete(self, collection: str, ids=None, *, filter=None, tenant: str | None = None) -> int:
-        """Delete ``ids``, or every point matching ``filter`` (inside ``tenant`` if given); returns how many."""
+        """Delete ``ids``, or every point matching ``filter``; returns how many.
+
+        With ``tenant``: only within that tenant; points it shares with other tenants are revoked from it, not deleted.
+        """
         req = pb.DeleteRequest(collection=collection, tenant=tenant or "")
         if ids is not None:
             req.ids.extend(np.asarray(ids, dtype=np.int64).reshape(-1).tolist())

@@ -372,8 +372,8 @@ class PointsServicer(_Base, pb_grpc.PointsServicer):
         if len(request.ids) and flt is not None:
             raise InvalidArgument("give ids or a filter, not both")
         if flt is not None:
-            if principal.tenant is None:  # the engine's meaning: every matching point the tenant (if any) can see
-                return pb.DeleteResponse(deleted=int(col.delete_where(flt, tenant=tenant)))
+            if tenant is None:
+                return pb.DeleteResponse(deleted=int(col.delete_where(flt)))
             with self.state.write_lock(info["name"]):
                 ids = col.ids_where(flt, tenant=tenant)
                 return pb.DeleteResponse(deleted=self._delete_in_tenant(col, ids, tenant))

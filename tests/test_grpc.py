@@ -280,6 +280,10 @@ def test_tenant_bound_keys_never_cross_tenants(server, rng):
                                                           (1000, ["acme"])]
         with pytest.raises(errors.NotFound):
             admin.search("iso", x[:1], k=1, tenant="acme-typo")
+        # any tenant-scoped delete (unbound key too) leaves other tenants' view alone
+        admin.grant("iso", [3], "acme")
+        assert admin.delete("iso", filter="price >= 0", tenant="acme") == 1
+        assert admin.get("iso", [3], include_vectors=False)[0]["tenants"] == ["globex"]
 
 
 # ---------------------------------------------------------------------------------------------------- bad requests
