@@ -1,0 +1,85 @@
+"""k-means, Sinkhorn-balanced k-means and codeword-usage entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shoal.errors import InvalidArgument
+from shoal.quantization.kmeans import assign, balanced_kmeans, kmeans, sq_distances, usage_entropy
+from shoal.quantization.sinkhorn import imbalance, sinkhorn_assign
+
+
+def skewed(n: int, d: int, seed: int, nclus: int = 40) -> np.ndarray:
+    """Zipf-weighted Gaussian clusters: a few dense clusters hold most points, many sparse ones far apart."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, nclus + 1) ** 1.2
+    w /= w.sum()
+    centers = rng.normal(size=(nclus, d)) * 3
+    lab = rng.choice(nclus, n, p=w)
+    return (centers[lab] + rng.normal(size=(n, d)) * 0.5).astype(np.float32)
+
+
+def test_kmeans_seeded_and_reproducible():
+    x = skewed(3000, 4, 0)
+    a = kmeans(x, 16, seed=3)
+    b = kmeans(x, 16, seed=3)
+    assert a.shape == (16, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    # every point's nearest centroid is what assign() says
+    lab = assign(x, a)
+    np.testing.assert_array_equal(lab, np.argmin(sq_distances(x, a), axis=1))
+
+
+def test_kmeans_errors():
+    x = np.zeros((10, 3), np.float32)
+    with pytest.raises(InvalidArgument, match="at least 16 training points"):
+        kmeans(x, 16)
+    with pytest.raises(InvalidArgument, match="positive integer"):
+        kmeans(x, 0)
+
+
+def test_sinkhorn_balances_a_batch_and_bias_reproduces_it():
+    rng = np.random.default_rng(0)
+    x = skewed(4096, 4, 1)
+    c = x[rng.choice(4096, 16, replace=False)]
+    dist = sq_distances(x, c)
+    plain = np.argmin(dist, axis=1)
+    codes, bias = sinkhorn_assign(dist, eps=0.2, n_iter=100)
+    assert imbalance(codes, 16) < 0.5 * imbalance(plain, 16)
+    assert usage_entropy(codes, 16)[0] >= 0.97 * 4
+    np.testing.assert_array_equal(codes, np.argmin(dist - bias[None, :], axis=1))
+
+
+@pytest.mark.parametrize("eps", [1e-4, 0.05, 5.0])
+def test_sinkhorn_is_finite_for_any_temperature(eps):
+    rng = np.random.default_rng(1)
+    dist = (rng.random((512, 32)) * 1e6).astype(np.float32)   # large costs: exp(-D/eps) would underflow unshifted
+    codes, bias = sinkhorn_assign(dist, eps=eps)
+    assert codes.shape == (512,) and np.all((codes >= 0) & (codes < 32))
+    assert np.all(np.isfinite(bias))
+
+
+def test_sinkhorn_rejects_bad_eps():
+    with pytest.raises(ValueError):
+        sinkhorn_assign(np.zeros((4, 2)), eps=0.0)
+
+
+def test_balanced_kmeans_reaches_uniform_usage_where_plain_kmeans_does_not():
+    x = skewed(8000, 4, 2)
+    K = 16
+    plain = kmeans(x, K, seed=0)
+    h_plain = usage_entropy(assign(x, plain), K)[0]
+    cent, bias = balanced_kmeans(x, K, seed=0)
+    h_bal = usage_entropy(assign(x, cent, bias), K)[0]
+    assert h_plain < 0.97 * np.log2(K)
+    assert h_bal >= 0.97 * np.log2(K)
+    # held-out points from the same distribution are balanced too (the bias generalises)
+    y = skewed(8000, 4, 2)[::-1][:4000] + np.float32(0.01)
+    assert usage_entropy(assign(y, cent, bias), K)[0] >= 0.95 * np.log2(K)
+
+
+def test_usage_entropy_bounds():
+    assert usage_entropy(np.zeros((100, 2), np.uint8), 16).tolist() == [0.0, 0.0]
+    codes = np.tile(np.arange(16, dtype=np.uint8), 10)[:, None]
+    assert usage_entropy(codes, 16)[0] == pytest.approx(4.0)
