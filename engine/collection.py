@@ -49,6 +49,10 @@ from .wal import WriteAheadLog
 FORMAT_VERSION = 1
 DEFAULT_TAIL_LIMIT = 20_000
 DEFAULT_EXACT_THRESHOLD = 4096
+#: after an automatic (tail) build, write a snapshot only once the WAL has grown this large: until then a reopen
+#: replays the WAL (the replayed records land in the tail and are indexed again), which is cheaper than rewriting
+#: every record and the index after each tail_limit writes
+DEFAULT_SNAPSHOT_WAL_BYTES = 64 << 20
 
 
 class FilterError(InvalidArgument):
@@ -146,6 +150,7 @@ class Collection:
         self.multi_tenant = bool(self.config.get("multi_tenant", False))
         self.tail_limit = int(self.config.get("tail_limit", DEFAULT_TAIL_LIMIT))
         self.exact_threshold = int(self.config.get("exact_threshold", DEFAULT_EXACT_THRESHOLD))
+        self.snapshot_wal_bytes = int(self.config.get("snapshot_wal_bytes", DEFAULT_SNAPSHOT_WAL_BYTES))
         self.auto_build = True
         self._generation = int(manifest.get("generation", 0))
         self._snap_lsn = int(manifest.get("lsn", 0))
@@ -165,6 +170,7 @@ class Collection:
         except BaseException:
             self.wal.close()
             raise
+        self._maybe_autobuild()
 
     # ------------------------------------------------------------------ loading
     def _load_snapshot(self, manifest: dict[str, Any]) -> None:
@@ -534,8 +540,9 @@ class Collection:
                 if explicit:
                     self.config["index"] = job.spec
                 self._auto_failed_at = None
-                job.stage = "snapshot"
-                self._snapshot()
+                if explicit or self.wal.size >= self.snapshot_wal_bytes:
+                    job.stage = "snapshot"
+                    self._snapshot()
                 job.stage = "done"
         except BaseException as exc:  # recorded on the job; a background build must not kill the process
             job.error = exc

@@ -18,7 +18,8 @@ from typing import Any
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..index.factory import index_factory
 from ..index.validate import check_metric
-from .collection import DEFAULT_EXACT_THRESHOLD, DEFAULT_TAIL_LIMIT, FORMAT_VERSION, Collection
+from .collection import (DEFAULT_EXACT_THRESHOLD, DEFAULT_SNAPSHOT_WAL_BYTES, DEFAULT_TAIL_LIMIT, FORMAT_VERSION,
+                         Collection)
 from .schema import Schema
 from .store import LocalStore, ObjectStore, open_store
 
@@ -87,7 +88,8 @@ class Database:
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", schema: dict[str, str] | None = None,
                           index: str = "Flat", multi_tenant: bool = False, *, tail_limit: int = DEFAULT_TAIL_LIMIT,
-                          exact_threshold: int = DEFAULT_EXACT_THRESHOLD, exist_ok: bool = False) -> Collection:
+                          exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+                          snapshot_wal_bytes: int = DEFAULT_SNAPSHOT_WAL_BYTES, exist_ok: bool = False) -> Collection:
         """Create a collection and return it open.
 
         Parameters
@@ -106,6 +108,8 @@ class Database:
             Unindexed records that trigger a background index build.
         exact_threshold : int
             A filtered/tenant search whose matching rows are at most this many is answered by an exact scan of them.
+        snapshot_wal_bytes : int
+            After an automatic build, snapshot (and empty the WAL) only once the WAL is this large.
         exist_ok : bool
             Return the existing collection instead of raising AlreadyExists (its config must match).
         """
@@ -120,11 +124,13 @@ class Database:
         if not isinstance(index, str):
             raise InvalidArgument(f"index must be a factory string, got {index!r}")
         index_factory(dim, index, metric)
-        for label, v in (("tail_limit", tail_limit), ("exact_threshold", exact_threshold)):
+        for label, v in (("tail_limit", tail_limit), ("exact_threshold", exact_threshold),
+                         ("snapshot_wal_bytes", snapshot_wal_bytes)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InvalidArgument(f"{label} must be a non-negative integer, got {v!r}")
         config = {"name": name, "dim": dim, "metric": metric, "schema": sch.to_json(), "index": index,
-                  "multi_tenant": bool(multi_tenant), "tail_limit": tail_limit, "exact_threshold": exact_threshold}
+                  "multi_tenant": bool(multi_tenant), "tail_limit": tail_limit, "exact_threshold": exact_threshold,
+                  "snapshot_wal_bytes": snapshot_wal_bytes}
         with self._lock:
             if self.exists(name):
                 if exist_ok:

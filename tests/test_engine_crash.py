@@ -22,7 +22,7 @@ WRITER = textwrap.dedent("""
         return np.stack([np.full(4, i % 1009, np.float32) + np.arange(4, dtype=np.float32) for i in ids])
 
     db = Database(sys.argv[1])
-    col = db.create_collection("c", dim=4, schema={"k": "int"}, tail_limit=300)
+    col = db.create_collection("c", dim=4, schema={"k": "int"}, tail_limit=300, snapshot_wal_bytes=20000)
     i = 0
     while True:
         ids = list(range(i, i + 37))
