@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     dim, k = xb.shape[1], args.k
     metric = getattr(ds, "metric", "l2")
     per_client = min(args.per_client, 50) if args.quick else args.per_client
-    base = {"dataset": ds.key if hasattr(ds, "key") else str(args.dataset), "nb": int(xb.shape[0]), "k": k,
+    base = {"bench": "grpc", "dataset": ds.key, "nb": int(xb.shape[0]), "k": k,
             "index": args.index, "metric": metric}
     records = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-grpc-") as tmp:
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
             for c in levels:
                 r = run_clients(lambda w, q: col.search(q[None, :], k=k), xq, c, per_client)
                 inproc[c] = r
-                records.append(append_result(args.out, {**base, "mode": "in-process", **r}))
+                records.append(append_result(args.out, {**base, "method": "in-process", "mode": "in-process", **r}))
         ref_ids = col.search(xq[:50], k=k).ids
         db.close()
 
@@ -156,13 +156,13 @@ def main(argv=None) -> int:
             clients[0].wait_until_serving(120)
             # the fixed cost of one call: a request that does no work (ListCollections), one client
             r = run_clients(lambda w, q: clients[w].list_collections(), xq, 1, per_client)
-            records.append(append_result(args.out, {**base, "mode": "grpc-noop", **r}))
+            records.append(append_result(args.out, {**base, "method": "grpc-noop", "mode": "grpc-noop", **r}))
             for c in levels:
                 r = run_clients(lambda w, q: clients[w].search("bench", q, k=k), xq, c, per_client)
                 ref = inproc[c]
                 r.update(qps_ratio=ref["qps"] / r["qps"], p50_ratio=r["p50_ms"] / ref["p50_ms"],
                          p50_overhead_ms=r["p50_ms"] - ref["p50_ms"])
-                records.append(append_result(args.out, {**base, "mode": "grpc", **r}))
+                records.append(append_result(args.out, {**base, "method": "grpc", "mode": "grpc", **r}))
             # the server answers exactly what the engine answers in-process
             same = bool(np.array_equal(clients[0].search("bench", xq[:50], k=k).ids, ref_ids))
             if not same:
@@ -170,8 +170,8 @@ def main(argv=None) -> int:
             nup = min(xb.shape[0], 20_000)
             for stream in (False, True):
                 r = upsert_throughput(clients[0], f"ingest_{int(stream)}", dim, xb[:nup], args.upsert_batch, stream)
-                records.append(append_result(args.out, {**base, "mode": "upsert-stream" if stream else "upsert-unary",
-                                                        **r}))
+                mode = "upsert-stream" if stream else "upsert-unary"
+                records.append(append_result(args.out, {**base, "method": mode, "mode": mode, **r}))
             for cl in clients:
                 cl.close()
     png = results_path(args.out).with_suffix(".png")
