@@ -271,6 +271,38 @@ def test_bad_input_raises_and_changes_nothing(tmp_path, rng, case):
     db.close()
 
 
+def tenant_bad_inputs():
+    x = np.ones((2, 4), np.float32)
+    return [
+        ("grant unknown id", lambda c: c.grant([1, 999], "a"), NotFound),
+        ("revoke unknown tenant", lambda c: c.revoke([1], "ghost"), NotFound),
+        ("revoke unknown id", lambda c: c.revoke([999], "a"), NotFound),
+        ("drop unknown tenant", lambda c: c.drop_tenant("ghost"), NotFound),
+        ("search unknown tenant", lambda c: c.search(x, tenant="ghost"), NotFound),
+        ("get unknown tenant", lambda c: c.get([1], tenant="ghost"), NotFound),
+        ("delete_where unknown tenant", lambda c: c.delete_where("k < 3", tenant="ghost"), NotFound),
+        ("tenants length", lambda c: c.upsert([1, 2], x, tenants=[["a"]]), InvalidArgument),
+        ("tenant name type", lambda c: c.upsert([1, 2], x, tenants=[[3], []]), InvalidArgument),
+        ("empty tenant name", lambda c: c.grant([1], ""), InvalidArgument),
+        ("tenants_of unknown id", lambda c: c.tenants_of(12345), NotFound),
+    ]
+
+
+@pytest.mark.parametrize("case", tenant_bad_inputs(), ids=[b[0] for b in tenant_bad_inputs()])
+def test_bad_tenant_input_raises_and_changes_nothing(tmp_path, rng, case):
+    _, call, exc = case
+    db = Database(tmp_path / "d")
+    col = db.create_collection("c", dim=4, schema={"k": "int"}, multi_tenant=True)
+    col.upsert(np.arange(5), rng.standard_normal((5, 4)), attrs={"k": list(range(5))},
+               tenants=[["a"], ["a", "b"], [], ["b"], ["a"]])
+    before = (col.get(np.arange(10)), col.wal.size, col.list_tenants(), col.count(tenant="a"))
+    with pytest.raises(exc) as info:
+        call(col)
+    assert str(info.value)
+    assert repr(before) == repr((col.get(np.arange(10)), col.wal.size, col.list_tenants(), col.count(tenant="a")))
+    db.close()
+
+
 def test_bad_create_and_unknowns(tmp_path):
     db = Database(tmp_path / "d")
     with pytest.raises(InvalidArgument):
