@@ -3,10 +3,10 @@
     >>> client = shoal.Client("127.0.0.1:50051", api_key="shoal_...", timeout=10)
     >>> client.upsert("docs", ids, vectors, attrs={"price": prices}, tenants=[["acme"]] * len(ids))
     >>> res = client.search("docs", queries, k=10, filter="price < 10", tenant="acme")
-    >>> res.ids, res.scores          # int64 (nq, k), float32 (nq, k)
+    >>> res.ids, res.scores          # int64 (nq, k), float32 (nq, k): the engine's SearchResult, as in-process
 
 Large upserts are split into batches under the message size limit and sent on one client stream. Calls that are safe
-to repeat (everything except create/drop collection and build) are retried on UNAVAILABLE with exponential backoff and
+to repeat (everything except create/drop collection, build and compact) are retried on UNAVAILABLE with exponential backoff and
 jitter, within the call's timeout, so a client started next to a server that is still loading simply waits for it.
 Failures raise the typed errors of :mod:`shoal.errors` (``NotFound``, ``InvalidArgument``, ``DimensionMismatch``,
 ``PermissionDenied``, ...) or :mod:`shoal.server.errors` (``Unavailable``, ``Internal``), each with ``.code``.
@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
 
+from ..engine.results import SearchResult, SearchStats
 from ..errors import DeadlineExceeded, InvalidArgument
 from . import codec
 from .errors import Unavailable, error_from_rpc
@@ -32,17 +32,6 @@ from .proto.shoal.v1 import shoal_pb2_grpc as pb_grpc
 DEFAULT_MAX_MESSAGE = 64 << 20
 #: upsert batches aim at this many bytes per message (well under the default 64 MiB limit)
 UPSERT_BATCH_BYTES = 4 << 20
-
-
-@dataclass(frozen=True)
-class RemoteSearchResult:
-    """What :meth:`Client.search` returns (the same fields as the engine's search result)."""
-
-    ids: np.ndarray                       # int64 (nq, k), -1 = no result
-    scores: np.ndarray                    # float32 (nq, k)
-    score_kind: str                       # "distance" (l2) or "similarity" (ip, cosine)
-    attrs: list[list[dict]] | None = None  # (nq, k) dicts when attributes were asked for
-    stats: dict = field(default_factory=dict)
 
 
 class Client:
@@ -246,7 +235,7 @@ class Client:
     # ------------------------------------------------------------------ search
     def search(self, collection: str, queries, k: int = 10, *, filter=None, tenant: str | None = None,
                params: Mapping[str, Any] | None = None, attributes: bool | Sequence[str] = False,
-               timeout: float | None = None) -> RemoteSearchResult:
+               timeout: float | None = None) -> SearchResult:
         """Nearest neighbours of ``queries`` float32 ``(nq, d)`` (or one ``(d,)``).
 
         ``filter``: expression string or JSON AST dict; ``params``: per-query index settings (``nprobe``, ...);
@@ -270,9 +259,8 @@ class Client:
             flat = [codec.from_attributes(a) for a in resp.attributes]
             attrs = [flat[i * resp.k:(i + 1) * resp.k] for i in range(resp.nq)]
         s = resp.stats
-        return RemoteSearchResult(ids=ids, scores=scores, score_kind=resp.score_kind, attrs=attrs,
-                                  stats={"plan": s.plan, "ndis": s.ndis, "nscanned": s.nscanned,
-                                         "elapsed_ms": s.elapsed_ms})
+        return SearchResult(ids=ids, scores=scores, score_kind=resp.score_kind, attrs=attrs,
+                            stats=SearchStats(plan=s.plan, ndis=s.ndis, nscanned=s.nscanned, elapsed_ms=s.elapsed_ms))
 
     # ------------------------------------------------------------------ tenants
     def grant(self, collection: str, ids, tenant: str) -> int:

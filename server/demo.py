@@ -63,7 +63,7 @@ def run_grpc_demo(data: str, *, limit: int = 100_000, out=None) -> int:
                         if u >= 0 and u != row[word]][:10]
                 label = f"nearest to '{word}'" + (f" where {flt}" if flt else "") + \
                     (f" in tenant {tenant!r}" if tenant else "")
-                say(f"{label}  ({ms:.1f} ms round trip, server {res.stats['elapsed_ms']:.1f} ms)")
+                say(f"{label}  ({ms:.1f} ms round trip, server {res.stats.elapsed_ms:.1f} ms)")
                 say("   " + ", ".join(f"{w} {s:.2f}" for w, s in hits))
 
             for word, flt in QUERIES:

@@ -136,7 +136,7 @@ def test_every_rpc_happy_path(server, rng):
         assert res.ids.dtype == np.int64 and res.scores.dtype == np.float32 and res.ids.shape == (5, 7)
         np.testing.assert_array_equal(res.ids, want_ids)
         np.testing.assert_allclose(res.scores, want_d, rtol=1e-4, atol=1e-4)
-        assert res.score_kind == "distance" and res.stats["nscanned"] > 0
+        assert res.score_kind == "distance" and res.stats.nscanned > 0
 
         # filter as expression and as JSON AST; tenant; attributes to return
         expr = "price < 10 and color in ('red', 'blue')"
