@@ -404,12 +404,29 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
             assert counters["search.abandoned"] == 1
             assert counters["search.queries_abandoned"] > nq // 2
 
-            # SIGTERM while a search (~1.5 s) is in flight: it completes, new calls are refused, exit 0
+            # SIGTERM while a search (~1.5 s) is in flight: health watchers see NOT_SERVING, the search completes,
+            # new calls are refused, exit 0
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            channel = grpc.insecure_channel(srv.address)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            seen: list[str] = []
+
+            def follow():
+                try:
+                    for msg in watch:
+                        seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(msg.status))
+                except grpc.RpcError:
+                    pass  # the server ends the stream when it stops
+
+            watcher = threading.Thread(target=follow)
+            watcher.start()
             mid = queries[: max(8, int(1.5 / per_query))]
             result: dict = {}
             t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=60)))
             t.start()
             time.sleep(0.3)
+            assert seen == ["SERVING"]
             srv.proc.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             with srv.client(retries=0, timeout=5) as late, pytest.raises((Unavailable, errors.DeadlineExceeded)):
@@ -417,6 +434,9 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
             t.join(60)
             assert result["res"].ids.shape == (mid.shape[0], 3) and (result["res"].ids >= 0).all()
         assert srv.terminate() == 0
+        watcher.join(30)
+        channel.close()
+        assert seen[:2] == ["SERVING", "NOT_SERVING"]
         assert "stopped" in srv.output() and "Traceback" not in srv.output()
     finally:
         if srv.proc.poll() is None:
