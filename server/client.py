@@ -75,7 +75,6 @@ class Client:
         self._search = pb_grpc.SearchStub(self._channel)
         self._tenants = pb_grpc.TenantsStub(self._channel)
         self._admin = pb_grpc.AdminStub(self._channel)
-        self._dims: dict[str, int] = {}
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -106,11 +105,6 @@ class Client:
             delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * (0.5 + random.random() / 2)
             attempt += 1
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-
-    def _dim(self, collection: str) -> int:
-        if collection not in self._dims:
-            self._dims[collection] = self.describe_collection(collection)["dim"]
-        return self._dims[collection]
 
     # ------------------------------------------------------------------ health
     def health(self, service: str = "", timeout: float = 5.0) -> str:
@@ -152,15 +146,12 @@ class Client:
         return self._info(self._call(self._collections.CreateCollection, req, retry=False))
 
     def describe_collection(self, name: str) -> dict:
-        info = self._info(self._call(self._collections.DescribeCollection, pb.CollectionRequest(name=name)))
-        self._dims[name] = info["dim"]
-        return info
+        return self._info(self._call(self._collections.DescribeCollection, pb.CollectionRequest(name=name)))
 
     def list_collections(self) -> list[str]:
         return list(self._call(self._collections.ListCollections, pb.ListCollectionsRequest()).names)
 
     def drop_collection(self, name: str) -> bool:
-        self._dims.pop(name, None)
         return self._call(self._collections.DropCollection, pb.CollectionRequest(name=name), retry=False).dropped
 
     # ------------------------------------------------------------------ points
