@@ -72,61 +72,42 @@ class Progress:
 
 
 # ---------------------------------------------------------------------- file readers
-def _readers():
-    try:
-        return importlib.import_module("shoal.engine.readers")
-    except ImportError:
-        return None
-
-
 def read_vectors(path: str) -> np.ndarray:
-    """Vectors from a file (npy, fvecs, bvecs, ivecs, hdf5, parquet, csv, jsonl via shoal.engine.readers)."""
-    if not os.path.exists(path):
-        raise NotFound(f"vectors file {path!r} not found")
-    mod = _readers()
-    if mod is not None:
-        return np.asarray(mod.read_vectors(path), dtype=np.float32)
-    if path.endswith(".npy"):
-        return np.load(path).astype(np.float32)
-    raise InvalidArgument(f"{path}: this installation reads only .npy vectors (shoal.engine.readers is missing)")
+    """Vectors float32 (n, d) from any format :mod:`shoal.engine.readers` knows."""
+    from .engine import readers
 
-
-def read_attributes(path: str) -> tuple[np.ndarray | None, dict[str, Any]]:
-    if not os.path.exists(path):
-        raise NotFound(f"attributes file {path!r} not found")
-    mod = _readers()
-    if mod is None:
-        raise InvalidArgument(f"{path}: reading attribute files needs shoal.engine.readers")
-    ids, cols = mod.read_attributes(path)
-    return (None if ids is None else np.asarray(ids)), dict(cols)
+    return np.ascontiguousarray(readers.read_vectors(path), dtype=np.float32)
 
 
 def infer_type(name: str, values) -> str:
     """Schema type of an attribute column: int, float, keyword (strings) or tags (lists of strings)."""
     arr = values if isinstance(values, np.ndarray) else None
-    if arr is not None and arr.dtype.kind in "iu":
+    if arr is not None and arr.dtype.kind in "iub":
         return "int"
     if arr is not None and arr.dtype.kind == "f":
-        finite = arr[~np.isnan(arr)]
-        return "int" if finite.size and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 2**53) \
-            else "float"
-    if arr is not None and arr.dtype.kind == "b":
-        return "int"
+        return "float"
+    kinds = set()
     for v in values:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             continue
-        if isinstance(v, (bool, np.bool_)):
-            return "int"
-        if isinstance(v, (int, np.integer)):
-            return "int"
-        if isinstance(v, (float, np.floating)):
-            return "float"
-        if isinstance(v, str):
-            return "keyword"
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return "tags"
-        raise InvalidArgument(f"attribute {name!r}: cannot infer a type from {v!r}; pass --schema {name}:TYPE")
-    return "keyword"
+        if isinstance(v, (bool, np.bool_, int, np.integer)):
+            kinds.add("int")
+        elif isinstance(v, (float, np.floating)):
+            kinds.add("float")
+        elif isinstance(v, str):
+            kinds.add("keyword")
+        elif isinstance(v, (list, tuple, np.ndarray)):
+            kinds.add("tags")
+        else:
+            raise InvalidArgument(f"attribute {name!r}: cannot infer a type from {v!r}; pass --schema {name}:TYPE")
+    if kinds <= {"int"}:
+        return "int" if kinds else "keyword"
+    if kinds <= {"int", "float"}:
+        return "float"
+    if len(kinds) == 1:
+        return kinds.pop()
+    raise InvalidArgument(f"attribute {name!r} mixes value types ({', '.join(sorted(kinds))}); "
+                          f"pass --schema {name}:TYPE")
 
 
 def parse_schema_arg(text: str | None) -> dict[str, str]:
@@ -138,20 +119,6 @@ def parse_schema_arg(text: str | None) -> dict[str, str]:
         if not sep:
             raise InvalidArgument(f"--schema: expected NAME:TYPE items, got {item!r}")
         out[name.strip()] = typ.strip()
-    return out
-
-
-def _tenant_lists(values) -> list[list[str]]:
-    out = []
-    for v in values:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out.append([])
-        elif isinstance(v, str):
-            out.append([t for t in (s.strip() for s in v.split("|")) if t] if "|" in v else [v])
-        elif isinstance(v, (list, tuple, np.ndarray)):
-            out.append([str(t) for t in v])
-        else:
-            out.append([str(v)])
     return out
 
 
@@ -176,7 +143,7 @@ def add_build(sub) -> None:
         description="Load vectors (and optionally attributes and tenants) into a collection in a data directory, "
                     "build its index and print a summary. Vectors: .npy, .fvecs, .bvecs, .ivecs, ann-benchmarks "
                     ".hdf5 (train split), .parquet, .csv, .jsonl. Attributes: .parquet, .csv, .jsonl (one row per "
-                    "vector, in the same order). Attribute types are inferred (integers -> int, numbers -> float, "
+                    "vector, in the same order). Attribute types are inferred (integers -> int, other numbers -> float, "
                     "strings -> keyword, lists -> tags) unless given with --schema.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("vectors", help="vectors file")
@@ -189,10 +156,12 @@ def add_build(sub) -> None:
     p.add_argument("--attrs", help="attributes file (.parquet/.csv/.jsonl), one row per vector")
     p.add_argument("--schema", help="attribute types, overriding inference: name:type,... "
                                     "(types: int, float, keyword, tags)")
-    p.add_argument("--ids", help="ids: a column of the attributes file, or a file (.npy or one integer per line); "
-                                 "default: 0..n-1")
-    p.add_argument("--tenants", help="tenants: a column of the attributes file (a name, a list, or names "
-                                     "separated by '|'), or a tenants file; makes the collection multi-tenant")
+    p.add_argument("--ids", help="ids: a column of the attributes file, or a file (.npy, .ivecs, .txt with one id "
+                                 "per line, or a table with an 'id' column); default: the attributes file's 'id' "
+                                 "column if it has one, else 0..n-1")
+    p.add_argument("--tenants", help="tenants: a column of the attributes file (a list of names, or names "
+                                     "separated by ';'), or a file with a 'tenants' column; makes the collection "
+                                     "multi-tenant")
     p.add_argument("--limit", type=int, help="use only the first N vectors")
     p.add_argument("--batch", type=int, default=50_000, help="vectors per write batch (default: 50000)")
     p.add_argument("--train-kwargs", help="JSON dict passed to the index's train(), e.g. '{\"niter\": 10}'")
@@ -204,30 +173,35 @@ def add_build(sub) -> None:
     p.set_defaults(func=cmd_build)
 
 
-def _load_ids(arg: str | None, cols: dict[str, Any], file_ids, n: int) -> np.ndarray:
-    if arg is None:
-        return np.arange(n, dtype=np.int64) if file_ids is None else np.asarray(file_ids)
-    if arg in cols:
-        return np.asarray(cols.pop(arg))
-    if os.path.exists(arg):
-        if arg.endswith(".npy"):
-            return np.load(arg)
-        with open(arg) as f:
-            return np.array([int(line) for line in f if line.strip()], dtype=np.int64)
-    raise InvalidArgument(f"--ids {arg!r}: neither a column of the attributes file nor a file")
+def _load_inputs(args) -> tuple[np.ndarray | None, dict[str, Any], list[list[str]] | None]:
+    """Ids, attribute columns and tenants from the files named by ``--attrs``, ``--ids`` and ``--tenants``."""
+    from .engine import readers
 
-
-def _load_tenants(arg: str | None, cols: dict[str, Any], n: int) -> list[list[str]] | None:
-    if arg is None:
-        return None
-    if arg in cols:
-        return _tenant_lists(cols.pop(arg))
-    if os.path.exists(arg):
-        mod = _readers()
-        if mod is None or not hasattr(mod, "read_tenants"):
-            raise InvalidArgument(f"--tenants {arg!r}: reading a tenants file needs shoal.engine.readers")
-        return _tenant_lists(mod.read_tenants(arg))
-    raise InvalidArgument(f"--tenants {arg!r}: neither a column of the attributes file nor a file")
+    ids = None
+    cols: dict[str, Any] = {}
+    tenants = None
+    ids_file = args.ids is not None and os.path.exists(args.ids)
+    tenants_file = args.tenants is not None and os.path.exists(args.tenants)
+    if args.attrs:
+        id_column = readers.ID_COLUMN if args.ids is None or ids_file else args.ids
+        override = parse_schema_arg(args.schema)
+        ids, cols = readers.read_attributes(args.attrs, id_column=id_column, schema=override or None)
+        if args.ids is not None and not ids_file and ids is None:
+            raise InvalidArgument(f"--ids {args.ids!r}: no such column in {args.attrs} and no such file")
+        if args.tenants is not None and not tenants_file:
+            if args.tenants not in cols:
+                raise InvalidArgument(f"--tenants {args.tenants!r}: no such column in {args.attrs} and no such file")
+            del cols[args.tenants]
+            tenants = readers.read_tenants(args.attrs, column=args.tenants, id_column=None)
+    elif args.ids is not None and not ids_file:
+        raise InvalidArgument(f"--ids {args.ids!r}: no such file (a column name needs --attrs)")
+    elif args.tenants is not None and not tenants_file:
+        raise InvalidArgument(f"--tenants {args.tenants!r}: no such file (a column name needs --attrs)")
+    if ids_file:
+        ids = readers.read_ids(args.ids)
+    if tenants_file:
+        tenants = readers.read_tenants(args.tenants)
+    return ids, cols, tenants
 
 
 def cmd_build(args) -> int:
@@ -241,12 +215,8 @@ def cmd_build(args) -> int:
     if args.limit is not None:
         x = x[:args.limit]
     n, dim = x.shape
-    cols: dict[str, Any] = {}
-    file_ids = None
-    if args.attrs:
-        file_ids, cols = read_attributes(args.attrs)
-    ids = _load_ids(args.ids, cols, file_ids, n)[:n]
-    tenants = _load_tenants(args.tenants, cols, n)
+    ids, cols, tenants = _load_inputs(args)
+    ids = (np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids))[:n]
     for name in list(cols):
         cols[name] = cols[name][:n]
         if len(cols[name]) != n:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +12,6 @@ import pytest
 
 from shoal.cli import main
 from shoal.engine import Database
-
-HAS_READERS = importlib.util.find_spec("shoal.engine.readers") is not None
 
 
 @pytest.fixture
@@ -82,7 +79,7 @@ def test_errors_are_clear(tmp_path, vecs, capsys):
         (["search", "--data", data, "--name", "v", "--ids", "1", "--filter", "a <"], "filter"),
         (["search", "--data", data, "--name", "v", "--ids", "1", "--nprobe", "4"], "unknown search parameter"),
         (["search", "--data", data, "--name", "v", "--ids", "1", "--tenant", "t"], "not multi-tenant"),
-        (["build", tmp_path / "missing.npy", "--data", data, "--name", "w"], "not found"),
+        (["build", tmp_path / "missing.npy", "--data", data, "--name", "w"], "no such file"),
         (["build", path, "--data", data, "--name", "w", "--index", "Bogus"], "Bogus"),
         (["info", "--data", tmp_path / "nowhere"], "does not exist"),
     ]
@@ -94,10 +91,9 @@ def test_errors_are_clear(tmp_path, vecs, capsys):
         assert db.list_collections() == ["v"]
 
 
-@pytest.mark.skipif(not HAS_READERS, reason="shoal.engine.readers (attribute files) not available")
 def test_build_with_attributes_ids_and_tenants(tmp_path, vecs, capsys):
     x, path = vecs
-    rows = [{"doc": 1000 + i, "price": float(i), "color": ["red", "blue"][i % 2], "owner": f"t{i % 3}"}
+    rows = [{"doc": 1000 + i, "price": i + 0.5, "color": ["red", "blue"][i % 2], "owner": [f"t{i % 3}"]}
             for i in range(200)]
     attrs = tmp_path / "a.jsonl"
     attrs.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -140,3 +136,26 @@ def test_build_out_copies_to_s3(tmp_path, vecs, capsys, s3_bucket, monkeypatch):
     assert col.count() == 200
     np.testing.assert_array_equal(col.search(x[:5], k=1).ids[:, 0], np.arange(5))
     db.close()
+
+
+def test_build_from_csv_with_tenant_and_ids_files(tmp_path, vecs, capsys):
+    x, path = vecs
+    lines = ["year,lang,tags"] + [f"{2000 + i % 30},{'en' if i % 4 else 'de'},{'a;b' if i % 2 else 'c'}"
+                                  for i in range(200)]
+    (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "ids.txt").write_text("".join(f"{7 * i}\n" for i in range(200)))
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"tenants": ["x", "y"] if i < 20 else ["x"]}) + "\n"
+                                              for i in range(200)))
+    data = tmp_path / "data"
+    code, out, err = run(capsys, "build", path, "--attrs", tmp_path / "a.csv", "--schema", "tags:tags",
+                         "--ids", tmp_path / "ids.txt", "--tenants", tmp_path / "t.jsonl", "--data", data,
+                         "--name", "c", "--json", "--quiet", "--metric", "ip")
+    assert code == 0, err
+    assert json.loads(out)["schema"] == {"year": "int", "lang": "keyword", "tags": "tags"}
+    with Database(data) as db:
+        col = db.collection("c")
+        rec = col.get([7])[0]
+        assert rec["attrs"] == {"year": 2001, "lang": "en", "tags": ["a", "b"]} and rec["tenants"] == ["x", "y"]
+        np.testing.assert_array_equal(rec["vector"], x[1])
+        assert col.count(tenant="y") == 20 and col.count(filter='tags contains "c" and year < 2010') == \
+            sum(1 for i in range(200) if i % 2 == 0 and i % 30 < 10)
