@@ -473,9 +473,10 @@ class Collection:
             return
         if self._auto_failed_at is not None and tail < 2 * self._auto_failed_at:
             return
-        if self._job is not None and self._job.running:
-            return
-        self._start_job(self.index_spec, full=False, train_kwargs=None, progress=None, explicit=False)
+        with self._wlock:  # two writers finishing at once start one build
+            if self._job is not None and self._job.running:
+                return
+            self._start_job(self.index_spec, full=False, train_kwargs=None, progress=None, explicit=False)
 
     def _start_job(self, spec, full, train_kwargs, progress, explicit) -> BuildJob:
         job = BuildJob(spec, full)
