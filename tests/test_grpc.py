@@ -89,10 +89,43 @@ def test_generated_code_is_current():
     assert gen_proto.stale_files() == [], "run `make proto` and commit the result"
 
 
+def _import_generated_from(site: Path, cwd: Path) -> None:
+    """Import the generated modules from ``site`` in a fresh interpreter (not from the checkout)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+            "from shoal.server.proto.shoal.v1 import shoal_pb2, shoal_pb2_grpc;"
+            "assert shoal_pb2_grpc.__file__.startswith(sys.argv[1]), shoal_pb2_grpc.__file__;"
+            "assert shoal_pb2.DESCRIPTOR.package == 'shoal.v1';"
+            "print(shoal_pb2_grpc.SearchStub.__name__)")
+    run = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "SearchStub"
+
+
+def test_generated_modules_import_from_the_installed_layout(tmp_path):
+    """Lay the package out as pyproject's package list installs it and import the generated modules from there."""
+    import tomllib
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = conf.get("package-data", {})
+    site = tmp_path / "site"
+    for package in conf["packages"]:
+        rel = Path(*package.split(".")[1:])
+        dest = site / "shoal" / rel
+        dest.mkdir(parents=True, exist_ok=True)
+        for pattern in ["*.py", *data.get(package, [])]:
+            for f in (ROOT / rel).glob(pattern):
+                shutil.copy2(f, dest / f.name)
+    assert (site / "shoal/server/proto/shoal/v1/shoal.proto").exists()
+    assert (site / "shoal/server/proto/shoal/v1/shoal_pb2.pyi").exists()
+    _import_generated_from(site, tmp_path)
+
+
 def test_generated_modules_import_from_an_installed_wheel(tmp_path):
-    """Build a wheel, unpack it, and import the generated modules from there (not from the checkout)."""
+    """Build a wheel (offline, with the build backend at hand), unpack it, and import the generated modules."""
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                           "-w", str(tmp_path / "wheel"), str(ROOT)], capture_output=True, text=True, timeout=170)
+    if out.returncode != 0 and "bdist_wheel" in out.stderr + out.stdout:
+        pytest.skip("this setuptools cannot build wheels offline (needs setuptools>=70.1 or the wheel package)")
     assert out.returncode == 0, out.stderr
     import zipfile
 
@@ -101,15 +134,7 @@ def test_generated_modules_import_from_an_installed_wheel(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "shoal/server/proto/shoal/v1/shoal.proto").exists()
     assert (site / "shoal/server/proto/shoal/v1/shoal_pb2.pyi").exists()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "from shoal.server.proto.shoal.v1 import shoal_pb2, shoal_pb2_grpc;"
-            "assert shoal_pb2_grpc.__file__.startswith(sys.argv[1]), shoal_pb2_grpc.__file__;"
-            "assert shoal_pb2.DESCRIPTOR.package == 'shoal.v1';"
-            "print(shoal_pb2_grpc.SearchStub.__name__)")
-    run = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "SearchStub"
+    _import_generated_from(site, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------- happy paths
