@@ -28,7 +28,7 @@ def check_pq_shape(d: int, M: int, nbits: int) -> None:
         raise InvalidArgument(f"PQ: nbits must be 4 or 8 (codes of one nibble or one byte), got {nbits!r}")
 
 
-def train_opq(x: np.ndarray, M: int, *, niter: int = 25, seed: int = 0) -> np.ndarray:
+def train_opq(x: np.ndarray, M: int, *, niter: int = 10, seed: int = 0, max_train: int = 32768) -> np.ndarray:
     """Learn an OPQ rotation (faiss ``OPQMatrix``) for ``M`` sub-spaces.
 
     Parameters
@@ -46,6 +46,7 @@ def train_opq(x: np.ndarray, M: int, *, niter: int = 25, seed: int = 0) -> np.nd
     d = x.shape[1]
     opq = faiss.OPQMatrix(d, int(M))
     opq.niter = int(niter)
+    opq.max_train_points = int(max_train)
     opq.verbose = False
     # faiss seeds its OPQ internals from fixed constants; the sample order is ours
     perm = np.random.default_rng(seed).permutation(x.shape[0])

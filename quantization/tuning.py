@@ -61,7 +61,8 @@ def as_positives(positives, nq: int, ndocs: int) -> list[np.ndarray]:
 def tune_centroids(centroids: np.ndarray, sub_codes: np.ndarray, queries: np.ndarray, positives, *,
                    retrieve: Callable[[np.ndarray, np.ndarray, int], np.ndarray], metric: str = "l2",
                    doc_offsets: Callable[[np.ndarray], np.ndarray] | None = None, epochs: int = 8,
-                   n_negatives: int = 50, lr: float = 0.01, batch_size: int = 128, val_fraction: float = 0.2,
+                   n_negatives: int = 50, lr: float = 0.01, batch_size: int = 128, val_fraction: float = 0.3,
+                   min_gain: float = 0.005,
                    recall_k: int = 10, seed: int = 0, log: Callable[[str], None] | None = None
                    ) -> tuple[np.ndarray, TuneReport]:
     """Tune PQ centroids for ranking.
@@ -87,6 +88,9 @@ def tune_centroids(centroids: np.ndarray, sub_codes: np.ndarray, queries: np.nda
     val_fraction : float
         Share of the queries held out to measure recall (at least one query; all queries if fewer than 5).
     recall_k : int
+    min_gain : float
+        Validation recall must rise by more than this for tuned centroids to be kept (guards against noise on a small
+        validation set).
 
     Returns
     -------
@@ -188,7 +192,7 @@ def tune_centroids(centroids: np.ndarray, sub_codes: np.ndarray, queries: np.nda
         r = val_recall(C)
         if log is not None:
             log(f"tune epoch {epoch}: validation recall@{recall_k} {r:.4f} (start {base_recall:.4f})")
-        if r > best_recall:
+        if r > best_recall and r > base_recall + min_gain:
             best_recall, best_C, best_epoch = r, C.copy(), epoch
     report = TuneReport(base_recall, best_recall, epochs, best_epoch, int(tr_idx.size), int(val_idx.size))
     return best_C, report

@@ -1,0 +1,507 @@
+"""``IVF``: inverted file over product codes (faiss's IVFPQ, with RepCONC's balanced training and JPQ-style tuning).
+
+Factory strings (ARCHITECTURE.md grammar)::
+
+    IVF1024,PQ16x8                                   plain k-means lists, residual 8-bit PQ (faiss's default)
+    IVF1024(balanced),PQ16x8(balanced,residual=0)    Sinkhorn-balanced lists and codebooks, codes of the vectors
+    OPQ16,IVF1024,PQ16x4(balanced),Refine            OPQ rotation, 4-bit codes, exact re-rank from stored vectors
+
+Storage: codes are kept in row order and every ``add`` batch (a segment) is sorted by list before its rows are
+numbered, so each list of each segment is a contiguous row range (``offsets[segment, list]``): the scan reads codes
+sequentially and needs no slot -> row array. Rows are never renumbered by ``remove`` (tombstones).
+
+Search settings (``params``): ``nprobe`` (lists probed per query) and ``rerank`` (ADC candidates re-ranked exactly from
+the stored vectors; needs ``Refine``; 0 disables). ``residual=0`` codes vectors rather than residuals, the form
+RepCONC uses so tuned centroids score as ``sum_m <q_m, C[m, code_m]>``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..errors import FailedPrecondition, InvalidArgument
+from ..quantization._ivf_kernels import ivf_pq_search
+from ..quantization.kmeans import assign, balanced_kmeans, kmeans, sq_distances, usage_entropy
+from ..quantization.pq import ProductQuantizer, check_pq_shape, pack_codes, train_opq, unpack_codes
+from ..quantization.tuning import TuneReport, tune_centroids
+from .base import Index, array_bytes
+from .factory import Stage, format_stage, take_settings
+from .flat import exact_search
+from .persist import load_arrays, save_arrays
+from .validate import as_ids
+
+_QUERY_BLOCK = 512
+_STAGE_ORDER = ("OPQ", "IVF", "PQ", "Refine")
+
+
+def _as_int(name: str, value, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidArgument(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class IVFPQIndex(Index):
+    """Inverted file with product-quantized codes, optional OPQ rotation and exact re-ranking.
+
+    Parameters
+    ----------
+    d : int
+    nlist : int
+        Inverted lists (coarse centroids); training needs at least ``nlist`` vectors.
+    M : int
+        PQ sub-spaces (must divide ``d``); bytes per vector are ``M`` (8-bit) or ``ceil(M / 2)`` (4-bit).
+    nbits : {4, 8}
+    metric : {"l2", "ip", "cosine"}
+    opq : int
+        Sub-spaces of an OPQ rotation learned before the coarse stage; 0 = none.
+    ivf_balanced, pq_balanced : bool
+        Sinkhorn-balanced (RepCONC) training of the coarse centroids / the PQ codebooks.
+    residual : bool
+        Encode residuals to the list centroid (True, faiss's default) or the vectors themselves.
+    refine : bool
+        Keep the float32 vectors for exact re-ranking (memory-mapped when loaded with ``mmap=True``).
+    max_train : int
+        Training vectors are subsampled (seeded) to at most this many.
+    niter, eps, rounds : k-means iterations and Sinkhorn settings.
+    seed : int
+    gpu : bool
+        k-means on the GPU where faiss sees one (CPU otherwise).
+    """
+
+    kind = "IVFPQ"
+    search_params = ("nprobe", "rerank")
+
+    def __init__(self, d: int, nlist: int, M: int, nbits: int = 8, metric: str = "l2", *, opq: int = 0,
+                 ivf_balanced: bool = False, pq_balanced: bool = False, residual: bool = True, refine: bool = False,
+                 max_train: int = 100_000, niter: int = 20, eps: float = 0.2, rounds: int = 4, seed: int = 0,
+                 gpu: bool = False):
+        super().__init__(d, metric)
+        self.nlist = _as_int("nlist", nlist)
+        check_pq_shape(self.d, M, nbits)
+        if opq:
+            _as_int("OPQ sub-spaces", opq)
+            if self.d % opq:
+                raise InvalidArgument(f"OPQ{opq}: {opq} sub-spaces do not divide the dimension d={self.d}")
+        self.opq = int(opq)
+        self.ivf_balanced, self.residual, self.refine = bool(ivf_balanced), bool(residual), bool(refine)
+        self.max_train, self.seed, self.gpu = int(max_train), int(seed), bool(gpu)
+        self.pq = ProductQuantizer(self.d, M, nbits, mode="balanced" if pq_balanced else "kmeans", eps=eps,
+                                   rounds=rounds, niter=niter, max_train=max_train, seed=seed, gpu=gpu)
+        self.niter, self.eps, self.rounds = int(niter), float(eps), int(rounds)
+        self.rotation: np.ndarray | None = None
+        self.coarse: np.ndarray | None = None
+        self.coarse_bias = np.zeros(self.nlist, dtype=np.float32)
+        self.codes = np.empty((0, self.pq.code_size), dtype=np.uint8)
+        self.offsets = np.empty((0, self.nlist + 1), dtype=np.int64)
+        self.vectors = np.empty((0, self.d), dtype=np.float32) if self.refine else None
+        self.default_nprobe = min(8, self.nlist)
+        self.last_nscanned: np.ndarray = np.empty(0, dtype=np.int64)
+        self.tune_report: TuneReport | None = None
+
+    # ------------------------------------------------------------------ factory
+    @classmethod
+    def from_stages(cls, d: int, stages: list[Stage], metric: str = "l2") -> "IVFPQIndex":
+        seen: dict[str, Stage] = {}
+        for st in stages:
+            if st.name not in _STAGE_ORDER:
+                raise InvalidArgument(f"stage {st.name} cannot be combined with IVF; valid stages: "
+                                      f"{', '.join(_STAGE_ORDER)} (e.g. 'OPQ16,IVF1024,PQ16x8,Refine')")
+            if st.name in seen:
+                raise InvalidArgument(f"stage {st.name} appears twice")
+            seen[st.name] = st
+        names = [s.name for s in stages]
+        if names != [n for n in _STAGE_ORDER if n in seen]:
+            raise InvalidArgument(f"stages must come in the order {', '.join(_STAGE_ORDER)}; got {', '.join(names)}")
+        if "PQ" not in seen:
+            raise InvalidArgument("IVF needs a code stage, e.g. 'IVF1024,PQ16x8' (PQ<M>x<nbits>, nbits 4 or 8)")
+        ivf = seen["IVF"]
+        if not ivf.arg or "x" in ivf.arg:
+            raise InvalidArgument(f"IVF needs the number of lists, e.g. 'IVF1024', got 'IVF{ivf.arg}'")
+        ivf_set = take_settings(ivf, {"balanced": False, "niter": 20, "seed": 0, "max_train": 100_000})
+        pq = seen["PQ"]
+        m_str, _, b_str = pq.arg.partition("x")
+        if not m_str or (pq.arg.count("x") > 1) or (_ and not b_str):
+            raise InvalidArgument(f"PQ needs <M> or <M>x<nbits>, e.g. 'PQ16x8', got 'PQ{pq.arg}'")
+        pq_set = take_settings(pq, {"balanced": False, "residual": True, "eps": 0.2, "rounds": 4})
+        opq = 0
+        if "OPQ" in seen:
+            o = seen["OPQ"]
+            if not o.arg or "x" in o.arg:
+                raise InvalidArgument(f"OPQ needs its number of sub-spaces, e.g. 'OPQ16', got 'OPQ{o.arg}'")
+            take_settings(o, {})
+            opq = int(o.arg)
+        if "Refine" in seen:
+            if seen["Refine"].arg:
+                raise InvalidArgument("Refine takes no numeric argument (re-ranking depth is the search param 'rerank')")
+            take_settings(seen["Refine"], {})
+        return cls(d, int(ivf.arg), int(m_str), int(b_str) if b_str else 8, metric, opq=opq,
+                   ivf_balanced=ivf_set["balanced"], pq_balanced=pq_set["balanced"], residual=pq_set["residual"],
+                   refine="Refine" in seen, max_train=ivf_set["max_train"], niter=ivf_set["niter"],
+                   eps=pq_set["eps"], rounds=pq_set["rounds"], seed=ivf_set["seed"])
+
+    def factory_string(self) -> str:
+        parts = []
+        if self.opq:
+            parts.append(f"OPQ{self.opq}")
+        ivf: dict = {}
+        if self.ivf_balanced:
+            ivf["balanced"] = True
+        if self.niter != 20:
+            ivf["niter"] = self.niter
+        if self.seed != 0:
+            ivf["seed"] = self.seed
+        if self.max_train != 100_000:
+            ivf["max_train"] = self.max_train
+        parts.append(format_stage("IVF", str(self.nlist), ivf))
+        pq: dict = {}
+        if self.pq.mode == "balanced":
+            pq["balanced"] = True
+        if not self.residual:
+            pq["residual"] = False
+        if self.eps != 0.2:
+            pq["eps"] = repr(self.eps)
+        if self.rounds != 4:
+            pq["rounds"] = self.rounds
+        parts.append(format_stage("PQ", f"{self.pq.M}x{self.pq.nbits}", pq))
+        if self.refine:
+            parts.append("Refine")
+        return ",".join(parts)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_trained(self) -> bool:
+        return self.coarse is not None and self.pq.is_trained
+
+    def _rotate(self, x: np.ndarray) -> np.ndarray:
+        if self.rotation is None:
+            return x
+        return np.ascontiguousarray(x @ self.rotation.T, dtype=np.float32)
+
+    def _lists_of(self, y: np.ndarray) -> np.ndarray:
+        return assign(y, self.coarse, self.coarse_bias if self.ivf_balanced else None)
+
+    def _pq_input(self, y: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(y - self.coarse[lists]) if self.residual else y
+
+    # ------------------------------------------------------------------ training
+    def train(self, x, *, train_queries=None, train_positives=None, tune: bool | dict | None = None,
+              gpu: bool | None = None, progress: bool | Callable[[str], None] = False) -> None:
+        """Learn the rotation, coarse centroids and codebooks from float32 (n, d) vectors ``x``.
+
+        Parameters
+        ----------
+        train_queries : float32 (nq, d), optional
+            Queries for supervised centroid tuning (JPQ-style); ``train_positives`` are their relevant rows of ``x``
+            (an int array (nq, p) with -1 padding, or a list of lists).
+        tune : bool or dict, optional
+            ``True`` (or a dict of :meth:`tune` settings) tunes the centroids; without ``train_queries`` it holds out
+            vectors of ``x`` as queries and uses their exact 10 nearest neighbours among the rest as positives.
+            Defaults to tuning exactly when ``train_queries`` are given.
+        gpu : bool, optional
+            Override the ``gpu`` setting for this call.
+        progress : bool or callable
+            Report stages on stderr (``True``) or to a callable taking a string.
+        """
+        log = _logger(progress)
+        x = self.prepare(x, name="training vectors")
+        n = x.shape[0]
+        if n < self.nlist:
+            raise InvalidArgument(f"IVF{self.nlist}: {self.nlist} lists need at least {self.nlist} training vectors, "
+                                  f"got {n}")
+        if n < self.pq.K:
+            raise InvalidArgument(f"PQ{self.pq.M}x{self.pq.nbits}: {self.pq.K} centroids per sub-space need at least "
+                                  f"{self.pq.K} training vectors, got {n}")
+        if gpu is not None:
+            self.gpu = self.pq.gpu = bool(gpu)
+        t0 = time.perf_counter()
+        xs = x if n <= self.max_train else x[np.sort(np.random.default_rng(self.seed).choice(n, self.max_train,
+                                                                                           replace=False))]
+        if self.opq:
+            log(f"OPQ{self.opq} rotation on {xs.shape[0]} vectors")
+            self.rotation = train_opq(xs, self.opq, seed=self.seed)
+        y = self._rotate(xs)
+        log(f"coarse quantizer: {self.nlist} lists ({'balanced' if self.ivf_balanced else 'k-means'})")
+        if self.ivf_balanced:
+            self.coarse, self.coarse_bias = balanced_kmeans(y, self.nlist, niter=self.niter, eps=self.eps,
+                                                            rounds=self.rounds, seed=self.seed, gpu=self.gpu)
+        else:
+            self.coarse = kmeans(y, self.nlist, niter=self.niter, seed=self.seed, gpu=self.gpu)
+            self.coarse_bias = np.zeros(self.nlist, dtype=np.float32)
+        log(f"PQ{self.pq.M}x{self.pq.nbits} codebooks ({self.pq.mode}, residual={int(self.residual)})")
+        self.pq.train(self._pq_input(y, self._lists_of(y)), rotated=True)
+        log(f"trained in {time.perf_counter() - t0:.1f} s")
+        settings = tune if isinstance(tune, dict) else {}
+        if tune is None:
+            tune = train_queries is not None
+        if tune:
+            self._tune_on_training(x, train_queries, train_positives, settings, log)
+        elif train_queries is not None:
+            raise InvalidArgument("train_queries were given with tune=False")
+
+    def _tune_on_training(self, x, queries, positives, settings: dict, log) -> None:
+        rng = np.random.default_rng(self.seed + 7)
+        if queries is None:
+            if positives is not None:
+                raise InvalidArgument("train_positives need train_queries")
+            nh = min(2000, max(10, x.shape[0] // 5))
+            held = rng.choice(x.shape[0], nh, replace=False)
+            rest = np.setdiff1d(np.arange(x.shape[0]), held)
+            queries, docs = x[held], x[rest]
+            positives = exact_search(queries, docs, 10, self.metric)[1]
+        else:
+            if positives is None:
+                raise InvalidArgument("train_queries need train_positives (relevant rows of x for each query)")
+            queries, docs = self.prepare(queries, name="train_queries"), x
+        y = self._rotate(docs)
+        lists = self._lists_of(y)
+        sub = unpack_codes(self.pq.encode(self._pq_input(y, lists), rotated=True), self.pq.M, self.pq.nbits)
+        self._run_tuning(queries, positives, sub, lists, None, settings, log)
+
+    def tune(self, queries, positives=None, *, progress: bool | Callable[[str], None] = False,
+             **settings) -> TuneReport:
+        """Tune the PQ centroids on the indexed codes (codes stay fixed; JPQ stage 2).
+
+        Parameters
+        ----------
+        queries : float32 (nq, d)
+        positives : (nq, p) int array of user ids with -1 padding, or a list of id lists, optional
+            Relevant ids of each query; without them, the exact 10 nearest indexed vectors (needs ``Refine``).
+        **settings
+            ``epochs``, ``n_negatives``, ``lr``, ``batch_size``, ``val_fraction``, ``min_gain``, ``nprobe`` (lists scanned to find
+            negatives; default 4 x the default nprobe), ``seed``.
+
+        Returns
+        -------
+        TuneReport
+            Validation recall@10 of the codes before and after; centroids change only if it rose.
+        """
+        self.require_trained()
+        log = _logger(progress)
+        q = self.prepare(queries, name="queries")
+        if self.nlive == 0:
+            raise FailedPrecondition("tune needs indexed vectors: add some first")
+        live = ~self.deleted
+        if positives is None:
+            if self.vectors is None:
+                raise FailedPrecondition("tune without positives needs stored vectors (a 'Refine' stage)")
+            pos_rows = exact_search(q, np.asarray(self.vectors), 10, self.metric, allowed=live)[1]
+        else:
+            id_to_row = {int(i): r for r, i in enumerate(self.row_ids) if live[r]}
+            pos_list = positives if not isinstance(positives, np.ndarray) or positives.ndim > 1 else positives[:, None]
+            if len(pos_list) != q.shape[0]:
+                raise InvalidArgument(f"tune: got positives for {len(pos_list)} queries, expected {q.shape[0]}")
+            pos_rows = []
+            for p in pos_list:
+                ids = as_ids([v for v in np.asarray(p, dtype=np.int64).ravel() if v >= 0], allow_duplicates=True)
+                pos_rows.append(np.array([id_to_row[i] for i in ids.tolist() if i in id_to_row], dtype=np.int64))
+        lists = self._row_lists()
+        sub = unpack_codes(self.codes, self.pq.M, self.pq.nbits)
+        return self._run_tuning(q, pos_rows, sub, lists, live, settings, log)
+
+    def _run_tuning(self, q, positives, sub, lists, live, settings: dict, log) -> TuneReport:
+        settings = dict(settings)
+        nprobe = min(self.nlist, int(settings.pop("nprobe", 4 * self.default_nprobe)))
+        valid = {"epochs", "n_negatives", "lr", "batch_size", "val_fraction", "min_gain", "seed"}
+        bad = sorted(set(settings) - valid)
+        if bad:
+            raise InvalidArgument(f"unknown tuning setting(s) {', '.join(bad)}; valid: nprobe, {', '.join(sorted(valid))}")
+        y = self._rotate(q)
+        order = np.argsort(lists, kind="stable")
+        counts = np.bincount(lists, minlength=self.nlist)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)[None, :]
+        codes_sorted = np.ascontiguousarray(np.asarray(sub)[order])
+        packed = pack_codes(codes_sorted, self.pq.nbits)
+        mask = None if live is None else live[order][None, :]
+
+        def retrieve(C, qs, n):
+            D, R = self._kernel(qs, C, n, nprobe, 0, offsets, packed, mask, 1 if mask is not None else 0,
+                                rotated=True)
+            return np.where(R >= 0, order[np.maximum(R, 0)], -1)
+
+        offs = None
+        if self.residual:
+            coarse = self.coarse
+
+            def offs(rows):
+                return coarse[lists[rows]]
+
+        C, report = tune_centroids(self.pq.score_centroids(), sub, y, positives, retrieve=retrieve,
+                                   metric=self.metric, doc_offsets=offs, log=log, **settings)
+        if report.best_epoch:
+            self.pq.tuned = C
+        log(f"tuning: validation recall@10 of the codes {report.recall_before:.4f} -> {report.recall_after:.4f}")
+        self.tune_report = report
+        return report
+
+    # ------------------------------------------------------------------ add / search
+    def add(self, x, ids, *, tenants=None, attrs=None) -> None:
+        x, ids = self.check_add(x, ids)
+        if x.shape[0] == 0:
+            return
+        y = self._rotate(x)
+        lists = self._lists_of(y)
+        order = np.argsort(lists, kind="stable")
+        lists, x, y, ids = lists[order], x[order], y[order], ids[order]
+        codes = self.pq.encode(self._pq_input(y, lists), rotated=True)
+        start = self.ntotal
+        self._append_rows(ids)
+        seg = start + np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))]).astype(np.int64)
+        self.offsets = np.concatenate([self.offsets, seg[None, :]])
+        self.codes = np.concatenate([self.codes, codes]) if self.codes.shape[0] else codes
+        if self.refine:
+            self.vectors = np.concatenate([np.asarray(self.vectors), x]) if self.vectors.shape[0] else x.copy()
+
+    def _kernel(self, q, C, k, nprobe, rerank, offsets, codes, mask, mask_mode, *, rotated=False,
+                q_orig=None):
+        """Run the compiled search over query blocks. ``q`` is prepared (rotated when ``rotated``)."""
+        y = q if rotated else self._rotate(q)
+        nq = y.shape[0]
+        M, K, dsub = C.shape
+        cn = np.einsum("mkj,mkj->mk", C, C)
+        l2 = self.metric == "l2"
+        kk = max(k, rerank)
+        vectors = np.asarray(self.vectors) if rerank and not isinstance(self.vectors, np.memmap) else self.vectors
+        if not rerank:
+            vectors = np.empty((0, self.d), dtype=np.float32)
+        mask_arr = mask if mask is not None else np.zeros((1, 0), dtype=np.bool_)
+        Ds, Rs, scanned = [], [], []
+        for s in range(0, nq, _QUERY_BLOCK):
+            yb = y[s:s + _QUERY_BLOCK]
+            cl2 = sq_distances(yb, self.coarse)
+            probe = cl2 - self.coarse_bias[None, :] if self.ivf_balanced else cl2
+            qs = yb.reshape(yb.shape[0], M, dsub)
+            dots = np.einsum("qmj,mkj->qmk", qs, C, optimize=True)
+            list_mode = 0
+            if l2:
+                if self.residual:
+                    sub = cn[None] - 2.0 * dots
+                    list_mode = 1
+                else:
+                    sub = np.einsum("qmj,qmj->qm", qs, qs)[:, :, None] - 2.0 * dots + cn[None]
+                base = cl2
+            else:
+                sub = -dots
+                base = -(yb @ self.coarse.T)
+            qb = (q_orig if q_orig is not None else q)[s:s + _QUERY_BLOCK]
+            mb = mask_arr[s:s + _QUERY_BLOCK] if mask_mode == 2 else mask_arr
+            D, R, ns = ivf_pq_search(np.ascontiguousarray(probe, dtype=np.float32), int(nprobe),
+                                     np.ascontiguousarray(base, dtype=np.float32), self.residual,
+                                     np.ascontiguousarray(sub, dtype=np.float32), self.pq.nbits, list_mode,
+                                     self.coarse, C, offsets, codes, mb, mask_mode, kk, k, bool(rerank), vectors,
+                                     np.ascontiguousarray(qb, dtype=np.float32), l2)
+            Ds.append(D)
+            Rs.append(R)
+            scanned.append(ns)
+        self.last_nscanned = np.concatenate(scanned) if scanned else np.empty(0, np.int64)
+        if not Ds:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        return np.concatenate(Ds), np.concatenate(Rs)
+
+    def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """Top-``k`` ``(D float32 (nq, k), I int64 (nq, k))``; ``params``: ``nprobe``, ``rerank``.
+
+        Without re-ranking ``D`` holds ADC keys (approximate distances); with it, exact keys.
+        """
+        q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
+        nprobe = _as_int("nprobe", params.get("nprobe", self.default_nprobe))
+        rerank = params.get("rerank", max(4 * k, 40) if self.refine else 0)
+        rerank = _as_int("rerank", rerank, low=0)
+        if rerank and not self.refine:
+            raise InvalidArgument("rerank needs stored vectors: add a 'Refine' stage to the factory string")
+        if rerank:
+            rerank = max(rerank, k)
+        nq = q.shape[0]
+        if self.ntotal == 0 or nq == 0:
+            return self.empty(nq, k)
+        mask = self.live_mask(allowed)
+        mode = 0 if mask is None else (1 if mask.ndim == 1 else 2)
+        if mask is not None and mask.ndim == 1:
+            mask = mask[None, :]
+        y = self._rotate(q)
+        D, R = self._kernel(y, self.pq.score_centroids(), k, min(nprobe, self.nlist), rerank, self.offsets,
+                            self.codes, mask, mode, rotated=True, q_orig=q)
+        I = np.where(R >= 0, self.row_ids[np.maximum(R, 0)], -1)
+        return D, I
+
+    # ------------------------------------------------------------------ inspection
+    def reconstruct(self, rows) -> np.ndarray:
+        """Vectors of internal ``rows`` float32 (n, d): stored ones with ``Refine``, else decoded from the codes."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.vectors is not None:
+            return np.asarray(self.vectors[rows])
+        y = self.pq.decode(self.codes[rows], rotated=True)
+        if self.residual:
+            y = y + self.coarse[self._row_lists()[rows]]
+        return y if self.rotation is None else np.ascontiguousarray(y @ self.rotation, dtype=np.float32)
+
+    def _row_lists(self) -> np.ndarray:
+        lists = np.empty(self.ntotal, dtype=np.int64)
+        for seg in self.offsets:
+            lists[seg[0]:seg[-1]] = np.repeat(np.arange(self.nlist), np.diff(seg))
+        return lists
+
+    def code_entropy(self) -> np.ndarray:
+        """Codeword-usage entropy (bits) of each PQ sub-space over the live rows; the maximum is ``nbits``."""
+        sub = unpack_codes(self.codes[~self.deleted], self.pq.M, self.pq.nbits)
+        return usage_entropy(sub, self.pq.K)
+
+    def list_sizes(self) -> np.ndarray:
+        """Rows (live or not) per inverted list, int64 (nlist,)."""
+        return np.diff(self.offsets, axis=1).sum(axis=0) if self.offsets.shape[0] else np.zeros(self.nlist, np.int64)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, store, prefix: str) -> None:
+        self.require_trained()
+        meta = {"kind": self.kind, "d": self.d, "metric": self.metric, "factory": self.factory_string(),
+                "nlist": self.nlist, "opq": self.opq, "ivf_balanced": self.ivf_balanced, "residual": self.residual,
+                "refine": self.refine, "max_train": self.max_train, "niter": self.niter, "eps": self.eps,
+                "rounds": self.rounds, "seed": self.seed, "pq": self.pq.settings()}
+        arrays = {"codes": self.codes, "offsets": self.offsets, "row_ids": self.row_ids, "deleted": self.deleted,
+                  "coarse": self.coarse, "coarse_bias": self.coarse_bias, **self.pq.arrays()}
+        if self.rotation is not None:
+            arrays["rotation"] = self.rotation
+        if self.refine:
+            arrays["vectors"] = np.asarray(self.vectors)
+        save_arrays(store, prefix, meta, arrays)
+
+    @classmethod
+    def load(cls, store, prefix: str, *, mmap: bool = False) -> "IVFPQIndex":
+        """Load a saved index; with ``mmap=True`` the re-ranking vectors are memory-mapped (codes stay in memory)."""
+        meta, arrays = load_arrays(store, prefix, kind=cls.kind, mmap=mmap)
+        p = meta["pq"]
+        index = cls(meta["d"], meta["nlist"], p["M"], p["nbits"], meta["metric"], opq=meta["opq"],
+                    ivf_balanced=meta["ivf_balanced"], pq_balanced=p["mode"] == "balanced",
+                    residual=meta["residual"], refine=meta["refine"], max_train=meta["max_train"],
+                    niter=meta["niter"], eps=meta["eps"], rounds=meta["rounds"], seed=meta["seed"])
+        index.pq = ProductQuantizer.restore(p, arrays)
+        index.codes = np.ascontiguousarray(np.array(arrays["codes"]))
+        index.offsets = np.array(arrays["offsets"])
+        index.row_ids = np.array(arrays["row_ids"])
+        index.deleted = np.array(arrays["deleted"])
+        index.coarse = np.array(arrays["coarse"])
+        index.coarse_bias = np.array(arrays["coarse_bias"])
+        index.rotation = np.array(arrays["rotation"]) if "rotation" in arrays else None
+        if meta["refine"]:
+            v = arrays["vectors"]
+            index.vectors = v if isinstance(v, np.memmap) else np.ascontiguousarray(v)
+        return index
+
+    def memory_bytes(self) -> int:
+        mem = array_bytes(self.codes, self.offsets, self.row_ids, self.deleted, self.coarse, self.coarse_bias,
+                          self.rotation, self.vectors)[0]
+        return int(mem + self.pq.nbytes())
+
+    def mapped_bytes(self) -> int:
+        return array_bytes(self.vectors)[1] if self.vectors is not None else 0
+
+
+def _logger(progress) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda msg: print(f"[ivfpq] {msg}", file=sys.stderr, flush=True)
+    return lambda msg: None
