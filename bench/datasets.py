@@ -534,6 +534,6 @@ def load_dataset(spec: str, *, nb: int | None = None, nq: int | None = None) -> 
             kw[key] = types[key](val)
         except ValueError:
             raise ValueError(f"synthetic setting {key}={val!r} is not a valid {types[key].__name__}") from None
-    if nq is not None:
+    if nq is not None and "nq" not in kw:  # a query count in the spec wins over a general --nq
         kw["nq"] = nq
     return Synthetic(**kw, nb=nb)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -69,6 +71,36 @@ def build_methods(ds, xb):
     return searches, {"faiss-blas": blas_on}, info, k_holder, (ours, theirs)
 
 
+def load_revision(rev: str, workdir: Path):
+    """Import ``exact_search`` of shoal at git revision ``rev`` (its errors.py and index/ only) as a separate package.
+
+    Used by ``--baseline-rev`` to time an older Flat against the current one in the same process and rounds.
+    """
+    import importlib
+    import subprocess
+
+    from .common import REPO_DIR
+
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO_DIR, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    pkg = f"shoal_rev_{commit}"
+    root = workdir / pkg
+    (root / "index").mkdir(parents=True, exist_ok=True)
+    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", commit, "errors.py", "index/"], cwd=REPO_DIR,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        data = subprocess.run(["git", "show", f"{commit}:{f}"], cwd=REPO_DIR, capture_output=True, check=True).stdout
+        (root / f).write_bytes(data)
+    (root / "__init__.py").write_text("")
+    (root / "index" / "__init__.py").write_text("")  # skip the package's eager imports
+    sys.path.insert(0, str(workdir))
+    try:
+        mod = importlib.import_module(f"{pkg}.index.flat")
+    finally:
+        sys.path.remove(str(workdir))
+    return commit, mod.exact_search
+
+
 def to_keys(D: np.ndarray, metric: str) -> np.ndarray:
     """faiss IndexFlatIP returns similarities; turn them into shoal's distance keys (smaller is better)."""
     return D if metric == "l2" else -D
@@ -80,10 +112,21 @@ def run_dataset(args, name: str) -> list[dict]:
     k = args.k
     print(f"{ds.key}: nb={ds.nb} nq={ds.nq} d={ds.d} metric={ds.metric} k={k}", file=sys.stderr)
     gt = ds.get_groundtruth(k)
-    searches, setups, info, k_holder, _ = build_methods(ds, xb)
+    searches, setups, info, k_holder, (ours, _) = build_methods(ds, xb)
     k_holder["k"] = k
+    if args.baseline_rev:
+        commit, old_search = load_revision(args.baseline_rev, Path(tempfile.mkdtemp(prefix="shoal-rev-")))
+        name = f"shoal-flat@{commit}"
+
+        def old_flat(q):
+            # what Flat.search did at that revision: prepare queries, then exact_search over the stored vectors
+            return old_search(ours.prepare(q, name="queries"), ours.vectors, k_holder["k"], ours.metric,
+                              labels=ours.row_ids, x_norms=ours.norms if ours.metric == "l2" else None)
+
+        searches[name] = old_flat
+        info[name] = info["shoal-flat"]
     all_threads = args.threads or os.cpu_count() or 1
-    thread_modes = [1] if all_threads == 1 else [1, all_threads]
+    thread_modes = [1] if all_threads == 1 or args.single_thread_only else [1, all_threads]
     rows = []
     for nt in thread_modes:
         timings = measure_interleaved(searches, xq, threads=nt, rounds=args.rounds, setup=setups)
@@ -99,6 +142,7 @@ def run_dataset(args, name: str) -> list[dict]:
                 "same_ids_as_shoal": float(np.mean(I == ours_I)),
                 "max_key_diff_vs_shoal": float(np.max(np.abs(to_keys(D, ds.metric) - ours_D))) if D.size else 0.0,
                 "faiss_blas_threshold_default": _default_blas_threshold(),
+                "config": run_config(),
                 **info[method],
             }
             rows.append(append_result(args.out, rec, echo=False))
@@ -109,6 +153,20 @@ def run_dataset(args, name: str) -> list[dict]:
     return rows
 
 
+def run_config() -> str:
+    """What differs between runs of this benchmark besides data and threads: the OpenBLAS kernels faiss runs on.
+
+    faiss-cpu wheels bundle an OpenBLAS that may not recognise a recent CPU and fall back to generic "Prescott"
+    kernels; ``OPENBLAS_CORETYPE=SkylakeX`` (or Haswell) in the environment makes it use the right ones.
+    """
+    from .common import blas_core_names
+
+    cores = blas_core_names()
+    faiss_core = next((v for k, v in cores.items() if "scipy" not in k), "?")
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return f"faiss OpenBLAS {faiss_core}" + (" (OPENBLAS_CORETYPE)" if forced else " (auto)")
+
+
 def _default_blas_threshold() -> int:
     import faiss
 
@@ -116,25 +174,32 @@ def _default_blas_threshold() -> int:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The README table: one line per (data set, threads) with the three QPS figures and the ratios."""
-    out = ["| data set | nq | k | threads | shoal Flat QPS | faiss default QPS | faiss BLAS QPS | shoal / faiss BLAS "
-           "| shoal / faiss default | recall@k (shoal) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    """The README table: one line per (data set, threads) with the QPS figures and the ratios."""
+    revs = sorted({r["method"] for r in rows if r["method"].startswith("shoal-flat@")})
+    head = ["data set", "faiss BLAS kernels", "nq", "k", "threads", "shoal Flat QPS"] + [f"{m} QPS" for m in revs] + \
+        ["faiss default QPS", "faiss BLAS QPS", "shoal / faiss BLAS", "shoal / faiss default", "recall@k (shoal)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["dataset_name"], r["nq"], r["k"], r["threads"]), {})[r["method"]] = r
-    for (name, nq, k, nt), g in groups.items():
+        groups.setdefault((r["dataset_name"], r["nq"], r["k"], r["threads"], r.get("config", "")), {})[r["method"]] = r
+    for (name, nq, k, nt, config), g in groups.items():
         if not {"shoal-flat", "faiss-default", "faiss-blas"} <= set(g):
             continue
         s, fd, fb = g["shoal-flat"], g["faiss-default"], g["faiss-blas"]
-        out.append(f"| {name} | {nq:,} | {k} | {nt} | {s['qps']:,.0f} | {fd['qps']:,.0f} | {fb['qps']:,.0f} | "
-                   f"{s['qps'] / fb['qps']:.2f}x | {s['qps'] / fd['qps']:.2f}x | {s['recall']:.4f} |")
+        cells = [name, config.replace("faiss OpenBLAS ", ""), f"{nq:,}", str(k), str(nt), f"{s['qps']:,.0f}"]
+        cells += [f"{g[m]['qps']:,.0f}" if m in g else "-" for m in revs]
+        cells += [f"{fd['qps']:,.0f}", f"{fb['qps']:,.0f}", f"{s['qps'] / fb['qps']:.2f}x",
+                  f"{s['qps'] / fd['qps']:.2f}x", f"{s['recall']:.4f}"]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     p = bench_parser(__doc__.split("\n\n")[0], default_k=10, default_nq=2000, name="flat")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per method (best kept)")
+    p.add_argument("--baseline-rev", default=None, metavar="REV",
+                   help="also time Flat's exact_search as of this git revision (before/after comparisons)")
+    p.add_argument("--single-thread-only", action="store_true", help="skip the all-threads measurements")
     args = p.parse_args(argv)
     from .datasets import DatasetUnavailable
 
@@ -148,6 +213,14 @@ def main(argv=None) -> int:
         return 1
     print(markdown_table(rows))
     return 0
+
+
+def table_from_file(path) -> str:
+    """The markdown table for the latest records of a results file (``python -c`` helper for the README)."""
+    from .common import read_results
+    from .plot import latest
+
+    return markdown_table(latest(read_results(path)))
 
 
 if __name__ == "__main__":

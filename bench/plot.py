@@ -61,7 +61,8 @@ def _match(rec: dict, where: list[str]) -> bool:
 
 
 def _panel_name(rec: dict) -> str:
-    return str(rec.get("dataset_name") or rec.get("dataset") or "?")
+    name = str(rec.get("dataset_name") or rec.get("dataset") or "?")
+    return f"{name} | {rec['config']}" if rec.get("config") else name
 
 
 def _num(v):

@@ -58,64 +58,68 @@ def init_heaps(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
 
 
-#: elements tested per chunk: a chunk is first checked with a branch-free (vectorisable) pass, and walked
-#: element by element only when it holds a candidate, which after the first few chunks is rare
+#: elements tested per chunk: a chunk is first checked by a branch-free pass with a constant trip count (which LLVM
+#: vectorises), and walked element by element only when it holds a candidate, which after the first chunks is rare
 _CHUNK = 32
 
 
 @njit(cache=True, nogil=True)
-def _offer_keys(keys_row, col0, hdr, hir):
+def _walk_keys(keys_row, j0, j1, col0, hdr, hir):
     k = hdr.shape[0]
+    for j in range(j0, j1):
+        v = keys_row[j]
+        if v < hdr[0]:
+            _replace_top(hdr, hir, k, v, col0 + j)
+
+
+@njit(cache=True, nogil=True)
+def _offer_keys(keys_row, col0, hdr, hir):
     m = keys_row.shape[0]
-    top = hdr[0]
-    for j0 in range(0, m, _CHUNK):
-        j1 = min(j0 + _CHUNK, m)
-        hit = False
-        for j in range(j0, j1):
-            hit |= keys_row[j] < top
-        if not hit:
-            continue
-        for j in range(j0, j1):
-            v = keys_row[j]
-            if v < top:
-                _replace_top(hdr, hir, k, v, col0 + j)
-                top = hdr[0]
+    full = m - m % _CHUNK
+    for j0 in range(0, full, _CHUNK):
+        top = hdr[0]
+        c = 0
+        for t in range(_CHUNK):
+            c += keys_row[j0 + t] < top
+        if c:
+            _walk_keys(keys_row, j0, j0 + _CHUNK, col0, hdr, hir)
+    _walk_keys(keys_row, full, m, col0, hdr, hir)
+
+
+@njit(cache=True, nogil=True)
+def _walk_dots(dots_row, j0, j1, metric_l2, qn, x_norms, col0, mask_row, use_mask, hdr, hir):
+    k = hdr.shape[0]
+    minus_two = np.float32(-2.0)
+    zero = np.float32(0.0)
+    for j in range(j0, j1):
+        if metric_l2:
+            v = (minus_two * dots_row[j] + qn) + x_norms[j]
+            if v < zero:
+                v = zero
+        else:
+            v = -dots_row[j]
+        if v < hdr[0] and (not use_mask or mask_row[j]):
+            _replace_top(hdr, hir, k, v, col0 + j)
 
 
 @njit(cache=True, nogil=True)
 def _offer_dots(dots_row, metric_l2, qn, x_norms, col0, mask_row, use_mask, hdr, hir):
-    k = hdr.shape[0]
     m = dots_row.shape[0]
-    top = hdr[0]
+    full = m - m % _CHUNK
     minus_two = np.float32(-2.0)
-    zero = np.float32(0.0)
-    if metric_l2:
-        for j0 in range(0, m, _CHUNK):
-            j1 = min(j0 + _CHUNK, m)
-            hit = False
-            for j in range(j0, j1):
-                v = (minus_two * dots_row[j] + qn) + x_norms[j]
-                hit |= max(v, zero) < top
-            if not hit:
-                continue
-            for j in range(j0, j1):
-                v = max((minus_two * dots_row[j] + qn) + x_norms[j], zero)
-                if v < top and (not use_mask or mask_row[j]):
-                    _replace_top(hdr, hir, k, v, col0 + j)
-                    top = hdr[0]
-    else:
-        for j0 in range(0, m, _CHUNK):
-            j1 = min(j0 + _CHUNK, m)
-            hit = False
-            for j in range(j0, j1):
-                hit |= -dots_row[j] < top
-            if not hit:
-                continue
-            for j in range(j0, j1):
-                v = -dots_row[j]
-                if v < top and (not use_mask or mask_row[j]):
-                    _replace_top(hdr, hir, k, v, col0 + j)
-                    top = hdr[0]
+    for j0 in range(0, full, _CHUNK):
+        top = hdr[0]
+        c = 0
+        # a superset test (no clamp at 0, no mask): the walk below decides exactly
+        if metric_l2:
+            for t in range(_CHUNK):
+                c += ((minus_two * dots_row[j0 + t] + qn) + x_norms[j0 + t]) < top
+        else:
+            for t in range(_CHUNK):
+                c += -dots_row[j0 + t] < top
+        if c:
+            _walk_dots(dots_row, j0, j0 + _CHUNK, metric_l2, qn, x_norms, col0, mask_row, use_mask, hdr, hir)
+    _walk_dots(dots_row, full, m, metric_l2, qn, x_norms, col0, mask_row, use_mask, hdr, hir)
 
 
 @njit(cache=True, nogil=True)
