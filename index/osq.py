@@ -42,11 +42,11 @@ from .factory import Stage, take_settings
 from .flat import exact_search
 from .persist import load_arrays, load_meta, save_arrays
 
-SETTINGS = {"partitions": 16, "bits": 0, "attr_bits": 8, "binary": 256, "lloyd": 25, "balance": 0.1,
-            "kmeans_iters": 10}
+SETTINGS = {"partitions": 16, "clusters": 0, "bits": 0, "attr_bits": 8, "binary": 256, "lloyd": 25,
+            "balance": 0.1, "kmeans_iters": 10}
 
-DEFAULT_PARAMS = {"nprobe": 2, "visit_ratio": 1.1, "max_visit": 0, "keep_frac": 0.2, "keep_min": 200,
-                  "rerank": 40, "mode": "auto", "exact_below": 0.02}
+DEFAULT_PARAMS = {"nprobe": 16, "visit_ratio": 1.0, "max_visit": 0, "keep_frac": 0.0, "keep_min": 100,
+                  "rerank": 30, "mode": "auto", "exact_below": 0.05}
 
 _BIG = 1 << 53
 _PART_RE = re.compile(r"^p\d{4}/")
@@ -66,6 +66,8 @@ class OSQPartition:
     segs : uint8 (nseg, n) segment-major packed codes
     binary : uint64 (n, W) sign codes
     vectors : float32 (n, d) rotated vectors (exact re-rank)
+    centroids : float32 (C, d) the partition's clusters (rotated space)
+    cluster : int32 (n,)   cluster of each position
     exact : callable(expr, positions int64) -> bool (m,)
         Exact filter evaluation for some positions (the maybe re-check).
     """
@@ -78,12 +80,37 @@ class OSQPartition:
     binary: np.ndarray
     vectors: np.ndarray
     metric: str
+    centroids: np.ndarray
+    cluster: np.ndarray
     exact: Callable[[Any, np.ndarray], np.ndarray] | None = None
     columns: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild the inverted lists (positions grouped by cluster) from ``cluster``."""
+        C = int(self.centroids.shape[0])
+        order = np.argsort(self.cluster, kind="stable").astype(np.int64)
+        self.list_rows = order
+        self.list_indptr = np.concatenate([[0], np.cumsum(np.bincount(self.cluster, minlength=C))]).astype(np.int64)
 
     @property
     def size(self) -> int:
         return int(self.rows.shape[0])
+
+    @property
+    def nclusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def auto_keep_frac(self) -> float:
+        """Level-1 keep fraction when ``keep_frac=0``: sign codes rank better the more bits they have (about
+        ``2.4 / sqrt(bits)``: 0.15 at 256 bits, 0.34 at 50); short codes, and inner products over vectors of
+        varying norm (where signs say little), keep everything."""
+        nbin = int(self.book.thresholds.shape[0])
+        if nbin < 32 or self.metric == "ip":
+            return 1.0
+        return min(1.0, 2.4 / np.sqrt(nbin))
 
     def exact_match(self, expr, positions: np.ndarray) -> np.ndarray:
         """Exact truth of ``expr`` for partition ``positions`` (bool (m,))."""
@@ -95,7 +122,7 @@ class OSQPartition:
         return filters.evaluate(expr, cols, int(positions.shape[0]))
 
     def search(self, qrot: np.ndarray, status: np.ndarray, k: int, params: dict | None = None, *, expr=None,
-               sidx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+               sidx: np.ndarray | None = None, clusters: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
         """Levels 1-3 for a batch of rotated queries.
 
         Parameters
@@ -111,6 +138,8 @@ class OSQPartition:
             Needed to re-check maybe rows exactly.
         sidx : int64 (nq,), optional
             Status row of each query when ``status`` is 2-d.
+        clusters : bool (nq, C), optional
+            The partition's clusters each query visits (level 0 chose them); default all.
 
         Returns
         -------
@@ -134,8 +163,12 @@ class OSQPartition:
         metric = K.METRIC_L2 if self.metric == "l2" else K.METRIC_IP
         qbin = self.book.binary(qrot)
         b = self.book
-        K.levels12(status, sidx, qrot, qbin, self.binary, self.segs, b.bits, b.dim_byte, b.dim_shift, b.dim_two,
-                   b.cell_lo, b.cell_hi, metric, k, float(p["keep_frac"]), keep_min, rerank, out_rows, counts)
+        qcl = np.ones((nq, self.nclusters), np.uint8) if clusters is None else \
+            np.ascontiguousarray(clusters, dtype=np.uint8)
+        keep_frac = float(p["keep_frac"]) or self.auto_keep_frac()
+        K.levels12(status, sidx, qcl, self.list_indptr, self.list_rows, qrot, qbin, self.binary, self.segs, b.bits,
+                   b.dim_byte, b.dim_shift, b.dim_two, b.cell_lo, b.cell_hi, metric, k, keep_frac,
+                   keep_min, rerank, out_rows, counts)
         # level 3 needs the exact truth of maybe survivors; evaluate each distinct one once for the batch
         valid = out_rows >= 0
         safe = np.where(valid, out_rows, 0)
@@ -181,6 +214,7 @@ class Level0:
     plan : "multilevel" or "exact"
     sure, maybe : int64 (ns,)    counts over the index
     resolved : bool (ns,)        maybe rows were resolved exactly (status has no maybe)
+    clusters : bool (nq, P, C)   clusters each query visits inside each partition
     """
 
     qrot: np.ndarray
@@ -191,12 +225,15 @@ class Level0:
     sure: np.ndarray
     maybe: np.ndarray
     resolved: np.ndarray
+    clusters: np.ndarray
 
 
 class OSQIndex(Index):
-    """SQUASH filtered search. Factory: ``OSQ(partitions=16,bits=256,attr_bits=8,binary=256,lloyd=25)``.
+    """SQUASH filtered search. Factory: ``OSQ(partitions=16,clusters=64,bits=256,attr_bits=8,binary=256,lloyd=25)``.
 
-    ``bits=0`` (default) means ``4 * d`` bits per vector.
+    ``bits=0`` (default) means ``4 * d`` bits per vector; ``clusters=0`` (default) means about ``sqrt(n / P)``
+    clusters per partition (``n`` = training vectors). Partitions are the unit of distribution (one per serverless
+    processor); clusters inside a partition are inverted lists that level 0 ranks like IVF cells.
     """
 
     kind = "OSQ"
@@ -219,6 +256,8 @@ class OSQIndex(Index):
         self.parts: list[OSQPartition | None] = []
         self.row_part = np.empty(0, dtype=np.int32)
         self.row_pos = np.empty(0, dtype=np.int64)
+        self.row_cluster = np.empty(0, dtype=np.int32)  # global cluster (p * C + c) of each row
+        self.cluster_centroids = np.empty((0, self.d), dtype=np.float32)  # (P * C, d)
         self.columns: dict[str, Any] = {}      # exact attribute columns (filters.*Column) over all rows
         self.kinds: dict[str, str] = {}        # attribute -> "int" | "float" | "keyword" | "tags"
         self._source = None                    # (store, prefix) of a level-0-only load: exact numbers on demand
@@ -244,8 +283,8 @@ class OSQIndex(Index):
 
     def factory_string(self) -> str:
         s = self.settings
-        return (f"OSQ(partitions={s['partitions']},bits={s['bits']},attr_bits={s['attr_bits']},"
-                f"binary={s['binary']},lloyd={s['lloyd']})")
+        return (f"OSQ(partitions={s['partitions']},clusters={s['clusters']},bits={s['bits']},"
+                f"attr_bits={s['attr_bits']},binary={s['binary']},lloyd={s['lloyd']})")
 
     @property
     def is_trained(self) -> bool:
@@ -254,6 +293,11 @@ class OSQIndex(Index):
     @property
     def nparts(self) -> int:
         return int(self.centroids.shape[0])
+
+    @property
+    def nclusters(self) -> int:
+        """Clusters per partition."""
+        return int(self.cluster_centroids.shape[0] // max(1, self.nparts))
 
     # ------------------------------------------------------------------ build
     def rotate(self, q) -> np.ndarray:
@@ -284,17 +328,23 @@ class OSQIndex(Index):
                 else:
                     cent[p] = y[rng.integers(n)]
         assign = K.balanced_assign(_sq_dists(y, cent), cap)
-        books = []
+        sizes = np.bincount(assign, minlength=P)
+        C = int(self.settings["clusters"]) or max(1, int(round(np.sqrt(n / P))))
+        C = max(1, min(C, int(sizes.min())))
+        books, subs = [], []
         for p in range(P):
             yp = y[assign == p]
             books.append(OSQCodebook.fit(yp, self.budget, lloyd_iters=int(self.settings["lloyd"]),
                                          nbin=int(self.settings["binary"])))
+            subs.append(_kmeans(yp, C, iters=8, seed=p))
         self.rotation = R
         self.centroids = np.ascontiguousarray(cent, dtype=np.float32)
         W = books[0].nwords
         self.parts = [OSQPartition(p, np.empty(0, np.int64), np.empty(0, np.int64), books[p],
                                    np.zeros((books[p].nseg, 0), np.uint8), np.zeros((0, W), np.uint64),
-                                   np.zeros((0, self.d), np.float32), self.metric) for p in range(P)]
+                                   np.zeros((0, self.d), np.float32), self.metric, subs[p],
+                                   np.empty(0, np.int32)) for p in range(P)]
+        self.cluster_centroids = np.ascontiguousarray(np.concatenate(subs), dtype=np.float32)
         for part in self.parts:
             self._bind(part)
 
@@ -322,6 +372,7 @@ class OSQIndex(Index):
         assign = K.balanced_assign(_sq_dists(y, self.centroids), cap) if n else np.empty(0, np.int64)
         row_part = np.empty(n, dtype=np.int32)
         row_pos = np.empty(n, dtype=np.int64)
+        row_cluster = np.empty(n, dtype=np.int32)
         for p in range(P):
             sel = np.flatnonzero(assign == p)
             if sel.size == 0:
@@ -336,8 +387,13 @@ class OSQIndex(Index):
             part.vectors = np.concatenate([part.vectors, yp])
             part.rows = np.concatenate([part.rows, rows[sel]])
             part.ids = np.concatenate([part.ids, ids[sel]])
+            cl = _sq_dists(yp, part.centroids).argmin(1).astype(np.int32)
+            part.cluster = np.concatenate([part.cluster, cl])
+            part.reindex()
+            row_cluster[sel] = p * self.nclusters + cl
         self.row_part = np.concatenate([self.row_part, row_part])
         self.row_pos = np.concatenate([self.row_pos, row_pos])
+        self.row_cluster = np.concatenate([self.row_cluster, row_cluster])
         self._add_attrs(cols, start, n)
 
     def _check_attrs(self, attrs, n: int) -> dict:
@@ -486,30 +542,24 @@ class OSQIndex(Index):
                 nsure[s] += int(hit.sum())
                 nmaybe[s] = 0
         if exact or P == 0:
-            return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved)
-        # per-partition counts of sure and maybe rows (status row x partition)
-        part_of = self.row_part.astype(np.int64)
-        sc = np.stack([np.bincount(part_of, weights=(st == K.STATUS_SURE).astype(np.float64), minlength=P)
+            return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved,
+                          np.zeros((nq, P, self.nclusters), bool))
+        # per-cluster counts of sure and maybe rows (status row x cluster, clusters numbered p * C + c)
+        G = P * self.nclusters
+        gc = self.row_cluster.astype(np.int64)
+        sc = np.stack([np.bincount(gc, weights=(st == K.STATUS_SURE).astype(np.float64), minlength=G)
                        for st in status]).astype(np.int64)
-        mc = np.stack([np.bincount(part_of, weights=(st == K.STATUS_MAYBE).astype(np.float64), minlength=P)
+        mc = np.stack([np.bincount(gc, weights=(st == K.STATUS_MAYBE).astype(np.float64), minlength=G)
                        for st in status]).astype(np.int64)
-        dc = _sq_dists(qrot, self.centroids)
-        order = np.argsort(dc, axis=1, kind="stable")
-        ds = np.sqrt(np.maximum(np.take_along_axis(dc, order, axis=1), 0))
-        s_sorted = np.take_along_axis(sc[sidx], order, axis=1)
-        c_sorted = s_sorted + np.take_along_axis(mc[sidx], order, axis=1)
-        nonempty = c_sorted > 0
-        rank = np.cumsum(nonempty, axis=1) - nonempty  # rank among non-empty partitions before this one
-        want = (rank < int(p["nprobe"])) | (ds <= float(p["visit_ratio"]) * ds[:, :1])
-        if int(p["max_visit"]) > 0:
-            want &= rank < int(p["max_visit"])
-        # keep visiting until the visited sure rows reach k (so the pass returns min(k, matches) results)
-        before = np.cumsum(s_sorted, axis=1) - s_sorted
-        want |= before < k
-        visit_sorted = want & nonempty
-        visit = np.zeros((nq, P), dtype=bool)
-        np.put_along_axis(visit, order, visit_sorted, axis=1)
-        return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved)
+        if self.metric == "ip":
+            # inner-product search ranks cells by the inner product with their centroid, as IVF does
+            dc = np.ascontiguousarray(-(qrot @ self.cluster_centroids.T), dtype=np.float32)
+        else:
+            dc = _sq_dists(qrot, self.cluster_centroids)
+        vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, ratio=self.metric != "ip")
+        clusters = vcl.reshape(nq, P, self.nclusters)
+        visit = clusters.any(axis=2)
+        return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters)
 
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
@@ -578,7 +628,8 @@ class OSQIndex(Index):
             if qs.size == 0 or part.size == 0:
                 continue
             status_p = np.ascontiguousarray(lv.status[:, part.rows])
-            d_, i_, st = part.search(lv.qrot[qs], status_p, k, p, expr=expr, sidx=lv.sidx[qs])
+            d_, i_, st = part.search(lv.qrot[qs], status_p, k, p, expr=expr, sidx=lv.sidx[qs],
+                                     clusters=lv.clusters[qs, pi])
             accD[qs, pi * k:(pi + 1) * k] = d_
             accI[qs, pi * k:(pi + 1) * k] = i_
             for key in tot:
@@ -586,7 +637,8 @@ class OSQIndex(Index):
         order = np.lexsort((np.where(accI < 0, np.iinfo(np.int64).max, accI), accD), axis=1)[:, :k]
         D = np.take_along_axis(accD, order, axis=1)
         I = np.take_along_axis(accI, order, axis=1)
-        stats = {"partitions_visited": float(lv.visit.sum() / nq), "ndis": tot["rerank"],
+        stats = {"partitions_visited": float(lv.visit.sum() / nq),
+                 "clusters_visited": float(lv.clusters.sum() / nq), "ndis": tot["rerank"],
                  "hamming": tot["hamming"], "bounds": tot["bounds"], "maybe_checked": tot["maybe_checked"],
                  "query_bytes": tot["bytes"]}
         return D, I, stats
@@ -605,17 +657,18 @@ class OSQIndex(Index):
             if rows.size:
                 status[s, rows] = np.where(self.exact_rows(expr, rows), K.STATUS_SURE, K.STATUS_NO)
         sub = Level0(lv.qrot[short], status, lv.sidx[short], lv.visit[short], "exact", lv.sure, lv.maybe,
-                     lv.resolved)
+                     lv.resolved, lv.clusters[short])
         D[short], I[short] = self._exact_scan(sub, k)
         return D, I
 
-    def search_partition(self, p: int, qrot, status, k: int, params=None, *, expr=None, sidx=None):
+    def search_partition(self, p: int, qrot, status, k: int, params=None, *, expr=None, sidx=None, clusters=None):
         """Levels 1-3 on partition ``p`` only (what a serverless processor runs); see :meth:`OSQPartition.search`.
 
-        ``status`` is over the partition's positions (``level0().status[:, index.parts[p].rows]``).
+        ``status`` is over the partition's positions (``level0().status[:, index.parts[p].rows]``) and ``clusters``
+        is ``level0().clusters[queries, p]``.
         """
         return self.parts[p].search(qrot, status, k, params, expr=None if expr is None else _as_expr(expr),
-                                    sidx=sidx)
+                                    sidx=sidx, clusters=clusters)
 
     def reconstruct(self, rows) -> np.ndarray:
         """Stored (normalised for cosine) vectors of internal ``rows``: float32 (m, d)."""
@@ -637,7 +690,8 @@ class OSQIndex(Index):
     def global_arrays(self) -> dict[str, np.ndarray]:
         """Level-0 data: rotation, centroids, row maps, attribute codes (the allocator's share)."""
         a = {"rotation": self.rotation, "centroids": self.centroids, "row_ids": self.row_ids,
-             "deleted": self.deleted, "row_part": self.row_part, "row_pos": self.row_pos}
+             "deleted": self.deleted, "row_part": self.row_part, "row_pos": self.row_pos,
+             "row_cluster": self.row_cluster, "cluster_centroids": self.cluster_centroids}
         for name, col in self.columns.items():
             if isinstance(col, filters.NumericColumn):
                 a[f"attr/{name}/codes"] = self.codes[name]
@@ -650,7 +704,7 @@ class OSQIndex(Index):
         part = self.parts[p]
         pre = f"p{p:04d}"
         a = {f"{pre}/rows": part.rows, f"{pre}/ids": part.ids, f"{pre}/binary": part.binary,
-             f"{pre}/vectors": part.vectors}
+             f"{pre}/vectors": part.vectors, f"{pre}/centroids": part.centroids, f"{pre}/cluster": part.cluster}
         for s in range(part.segs.shape[0]):
             a[f"{pre}/seg{s:04d}"] = np.ascontiguousarray(part.segs[s])
         a.update({f"{pre}/book/{k_}": v for k_, v in part.book.arrays().items()})
@@ -685,6 +739,8 @@ class OSQIndex(Index):
         index.deleted = np.array(a["deleted"])
         index.row_part = np.array(a["row_part"])
         index.row_pos = np.array(a["row_pos"])
+        index.row_cluster = np.array(a["row_cluster"])
+        index.cluster_centroids = np.array(a["cluster_centroids"])
         for name, entry in meta["attributes"].items():
             index.kinds[name] = entry["kind"]
             if entry["kind"] in ("int", "float"):
@@ -721,7 +777,8 @@ class OSQIndex(Index):
         columns = {name: _column_from_arrays(f"attr/{name}", entry, a)
                    for name, entry in meta["attributes"].items()} if attrs else {}
         return OSQPartition(p, np.array(a["rows"]), np.array(a["ids"]), book, segs, np.array(a["binary"]),
-                            a["vectors"] if mmap else np.array(a["vectors"]), meta["metric"], None, columns)
+                            a["vectors"] if mmap else np.array(a["vectors"]), meta["metric"],
+                            np.array(a["centroids"]), np.array(a["cluster"]), None, columns)
 
     @classmethod
     def load(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":
@@ -747,10 +804,11 @@ class OSQIndex(Index):
 
     def _all_arrays(self):
         arrs = [self.rotation, self.centroids, self.row_ids, self.deleted, self.row_part, self.row_pos,
-                *self.codes.values()]
+                self.row_cluster, self.cluster_centroids, *self.codes.values()]
         for p in self.parts:
             if p is not None:
-                arrs += [p.rows, p.ids, p.segs, p.binary, p.vectors, *p.book.arrays().values()]
+                arrs += [p.rows, p.ids, p.segs, p.binary, p.vectors, p.centroids, p.cluster, p.list_rows,
+                         p.list_indptr, *p.book.arrays().values()]
         return arrs
 
     def memory_bytes(self) -> int:
@@ -763,6 +821,78 @@ class OSQIndex(Index):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _kmeans(y: np.ndarray, C: int, *, iters: int = 8, seed: int = 0) -> np.ndarray:
+    """Plain k-means (fixed seed) on float32 (n, d); returns float32 (C, d) centroids."""
+    n = y.shape[0]
+    rng = np.random.default_rng(seed)
+    if n == 0:
+        return np.zeros((C, y.shape[1]), np.float32)
+    cent = y[rng.choice(n, C, replace=n < C)].astype(np.float32).copy()
+    for _ in range(iters):
+        a = _sq_dists(y, cent).argmin(1)
+        cnt = np.bincount(a, minlength=C)
+        sums = np.zeros_like(cent, dtype=np.float64)
+        np.add.at(sums, a, y)
+        nz = cnt > 0
+        cent[nz] = (sums[nz] / cnt[nz, None]).astype(np.float32)
+        if (~nz).any():
+            cent[~nz] = y[rng.integers(n, size=int((~nz).sum()))]
+    return cent
+
+
+def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: np.ndarray, k: int,
+                     p: dict, ratio: bool = True) -> np.ndarray:
+    """Level-0 visiting rule over clusters, nearest first: ``nprobe`` non-empty clusters (plus those within
+    ``visit_ratio`` of the nearest distance, capped at ``max_visit`` when set), then more until the sure rows of the
+    visited clusters reach ``k``.
+
+    Parameters
+    ----------
+    dc : float32 (nq, G) keys of the cluster centroids (squared L2; or negated inner products, then ``ratio``
+        must be False since the ``visit_ratio`` rule needs distances)
+    sure, cand : int64 (ns, G) sure rows / sure + maybe rows per cluster for each status row
+    sidx : int64 (nq,)
+
+    Returns
+    -------
+    bool (nq, G)
+    """
+    nq, G = dc.shape
+    nprobe = max(1, int(p["nprobe"]))
+    # rank only the nearest T clusters unless a query needs more to reach k sure rows
+    T = min(G, max(2 * nprobe, 32))
+    if T < G:
+        top = np.argpartition(dc, T - 1, axis=1)[:, :T]
+        o = np.argsort(np.take_along_axis(dc, top, axis=1), axis=1, kind="stable")
+        order = np.take_along_axis(top, o, axis=1)
+    else:
+        order = np.argsort(dc, axis=1, kind="stable")
+    enough = np.take_along_axis(sure[sidx], order, axis=1).sum(1) >= k
+    if T < G and not enough.all():
+        full = np.argsort(dc, axis=1, kind="stable")
+        order = np.concatenate([order, np.zeros((nq, G - T), order.dtype)], axis=1)
+        order[~enough] = full[~enough]
+        valid = np.zeros((nq, G), bool)
+        valid[:, :T] = True
+        valid[~enough] = True
+    else:
+        valid = np.ones(order.shape, bool)
+    ds = np.sqrt(np.maximum(np.take_along_axis(dc, order, axis=1), 0)) if ratio else None
+    s_sorted = np.take_along_axis(sure[sidx], order, axis=1) * valid
+    nonempty = (np.take_along_axis(cand[sidx], order, axis=1) > 0) & valid
+    rank = np.cumsum(nonempty, axis=1) - nonempty  # non-empty clusters before this one
+    want = rank < nprobe
+    if ratio:
+        want |= ds <= float(p["visit_ratio"]) * ds[:, :1]
+    if int(p["max_visit"]) > 0:
+        want &= rank < int(p["max_visit"])
+    before = np.cumsum(s_sorted, axis=1) - s_sorted
+    want |= before < k
+    out = np.zeros((nq, G), dtype=bool)
+    np.put_along_axis(out, order, want & nonempty, axis=1)
+    return out
+
+
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Squared L2 distances float32 (len(a), len(b))."""
     d = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]

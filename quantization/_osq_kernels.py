@@ -247,13 +247,87 @@ def bounds_rows(segs, rows, q, bits, dim_byte, dim_shift, dim_two, cell_lo, cell
 
 
 @njit(cache=True)
+def bound_tables(q, bits, cell_lo, cell_hi, metric, tab_l, tab_u):
+    """Per-query look-up tables: ``tab_l[j, c]`` / ``tab_u[j, c]`` are the smallest / largest contribution of
+    dimension ``j`` to the distance key for a row in cell ``c``; returns the summed contributions of the 0-bit
+    dimensions ``(const_l, const_u)``."""
+    d = q.shape[0]
+    const_l = np.float32(0.0)
+    const_u = np.float32(0.0)
+    for j in range(d):
+        qj = q[j]
+        ncell = 1 << bits[j]
+        for c in range(ncell):
+            lo = cell_lo[j, c]
+            hi = cell_hi[j, c]
+            if not lo <= hi:  # empty cell: no row refers to it
+                gl = np.float32(0.0)
+                gu = np.float32(0.0)
+            elif metric == METRIC_L2:
+                a = lo - qj
+                e = qj - hi
+                g = max(a, e, np.float32(0.0))
+                f = max(qj - lo, hi - qj)
+                gl = g * g
+                gu = f * f
+            else:
+                x1 = qj * lo
+                x2 = qj * hi
+                gl = -max(x1, x2)
+                gu = -min(x1, x2)
+            if bits[j] == 0:
+                const_l += gl
+                const_u += gu
+            else:
+                tab_l[j, c] = gl
+                tab_u[j, c] = gu
+    return const_l, const_u
+
+
+@njit(cache=True)
+def bounds_lut(segs, rows, bits, dim_byte, dim_shift, dim_two, tab_l, tab_u, const_l, const_u, L, U):
+    """Lower / upper bounds of ``rows`` from per-query tables, dimension by dimension (segment-major reads).
+
+    ``L`` and ``U`` float32 (>= m,) receive the bounds of the ``m = len(rows)`` rows.
+    """
+    m = rows.shape[0]
+    d = bits.shape[0]
+    for i in range(m):
+        L[i] = const_l
+        U[i] = const_u
+    for j in range(d):
+        b = bits[j]
+        if b == 0:
+            continue
+        byte = dim_byte[j]
+        shift = dim_shift[j]
+        mask = (1 << b) - 1
+        tl = tab_l[j]
+        tu = tab_u[j]
+        if dim_two[j]:
+            col0 = segs[byte]
+            col1 = segs[byte + 1]
+            for i in range(m):
+                r = rows[i]
+                c = (((np.int64(col0[r]) << 8) | np.int64(col1[r])) >> shift) & mask
+                L[i] += tl[c]
+                U[i] += tu[c]
+        else:
+            col0 = segs[byte]
+            for i in range(m):
+                c = (np.int64(col0[rows[i]]) >> shift) & mask
+                L[i] += tl[c]
+                U[i] += tu[c]
+
+
+@njit(cache=True)
 def _slack(t):
     return t + np.float32(1e-4) * abs(t) + np.float32(1e-5)
 
 
 @njit(cache=True)
-def levels12(status, sidx, qrot, qbin, binary, segs, bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi,
-             metric, k, keep_frac, keep_min, rerank, out_rows, counts):
+def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs, bits, dim_byte, dim_shift,
+             dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts):
     """Levels 1 and 2 of one partition for a batch of queries: Hamming prune, then bound prune.
 
     Parameters
@@ -261,6 +335,10 @@ def levels12(status, sidx, qrot, qbin, binary, segs, bits, dim_byte, dim_shift, 
     status : uint8 (ns, n)
         Per-row filter status (STATUS_NO / SURE / MAYBE); query ``i`` uses row ``sidx[i]``.
     sidx : int64 (nq,)
+    qcl : uint8 (nq, C)
+        Clusters of the partition each query visits (non-zero = visit).
+    list_indptr : int64 (C + 1,), list_rows : int64 (n,)
+        Inverted lists: the positions of cluster ``c`` are ``list_rows[list_indptr[c]:list_indptr[c + 1]]``.
     qrot : float32 (nq, d), qbin : uint64 (nq, W)
     binary : uint64 (n, W), segs : uint8 (nseg, n)
     k, keep_min, rerank : int
@@ -280,18 +358,28 @@ def levels12(status, sidx, qrot, qbin, binary, segs, bits, dim_byte, dim_shift, 
     maxh = 64 * W + 1
     cand = np.empty(n, dtype=np.int64)
     ham = np.empty(n, dtype=np.int64)
+    Lb = np.empty(n, dtype=np.float32)
+    Ub = np.empty(n, dtype=np.float32)
+    key = np.empty(n, dtype=np.float32)
+    d = bits.shape[0]
+    tab_l = np.zeros((d, 256), dtype=np.float32)
+    tab_u = np.zeros((d, 256), dtype=np.float32)
     for qi in range(nq):
         st = status[sidx[qi]]
         # ---- level 1: Hamming over candidates, histogram threshold on sure rows
         nc = 0
         nsure = 0
-        for r in range(n):
-            s = st[r]
-            if s != STATUS_NO:
-                cand[nc] = r
-                nc += 1
-                if s == STATUS_SURE:
-                    nsure += 1
+        for c in range(qcl.shape[1]):
+            if qcl[qi, c] == 0:
+                continue
+            for t in range(list_indptr[c], list_indptr[c + 1]):
+                r = list_rows[t]
+                s = st[r]
+                if s != STATUS_NO:
+                    cand[nc] = r
+                    nc += 1
+                    if s == STATUS_SURE:
+                        nsure += 1
         for w in range(out_rows.shape[1]):
             out_rows[qi, w] = -1
         counts[qi, 0] = nc
@@ -327,7 +415,10 @@ def levels12(status, sidx, qrot, qbin, binary, segs, bits, dim_byte, dim_shift, 
         counts[qi, 1] = m
         kept = cand[:m]
         # ---- level 2: bounds from the segments
-        L, U = bounds_rows(segs, kept, qrot[qi], bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi, metric)
+        const_l, const_u = bound_tables(qrot[qi], bits, cell_lo, cell_hi, metric, tab_l, tab_u)
+        bounds_lut(segs, kept, bits, dim_byte, dim_shift, dim_two, tab_l, tab_u, const_l, const_u, Lb, Ub)
+        L = Lb[:m]
+        U = Ub[:m]
         tau = np.float32(np.inf)
         ns_k = 0
         for t in range(m):
@@ -340,25 +431,39 @@ def levels12(status, sidx, qrot, qbin, binary, segs, bits, dim_byte, dim_shift, 
                 if st[kept[t]] == STATUS_SURE:
                     us[u] = U[t]
                     u += 1
-            us.sort()
-            tau = _slack(us[k - 1])
-        order = np.argsort(L)
-        taken = 0
-        sure_taken = 0
+            tau = _slack(np.partition(us, k - 1)[k - 1])
+        # rows whose lower bound exceeds tau cannot enter the top k; the rest are ranked by the middle of their
+        # bounds (a better estimate of the distance than either bound alone)
         alive = 0
         for t in range(m):
-            o = order[t]
-            if L[o] > tau:
-                break
-            alive += 1
+            if L[t] <= tau:
+                key[alive] = L[t] + U[t]
+                cand[alive] = kept[t]
+                alive += 1
+        if alive > cap:
+            # only the best ``cap`` keys can be taken: select them before sorting
+            thr = np.partition(key[:alive], cap - 1)[cap - 1]
+            a2 = 0
+            for t in range(alive):
+                if key[t] <= thr:
+                    key[a2] = key[t]
+                    cand[a2] = cand[t]
+                    a2 += 1
+            counts[qi, 2] = alive
+            alive = a2
+        else:
+            counts[qi, 2] = alive
+        order = np.argsort(key[:alive])
+        taken = 0
+        sure_taken = 0
+        for t in range(alive):
             if sure_taken >= rerank or taken >= cap:
-                continue
-            r = kept[o]
+                break
+            r = cand[order[t]]
             out_rows[qi, taken] = r
             taken += 1
             if st[r] == STATUS_SURE:
                 sure_taken += 1
-        counts[qi, 2] = alive
         counts[qi, 3] = taken
 
 
