@@ -32,7 +32,7 @@ class ServerlessResult:
 
 def search(queries, k: int = 10, *, index=None, function: str | None = None, invoker=None, b: int = 2, L: int = 1,
            allocator: str | None = None, processor: str | None = None, params: dict | None = None, filter=None,
-           version: str | None = None, retries: int = 2, prices: Prices = X86) -> ServerlessResult:
+           version: str | None = None, retries: int = 2, chunk: int = 0, prices: Prices = X86) -> ServerlessResult:
     """Search a partitioned index through Lambda.
 
     Parameters
@@ -53,6 +53,10 @@ def search(queries, k: int = 10, *, index=None, function: str | None = None, inv
         Function names per role (default: ``function``); ``processor`` may be a template like ``shoal-p{partition}``.
     filter : dict, optional
         Filter AST in its JSON form (OSQ indexes).
+    chunk : int
+        Queries per processor invocation (``0``: all the queries routed to a partition in one invocation, so each
+        partition is processed exactly once per batch). Smaller chunks spread a large batch over more concurrent
+        processors, as SQUASH's 50-query batches do.
     """
     if function is None and (allocator is None or processor is None):
         raise InvalidArgument("give the coordinator function, or the allocator and processor functions")
@@ -66,6 +70,7 @@ def search(queries, k: int = 10, *, index=None, function: str | None = None, inv
         raise InvalidArgument("running the coordinator here needs the index URI")
     body = {"role": "coordinator", "index": index, "version": version, "queries": q, "k": k,
             "params": params or {}, "filter": filter, "tree": {"b": b, "L": L}, "retries": retries,
+            "chunk": chunk,
             "functions": {"allocator": allocator or function, "processor": processor or function}}
     t0 = time.perf_counter()
     if function is None:

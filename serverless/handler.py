@@ -119,6 +119,9 @@ def check_ctx(ctx: Any) -> dict:
     ctx["k"] = check_k(ctx["k"])
     ctx["params"] = dict(ctx.get("params") or {})
     ctx["retries"] = int(ctx.get("retries", DEFAULT_RETRIES))
+    ctx["chunk"] = int(ctx.get("chunk") or 0)
+    if ctx["chunk"] < 0:
+        raise InvalidArgument("ctx.chunk (queries per processor invocation) must be >= 0 (0: no limit)")
     tree = ctx["tree"]
     if not isinstance(tree, dict):
         raise InvalidArgument("ctx.tree must be {'b': int, 'L': int}")
@@ -177,6 +180,21 @@ def check_result(out: Any, nq: int, k: int, what: str) -> tuple[np.ndarray, np.n
     return D, I, metrics
 
 
+def chunks(n: int, size: int) -> list[slice]:
+    """Slices of ``range(n)`` of at most ``size`` (``0``: one slice)."""
+    if size <= 0 or n <= size:
+        return [slice(0, n)]
+    return [slice(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def slice_extra(extra: dict, sel: slice) -> dict:
+    """A processor's routing data for a slice of its queries: keys named in ``extra["per_query"]`` are per query."""
+    per_query = extra.get("per_query", ())
+    if not per_query:
+        return extra
+    return {key: (val[sel] if key in per_query else val) for key, val in extra.items()}
+
+
 # ---------------------------------------------------------------------------------------------------- roles
 
 
@@ -219,7 +237,7 @@ def _invoke_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context) ->
             last = exc
             continue
         for m in metrics:
-            m.update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"], attempt=attempt,
+            m.update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"], attempt=attempt, rtt_ms=info["ms"],
                      spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
         return D, I, metrics
     raise PartitionError(f"partition {p}: processor {function} failed after {attempts} attempts: {last}")
@@ -237,7 +255,7 @@ def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context) -> dict:
         raise PartitionError(f"allocator {node} failed: {exc.remote_message}") from None
     D, I, metrics = check_result(out, q.shape[0], ctx["k"], f"allocator {node}")
     if metrics:
-        metrics[0].update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"],
+        metrics[0].update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"], rtt_ms=info["ms"],
                           spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
     out["metrics"] = metrics
     return out
@@ -260,9 +278,10 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
     metrics: list[dict] = []
     done: list[int] = []
     skipped: list[int] = []
-    with ThreadPoolExecutor(max_workers=max(1, len(children) + len(share))) as pool:
+    # threads start on demand; the cap bounds what one allocator keeps in flight
+    with ThreadPoolExecutor(max_workers=64) as pool:
         child_futs = {c: pool.submit(_invoke_allocator, ctx, c, q, context) for c in children}
-        proc_futs = {}
+        proc_futs = []
         route_ms = 0.0
         if share:
             t_route = time.perf_counter()
@@ -274,17 +293,25 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
                     skipped.append(p)
                     continue
                 rows, extra = routes[p]
-                proc_futs[p] = (rows, pool.submit(_invoke_processor, ctx, p, q[rows], extra, context))
+                for sel in chunks(rows.size, ctx["chunk"]):
+                    sub = rows[sel]
+                    proc_futs.append((p, sub, pool.submit(_invoke_processor, ctx, p, q[sub],
+                                                          slice_extra(extra, sel), context)))
         errors = []
-        for p, (rows, fut) in proc_futs.items():
+        failed = set()
+        for p, rows, fut in proc_futs:
             try:
                 D, I, m = fut.result()
             except ShoalError as exc:
-                errors.append(exc)
+                if p not in failed:
+                    errors.append(exc)
+                failed.add(p)
                 continue
             parts.append(scatter(rows, D, I, nq, k))
             metrics.extend(m)
-            done.append(p)
+            if p not in done:
+                done.append(p)
+        done = [p for p in done if p not in failed]
         for c, fut in child_futs.items():
             try:
                 out = fut.result()
@@ -327,7 +354,7 @@ def run_coordinator(event: dict, context) -> dict:
     tree = event.get("tree") or {"b": 2, "L": 1}
     ctx = check_ctx({"index": index, "version": version, "k": event.get("k", 10), "params": event.get("params"),
                      "filter": event.get("filter"), "tree": tree, "functions": funcs,
-                     "retries": event.get("retries", DEFAULT_RETRIES)})
+                     "retries": event.get("retries", DEFAULT_RETRIES), "chunk": event.get("chunk", 0)})
     q = event.get("queries")
     if not isinstance(q, np.ndarray):
         raise InvalidArgument("coordinator payload needs 'queries' (an encoded float32 array)")

@@ -7,8 +7,9 @@ row maps, attribute codes); a processor loads only its partition's objects (:met
 cold processor fetches ``1/P`` of the index. Both stay in the container cache.
 
 Per batch an allocator runs :meth:`OSQIndex.level0` (rotation, three-valued filter over the attribute codes, counts of
-sure/maybe rows per partition, partitions to visit) and sends each visited partition the rotated queries, the filter
-status of that partition's rows (uint8, compressed in the payload) and the plan. The processor runs levels 1-3
+sure/maybe rows per partition, partitions (and clusters inside them) to visit) and sends each visited partition the
+rotated queries, the filter status of that partition's rows (uint8, compressed in the payload), the clusters each
+query visits there and the plan. The processor runs levels 1-3
 (:meth:`OSQPartition.search`), or, when level 0 chose the exact plan (very selective filters), an exact scan of its
 sure rows. Results are merged with ``merge_topk`` up the tree.
 """
@@ -75,8 +76,14 @@ class OSQRouter:
                 continue
             used, sidx = np.unique(lv.sidx[qs], return_inverse=True)
             status = np.ascontiguousarray(lv.status[np.ix_(used, rows_p)])
-            out[p] = (qs.astype(np.int64), {"qrot": np.ascontiguousarray(lv.qrot[qs]), "status": status,
-                                            "sidx": sidx.astype(np.int64), "plan": lv.plan})
+            extra = {"qrot": np.ascontiguousarray(lv.qrot[qs]), "status": status, "sidx": sidx.astype(np.int64),
+                     "plan": lv.plan, "per_query": ["qrot", "sidx"]}
+            clusters = getattr(lv, "clusters", None)
+            if clusters is not None and lv.plan != "exact":
+                # the partition's inverted lists each query visits (level 0 chose them)
+                extra["clusters"] = np.ascontiguousarray(clusters[qs, p], dtype=bool)
+                extra["per_query"].append("clusters")
+            out[p] = (qs.astype(np.int64), extra)
         return out
 
 
@@ -113,7 +120,13 @@ class OSQProcessor:
                     D[qs], I[qs] = exact_search(qrot[qs], np.ascontiguousarray(part.vectors[pos]), k, metric,
                                                 labels=part.ids[pos])
             return D, I
-        D, I, _stats = part.search(qrot, status, k, params, expr=_expr(filter), sidx=sidx)
+        kw = {}
+        if "clusters" in extra:
+            clusters = np.asarray(extra["clusters"], dtype=bool)
+            if clusters.shape[0] != qrot.shape[0]:
+                raise InvalidArgument(f"partition {part.number}: clusters {clusters.shape} for {qrot.shape[0]} queries")
+            kw["clusters"] = clusters
+        D, I, _stats = part.search(qrot, status, k, params, expr=_expr(filter), sidx=sidx, **kw)
         return D, I
 
 

@@ -6,6 +6,8 @@ threads, and a process with OpenMP threads must not fork."""
 from __future__ import annotations
 
 from . import handler  # noqa: F401
+from . import osq_backend  # noqa: F401
+from ..index import flat, osq  # noqa: F401  (the kinds processors load; imported, kernels not run)
 
 
 def _warm() -> None:

@@ -166,6 +166,9 @@ def test_inprocess_tree_equals_exact_and_survives_tiny_concurrency(tmp_path):
         assert tot == {"coordinator": 1, "allocator": 6, "processor": P}
         if limit == 1:  # nothing but the coordinator could be invoked: the whole tree ran inline, no deadlock
             assert r.stats["invocations"] == {"coordinator": 1} and inv.throttled > 0
+    # chunks of 5 queries per processor invocation: more, smaller invocations, the same answer
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, chunk=5)
+    assert np.array_equal(r.I, I0) and r.stats["invocations"]["processor"] == P * 5  # 24 queries -> 5 chunks
     # nprobe routes each query to fewer partitions; still exactly what the in-process search returns
     r = client.search(q, 5, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, params={"nprobe": 2})
     D2, I2 = search_inprocess(store, q, 5, params={"nprobe": 2})
@@ -424,6 +427,9 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
         assert index.last_stats.get("short_fixed", 0) == 0
         r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2, filter=flt)
         assert np.array_equal(r.I, I0), text
+        rc = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, filter=flt,
+                           chunk=3)
+        assert np.array_equal(rc.I, I0), text
         np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
         if text is not None:
             ok = index.exact_rows(filters.parse(text), np.flatnonzero(np.isin(index.row_ids, r.I[r.I >= 0])))

@@ -1,0 +1,365 @@
+"""Serverless fan-out on the local Lambda emulator with S3 on a moto server, plus a cost/latency model.
+
+Measured (this machine; two shared cores, so no Lambda-scale parallelism is visible): an OSQ index over GloVe-50d
+(default 100k base vectors, 8 partitions, a uniform attribute ``u``), published to S3 (moto server on loopback) in the
+serverless layout and searched through boto3 -> ``shoal lambda-local``'s emulator -> coordinator / allocators /
+per-partition processors, for several trees ``(b, L)``, unfiltered and with a 10% filter, cold (fresh containers)
+then warm. Per run: latency of the batch, per-role compute time, invocations, cold/warm, bytes fetched from S3,
+payload sizes, billed GB-s and $, recall@k against exact ground truth and equality with the in-process search of the
+same index.
+
+Modelled (Lambda scale): latency and $ per 1,000 queries vs ``(b, L, partitions)`` for a larger collection, from the
+per-role costs calibrated above (processor ms per routed query and per row, level-0 ms per query, payload bytes per
+query) and stated assumptions about Lambda (invoke overhead, cold start, S3 bandwidth, price). The assumptions are
+printed with the table and stored in the results file.
+
+Run: ``python -m bench.serverless`` (about 5-8 minutes here); ``--quick`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+
+from .common import append_result, bench_parser, dataset_from_args, machine_info, recall_at_k, results_path
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+#: stated assumptions of the Lambda-scale model (not measured here)
+ASSUMPTIONS = {
+    "invoke_overhead_ms": 15.0,       # warm synchronous Invoke round trip without the handler (AWS, same region)
+    "issue_ms": 2.0,                  # caller CPU to serialise, sign and send one Invoke (boto3), per invocation
+    "cold_start_ms": 2000.0,          # container image with numpy/numba/faiss, first invocation of a container
+    "s3_mb_per_s": 80.0,              # one function's S3 GET throughput
+    "s3_first_byte_ms": 20.0,
+    "payload_mb_per_s": 50.0,         # request/response bodies through the Lambda front end
+    "memory_mb": 2048,                # every function; ~1.2 vCPU, taken as one core of this machine
+    "gb_second_usd": 0.0000166667,    # x86_64, us-east-1
+    "request_usd": 0.20 / 1e6,
+    "compute_scale": 1.0,             # Lambda core speed relative to one core here
+}
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start")
+            time.sleep(0.2)
+
+
+def filtered_groundtruth(q, x, mask, k, metric):
+    from shoal.index.flat import exact_search
+
+    rows = np.flatnonzero(mask)
+    _, I = exact_search(q, np.ascontiguousarray(x[rows]), k, "l2" if metric == "l2" else "ip",
+                        labels=rows.astype(np.int64))
+    return I
+
+
+def run_batch(emu, store, q, k, b, L, flt):
+    from shoal.serverless import client
+    from shoal.serverless.invokers import LambdaInvoker
+
+    return client.search(q, k, index=store, function="bench", allocator="bench-a", processor="bench-p{partition}",
+                         invoker=LambdaInvoker(emu.url), b=b, L=L, filter=flt)
+
+
+def summarize_run(r, nq, k, gt, ref_I) -> dict:
+    st = r.stats
+    m = r.metrics
+    # calibration uses only processors that ran warm (no cold container, nothing loaded from S3)
+    proc = [x for x in m if x["role"] == "processor" and not x.get("inline") and not x.get("cold")
+            and not x.get("cache_misses")]
+    rtt_over = [x["rtt_ms"] - x["ms"] for x in m if "rtt_ms" in x and not x.get("inline") and not x.get("cold")]
+    route = [x.get("route_ms", 0.0) for x in m if x["role"] in ("allocator", "coordinator") and x.get("share")]
+    return {"elapsed_ms": r.elapsed_ms, "qps": nq / (r.elapsed_ms / 1e3), "ms_per_query": r.elapsed_ms / nq,
+            "invocations": st["invocations"], "inline": st["inline"], "cold": st["cold"], "warm": st["warm"],
+            "ms_sum": st["ms_sum"], "ms_max": st["ms_max"], "bytes_fetched": st["bytes_fetched"],
+            "get_requests": st["get_requests"], "req_bytes": st["req_bytes"], "resp_bytes": st["resp_bytes"],
+            "max_req_bytes": st["max_req_bytes"], "max_resp_bytes": st["max_resp_bytes"], "gb_s": st["gb_s"],
+            "cost_usd": st["cost_usd"], "usd_per_1000q": st["cost_usd"] / nq * 1000,
+            "recall": recall_at_k(r.I, gt, k), "equal_inprocess": float(np.mean(np.all(r.I == ref_I, axis=1))),
+            "processor_nq": [x.get("nq", 0) for x in proc], "processor_ms": [x["ms"] for x in proc],
+            "processor_req_bytes": [x.get("req_bytes", 0) for x in proc],
+            "invoke_overhead_ms_median": float(np.median(rtt_over)) if rtt_over else None,
+            "route_ms": route}
+
+
+def fit_line(xs, ys) -> tuple[float, float]:
+    """Least-squares ``y = a + c x`` (a clipped at 0); a single x gives a line through the origin."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    if xs.size == 0:
+        return 0.0, 0.0
+    if np.unique(xs).size < 2:
+        return 0.0, float(ys.sum() / max(xs.sum(), 1e-9))
+    c, a = np.polyfit(xs, ys, 1)
+    if a < 0:
+        return 0.0, float((xs * ys).sum() / (xs * xs).sum())
+    return float(a), float(max(c, 0.0))
+
+
+def model(calib: dict, *, b: int, L: int, P: int, N: int, Q: int, chunk: int, cold: bool,
+          A_: dict = ASSUMPTIONS) -> dict:
+    """Latency (ms) of one batch of ``Q`` queries and $ per 1,000 queries at Lambda scale.
+
+    Work: each query visits ``v`` partitions (measured), so a partition gets ``Q v / P`` queries, sent as
+    ``ceil(Q v / P / chunk)`` processor invocations of at most ``chunk`` queries over ``N / P`` rows each. Allocators
+    own partitions round-robin (``min(P, A)`` of them own some); each routes the batch (level 0) and then issues its
+    processors' invocations, which costs ``issue_ms`` of its CPU per invocation, so more allocators shorten that
+    serial part. Critical path: ``L + 1`` hops down (coordinator and allocator levels, ``b`` issues per node), level
+    0, the owner's issuing, one more hop, the processor's work, payload transfer. Billing: processors for their
+    work; every allocator for its subtree's latency (it waits for its children); the coordinator for the whole batch;
+    plus a price per request. Cold: every container on the path pays a cold start and loads its data from S3.
+    """
+    from shoal.serverless.tree import Tree
+
+    tree = Tree(b, L)
+    A = tree.n_allocators
+    owners = min(P, A) if A else 1
+    scale_rows = (N / P) / calib["rows_per_partition"]
+    scale_n = N / calib["n"]
+    v = calib["partitions_visited"]
+    nq_p = Q * v / P
+    per_inv = min(chunk, nq_p) if chunk else nq_p
+    n_chunks = math.ceil(nq_p / per_inv) if nq_p else 0
+    n_proc = P * n_chunks
+    hop = A_["invoke_overhead_ms"]
+    issue = A_["issue_ms"]
+    proc_ms = (calib["proc_a_ms"] + calib["proc_c_ms"] * per_inv * scale_rows) / A_["compute_scale"]
+    route_ms = (calib["route_a_ms"] + calib["route_c_ms"] * Q * scale_n) / A_["compute_scale"]
+    req_mb = (calib["proc_req_bytes_per_query"] * per_inv + calib["proc_req_bytes_fixed"] * scale_rows) / 1e6
+    xfer_ms = req_mb / A_["payload_mb_per_s"] * 1e3 + Q * calib["query_bytes"] / 1e6 / A_["payload_mb_per_s"] * 1e3
+    cold_ms = 0.0
+    if cold:
+        part_mb = calib["partition_bytes"] * scale_rows / 1e6
+        l0_mb = calib["level0_bytes"] * scale_n / 1e6
+        cold_ms = A_["cold_start_ms"] + A_["s3_first_byte_ms"] + max(part_mb, l0_mb) / A_["s3_mb_per_s"] * 1e3
+    issue_ms = math.ceil(n_proc / owners) * issue
+    share_ms = route_ms + issue_ms + hop + xfer_ms + proc_ms + cold_ms
+    latency = (L + 1) * (hop + cold_ms) + L * b * issue + share_ms
+    gb = A_["memory_mb"] / 1024
+    billed_ms = n_proc * (proc_ms + cold_ms)
+    for depth in range(1, L + 1):
+        billed_ms += b ** depth * ((L - depth) * (hop + cold_ms + b * issue) + share_ms)
+    billed_ms += latency - hop  # the coordinator
+    requests = 1 + A + n_proc
+    usd = billed_ms / 1e3 * gb * A_["gb_second_usd"] + requests * A_["request_usd"]
+    return {"b": b, "L": L, "partitions": P, "allocators": A, "chunk": chunk, "invocations": requests,
+            "latency_ms": latency, "ms_per_query": latency / Q, "usd_per_batch": usd, "usd_per_1000q": usd / Q * 1000}
+
+
+def main(argv=None) -> int:
+    p = bench_parser("serverless fan-out on the local Lambda emulator + moto S3, and a Lambda-scale model",
+                     datasets=("glove-50",), name="serverless", default_nq=200)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--trees", default="1x1,2x1,4x1,2x2", help="b x L settings to measure")
+    p.add_argument("--warm-batches", type=int, default=3)
+    p.add_argument("--max-workers", type=int, default=16, help="emulator concurrency")
+    p.add_argument("--selectivity", type=float, default=0.1, help="filter u < S on a uniform attribute")
+    p.add_argument("--model-n", type=int, default=1_000_000, help="collection size for the model")
+    p.add_argument("--model-q", type=int, default=1000, help="queries per batch for the model")
+    p.add_argument("--model-chunk", type=int, default=50, help="queries per processor invocation in the model")
+    p.add_argument("--plot", default="serverless.png", help="plot file under bench/results/")
+    args = p.parse_args(argv)
+    if args.nb is None and not args.quick:
+        args.nb = 100_000
+    from shoal import filters
+    from shoal.engine.store import S3Store
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.emulator import Emulator
+    from shoal.serverless.osq_backend import OSQBackend
+    from shoal.serverless.partitioned import search_inprocess
+
+    ds = dataset_from_args(args)
+    x, q = ds.get_database(), ds.get_queries()
+    n, d, nq, k = x.shape[0], x.shape[1], q.shape[0], args.k
+    u = np.random.default_rng(42).random(n)
+    print(f"data: {ds.key} n={n} d={d} nq={nq} metric={ds.metric}; partitions={args.partitions}", flush=True)
+    t0 = time.perf_counter()
+    index = OSQIndex(d, ds.metric, partitions=args.partitions)
+    index.train(x)
+    index.add(x, np.arange(n, dtype=np.int64), attrs={"u": u})
+    build_s = time.perf_counter() - t0
+    flt_text = f"u < {args.selectivity:g}"
+    cases = {"none": (None, ds.get_groundtruth(k)[:, :k]),
+             flt_text: (filters.to_json(filters.parse(flt_text)),
+                        filtered_groundtruth(q, x, u < args.selectivity, k, ds.metric))}
+    moto, endpoint = start_moto()
+    emu = None
+    try:
+        bucket = "shoal-bench-" + uuid.uuid4().hex[:8]
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket=bucket)
+        store = S3Store(bucket, "glove", endpoint_url=endpoint)
+        manifest = OSQBackend.publish(store, index)
+        objs = s3.list_objects_v2(Bucket=bucket, Prefix="glove/")["Contents"]
+        sizes = {o["Key"]: o["Size"] for o in objs}
+        part_bytes = [sum(v for kk, v in sizes.items() if f"/osq/p{pp:04d}/" in kk) for pp in range(args.partitions)]
+        l0_bytes = sum(v for kk, v in sizes.items() if "/osq/" in kk and "/osq/p0" not in kk)
+        print(f"published version {manifest['version']}: {sum(sizes.values()) / 1e6:.1f} MB in S3 "
+              f"({np.mean(part_bytes) / 1e6:.2f} MB per partition, level 0 {l0_bytes / 1e6:.2f} MB)", flush=True)
+        # in-process reference: the same index, one process
+        inproc = {}
+        for name, (flt, gt) in cases.items():
+            Dr, Ir = search_inprocess(store, q, k, filter=flt)
+            t = time.perf_counter()
+            D0, I0 = index.search(q, k, filter=None if flt is None else flt_text)
+            inproc_s = time.perf_counter() - t
+            inproc[name] = Ir
+            rec = {"phase": "in-process", "filter": name, "nq": nq, "qps": nq / inproc_s,
+                   "recall": recall_at_k(Ir, gt, k), "recall_index_search": recall_at_k(I0, gt, k),
+                   "partitions_visited": index.last_stats.get("partitions_visited"), "dataset": ds.key,
+                   "build_s": build_s, "n": n}
+            append_result(args.out, rec)
+        emu = Emulator(max_workers=args.max_workers, timeout=300, memory_mb=ASSUMPTIONS["memory_mb"],
+                       env={"SHOAL_S3_ENDPOINT": endpoint})
+        emu.start()
+        runs = []
+        for spec in args.trees.split(","):
+            b, L = (int(v) for v in spec.lower().split("x"))
+            for name, (flt, gt) in cases.items():
+                emu.kill_idle()
+                for i in range(1 + args.warm_batches):
+                    phase = "cold" if i == 0 else "warm"
+                    emu.reset_stats()
+                    r = run_batch(emu, store, q, k, b, L, flt)
+                    rec = {"phase": phase, "b": b, "L": L, "filter": name, "nq": nq, "dataset": ds.key, "n": n,
+                           "partitions": args.partitions, **summarize_run(r, nq, k, gt, inproc[name]),
+                           "emulator": emu.stats()}
+                    runs.append(rec)
+                    short = {kk: rec[kk] for kk in ("phase", "b", "L", "filter", "elapsed_ms", "recall",
+                                                    "equal_inprocess", "bytes_fetched", "usd_per_1000q")}
+                    print(short, flush=True)
+                    append_result(args.out, rec, echo=False)
+        # warm batches of other sizes on one tree: processor time vs routed queries for the calibration
+        flt, gt = cases["none"]
+        for frac in (4, 2):
+            sub = q[:max(1, nq // frac)]
+            for i in range(args.warm_batches):
+                emu.reset_stats()
+                r = run_batch(emu, store, sub, k, 2, 1, None)
+                rec = {"phase": "warm", "b": 2, "L": 1, "filter": "none", "nq": sub.shape[0], "dataset": ds.key,
+                       "n": n, "partitions": args.partitions,
+                       **summarize_run(r, sub.shape[0], k, gt[:sub.shape[0]], inproc["none"][:sub.shape[0]]),
+                       "emulator": emu.stats()}
+                runs.append(rec)
+                print({kk: rec[kk] for kk in ("phase", "nq", "elapsed_ms", "bytes_fetched", "equal_inprocess")},
+                      flush=True)
+                append_result(args.out, rec, echo=False)
+        # calibration from the warm runs
+        warm = [r_ for r_ in runs if r_["phase"] == "warm"]
+        pn = sum((r_["processor_nq"] for r_ in warm), [])
+        pm = sum((r_["processor_ms"] for r_ in warm), [])
+        pb = sum((r_["processor_req_bytes"] for r_ in warm), [])
+        proc_a, proc_c = fit_line(pn, pm)
+        breq_a, breq_c = fit_line(pn, pb)
+        routes = sum((r_["route_ms"] for r_ in warm), [])
+        index.search(q, k)
+        visited = index.last_stats.get("partitions_visited", args.partitions)
+        calib = {"n": n, "rows_per_partition": n / args.partitions, "partitions_visited": float(visited),
+                 "proc_a_ms": proc_a, "proc_c_ms": proc_c, "route_a_ms": 0.0,
+                 "route_c_ms": float(np.median(routes)) / nq if routes else 0.0,
+                 "proc_req_bytes_per_query": breq_c, "proc_req_bytes_fixed": breq_a, "query_bytes": d * 4 * 4 / 3,
+                 "partition_bytes": float(np.mean(part_bytes)), "level0_bytes": float(l0_bytes),
+                 "invoke_overhead_local_ms": float(np.median([r_["invoke_overhead_ms_median"] for r_ in warm
+                                                               if r_["invoke_overhead_ms_median"] is not None]))}
+        append_result(args.out, {"phase": "calibration", **calib, "assumptions": ASSUMPTIONS, "dataset": ds.key})
+        print("calibration:", {kk: round(v, 4) if isinstance(v, float) else v for kk, v in calib.items()})
+        print("assumptions:", ASSUMPTIONS)
+        rows = []
+        for P in (16, 64):  # noqa: N806
+            for b, L in ((1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (8, 2), (2, 3), (4, 3)):
+                for cold in (False, True):
+                    m = model(calib, b=b, L=L, P=P, N=args.model_n, Q=args.model_q, chunk=args.model_chunk,
+                              cold=cold)
+                    m["cold"] = cold
+                    rows.append(m)
+                    append_result(args.out, {"phase": "model", "N": args.model_n, "Q": args.model_q, **m},
+                                  echo=False)
+        print(f"\nmodel: N={args.model_n:,} vectors, batches of Q={args.model_q} queries, "
+              f"{args.model_chunk} queries per processor invocation, {ASSUMPTIONS['memory_mb']} MB functions")
+        print(f"{'P':>4} {'b':>3} {'L':>3} {'alloc':>6} {'invocs':>7} {'warm ms':>9} {'ms/query':>9} "
+              f"{'$/1k warm':>10} {'cold ms':>9} {'$/1k cold':>10}")
+        for i in range(0, len(rows), 2):
+            w, c = rows[i], rows[i + 1]
+            print(f"{w['partitions']:>4} {w['b']:>3} {w['L']:>3} {w['allocators']:>6} {w['invocations']:>7} "
+                  f"{w['latency_ms']:>9.1f} {w['ms_per_query']:>9.3f} {w['usd_per_1000q']:>10.2e} "
+                  f"{c['latency_ms']:>9.1f} {c['usd_per_1000q']:>10.2e}")
+        plot(rows, runs, results_path(args.plot) if not os.path.isabs(args.plot) else args.plot)
+    finally:
+        if emu is not None:
+            emu.stop()
+        moto.terminate()
+        moto.wait(10)
+    return 0
+
+
+def plot(rows, runs, path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    path = str(path)
+    if path.endswith(".jsonl"):
+        path = path[:-6] + ".png"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for P in sorted({r["partitions"] for r in rows}):
+        for cold, style in ((False, "-o"), (True, "--s")):
+            sel = sorted((r for r in rows if r["partitions"] == P and r["cold"] == cold),
+                         key=lambda r: (r["allocators"], r["L"]))
+            lab = f"P={P} {'cold' if cold else 'warm'}"
+            axes[0].plot([r["allocators"] for r in sel], [r["latency_ms"] for r in sel], style, label=lab)
+            axes[1].plot([r["allocators"] for r in sel], [r["usd_per_1000q"] for r in sel], style, label=lab)
+    for ax, title in ((axes[0], "model: batch latency (ms)"), (axes[1], "model: $ per 1,000 queries")):
+        ax.set_xscale("symlog")
+        ax.set_yscale("log")
+        ax.set_xlabel("allocators (b + ... + b^L)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    meas = [r for r in runs if r["phase"] == "warm" and r["filter"] == "none"]
+    labels = sorted({(r["b"], r["L"]) for r in meas})
+    for phase, color in (("cold", "tab:red"), ("warm", "tab:blue")):
+        ys = [np.median([r["elapsed_ms"] for r in runs if r["phase"] == phase and (r["b"], r["L"]) == bl
+                         and r["filter"] == "none"]) for bl in labels]
+        axes[2].bar([i + (0.2 if phase == "warm" else -0.2) for i in range(len(labels))], ys, 0.4, label=phase,
+                    color=color)
+    axes[2].set_xticks(range(len(labels)), [f"b={b},L={L}" for b, L in labels])
+    axes[2].set_yscale("log")
+    axes[2].set_title("measured here (emulator, 2 cores): batch ms")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
