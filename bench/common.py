@@ -608,4 +608,4 @@ def dataset_from_args(args: argparse.Namespace, name: str | None = None):
         nb = min(nb or 20000, 20000)
         if name.startswith("synthetic"):
             nb = None  # synthetic sizes come from the spec
-    return load_dataset(name, nb=nb, nq=nq)
+    return load_dataset(name, nb=nb, nq=nq, force_nq=args.quick)

@@ -511,10 +511,11 @@ class Synthetic(Dataset):
 DATASETS = {"fashion-mnist": FashionMNIST, "glove-50": Glove50, "synthetic": Synthetic}
 
 
-def load_dataset(spec: str, *, nb: int | None = None, nq: int | None = None) -> Dataset:
+def load_dataset(spec: str, *, nb: int | None = None, nq: int | None = None, force_nq: bool = False) -> Dataset:
     """Build a data set from a name: ``fashion-mnist``, ``glove-50``, or ``synthetic[:key=value,...]``.
 
-    Examples: ``synthetic:n=100000,d=64,nq=1000,metric=cosine,clusters=100,seed=1``.
+    Examples: ``synthetic:n=100000,d=64,nq=1000,metric=cosine,clusters=100,seed=1``. A query count in a synthetic
+    spec wins over ``nq`` unless ``force_nq`` (used by ``--quick``).
     """
     name, _, rest = spec.partition(":")
     if name not in DATASETS:
@@ -534,6 +535,6 @@ def load_dataset(spec: str, *, nb: int | None = None, nq: int | None = None) -> 
             kw[key] = types[key](val)
         except ValueError:
             raise ValueError(f"synthetic setting {key}={val!r} is not a valid {types[key].__name__}") from None
-    if nq is not None and "nq" not in kw:  # a query count in the spec wins over a general --nq
+    if nq is not None and ("nq" not in kw or force_nq):
         kw["nq"] = nq
     return Synthetic(**kw, nb=nb)
