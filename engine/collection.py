@@ -139,21 +139,7 @@ class Collection:
         self.store = store
         self.read_only = read_only
         self._owner = owner
-        manifest = json.loads(store.get("MANIFEST"))
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise FailedPrecondition(f"collection {name!r}: format version {manifest.get('format_version')} "
-                                     f"is not supported (expected {FORMAT_VERSION})")
-        self.config = manifest["config"]
-        self.dim = int(self.config["dim"])
-        self.metric = check_metric(self.config["metric"])
-        self.schema = Schema(self.config.get("schema"))
-        self.multi_tenant = bool(self.config.get("multi_tenant", False))
-        self.tail_limit = int(self.config.get("tail_limit", DEFAULT_TAIL_LIMIT))
-        self.exact_threshold = int(self.config.get("exact_threshold", DEFAULT_EXACT_THRESHOLD))
-        self.snapshot_wal_bytes = int(self.config.get("snapshot_wal_bytes", DEFAULT_SNAPSHOT_WAL_BYTES))
         self.auto_build = True
-        self._generation = int(manifest.get("generation", 0))
-        self._snap_lsn = int(manifest.get("lsn", 0))
         self._wlock = threading.RLock()
         self._rw = RWLock()
         self._build_lock = threading.Lock()
@@ -162,15 +148,60 @@ class Collection:
         self._auto_failed_at: int | None = None
         self._closed = False
         self.counters = {"searches": 0, "queries": 0, "upserted": 0, "deleted": 0, "builds": 0}
-        self._load_snapshot(manifest)
-        self.wal = WriteAheadLog(wal_path, read_only=read_only)
-        try:
-            for rec in self.wal.recover(self._snap_lsn):
-                self._apply(rec)
-        except BaseException:
-            self.wal.close()
-            raise
+        self._open_state(wal_path)
         self._maybe_autobuild()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        manifest = json.loads(self.store.get("MANIFEST"))
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise FailedPrecondition(f"collection {self.name!r}: format version {manifest.get('format_version')} "
+                                     f"is not supported (expected {FORMAT_VERSION})")
+        return manifest
+
+    def _set_config(self, manifest: dict[str, Any]) -> None:
+        self.config = manifest["config"]
+        self.dim = int(self.config["dim"])
+        self.metric = check_metric(self.config["metric"])
+        self.schema = Schema(self.config.get("schema"))
+        self.multi_tenant = bool(self.config.get("multi_tenant", False))
+        self.tail_limit = int(self.config.get("tail_limit", DEFAULT_TAIL_LIMIT))
+        self.exact_threshold = int(self.config.get("exact_threshold", DEFAULT_EXACT_THRESHOLD))
+        self.snapshot_wal_bytes = int(self.config.get("snapshot_wal_bytes", DEFAULT_SNAPSHOT_WAL_BYTES))
+        self._generation = int(manifest.get("generation", 0))
+        self._snap_lsn = int(manifest.get("lsn", 0))
+
+    def _open_state(self, wal_path: str) -> None:
+        """Load the MANIFEST's snapshot and replay the WAL.
+
+        A writer holds the WAL's lock, so nothing changes underneath. A read-only opener can race a writer's snapshot
+        (old generation deleted, WAL emptied after the MANIFEST switch): it checks that the MANIFEST did not move
+        while it loaded and starts over if it did.
+        """
+        attempts = 1 if not self.read_only else 5
+        for attempt in range(attempts):
+            wal = None
+            try:
+                manifest = self._read_manifest()
+                self._set_config(manifest)
+                self._load_snapshot(manifest)
+                wal = WriteAheadLog(wal_path, read_only=self.read_only)
+                self.wal = wal
+                for rec in wal.recover(self._snap_lsn):
+                    self._apply(rec)
+                if not self.read_only or self._read_manifest().get("generation") == self._generation:
+                    return
+            except NotFound:
+                if not self.read_only or attempt == attempts - 1:
+                    if wal is not None:
+                        wal.close()
+                    raise
+            except BaseException:
+                if wal is not None:
+                    wal.close()
+                raise
+            if wal is not None:
+                wal.close()
+        raise FailedPrecondition(f"collection {self.name!r} kept changing while being opened read-only; retry")
 
     # ------------------------------------------------------------------ loading
     def _load_snapshot(self, manifest: dict[str, Any]) -> None:

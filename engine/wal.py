@@ -178,7 +178,7 @@ class WriteAheadLog:
         records, good_end, problem = scan(data, after_lsn)
         if problem is not None:
             dropped = len(data) - good_end
-            action = "ignored (read-only)" if self.read_only else "truncated"
+            action = "ignored (read-only: a writer may be appending it right now)" if self.read_only else "truncated"
             warnings.warn(f"write-ahead log {self.path}: {problem}; {dropped} damaged trailing bytes {action}. "
                           f"Recovered {len(records)} record(s) after lsn {after_lsn}.", WALWarning, stacklevel=3)
             if not self.read_only:

@@ -115,3 +115,43 @@ def test_writes_during_background_build_are_not_lost(tmp_path, rng, mode):
     db.close()
     col2 = Database(tmp_path / "d").collection("c")
     np.testing.assert_array_equal(col2.search(q, k=20).ids, res.ids)
+
+
+def test_read_only_openers_never_miss_acknowledged_writes(tmp_path, rng):
+    """A read-only opener (shoal search / info next to a writer) races snapshots: WAL emptied, generations deleted."""
+    path = tmp_path / "d"
+    db = Database(path)
+    col = db.create_collection("c", dim=4, tail_limit=10**9)
+    acked = [0]
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        i = 0
+        while not stop.is_set() and i < 20000:
+            col.upsert(np.arange(i, i + 50), rng.standard_normal((50, 4)))
+            acked[0] = i + 50
+            i += 50
+            if (i // 50) % 2 == 0:
+                col.compact()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    opened = 0
+    try:
+        while t.is_alive() and opened < 150:
+            before = acked[0]
+            ro = Database(path, read_only=True)
+            try:
+                n = ro.collection("c").count()
+                if n < before:
+                    errors.append((before, n))
+            finally:
+                ro.close()
+            opened += 1
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:3]
+    assert opened >= 5
+    db.close()
