@@ -564,7 +564,8 @@ def progress(items: Iterable, total: int | None = None, desc: str = "") -> Itera
 
 # ---------------------------------------------------------------------------------------------------- arguments
 def bench_parser(description: str, *, datasets: Iterable[str] = ("fashion-mnist", "glove-50"),
-                 default_k: int = 10, default_nq: int | None = None, name: str | None = None) -> argparse.ArgumentParser:
+                 default_k: int = 10, default_nq: int | None = None,
+                 name: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with the options every benchmark shares; scripts add their own.
 
     Options: ``--dataset`` (repeatable, or ``all``; ``synthetic:n=...,d=...`` accepted), ``--nq``, ``--nb``, ``--k``,

@@ -166,7 +166,8 @@ def _lines(ax, recs, x, y, group, methods, colors, mode):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("results", help="a JSONL results file (bench/results/NAME.jsonl) or a bare NAME")
     p.add_argument("--mode", choices=("auto", "curve", "bar", "line"), default="auto")
     p.add_argument("--x", default=None, help="x field (default: recall for curves, threads for bars)")

@@ -74,7 +74,8 @@ def _h5py():
     try:
         import h5py
     except ImportError:
-        raise MissingDependency("reading .hdf5 files needs h5py: pip install 'shoal[io]' (or pip install h5py)") from None
+        raise MissingDependency("reading .hdf5 files needs h5py: pip install 'shoal[io]' "
+                                "(or pip install h5py)") from None
     return h5py
 
 
