@@ -177,8 +177,10 @@ class Collection:
         (old generation deleted, WAL emptied after the MANIFEST switch): it checks that the MANIFEST did not move
         while it loaded and starts over if it did.
         """
-        attempts = 1 if not self.read_only else 5
+        attempts = 1 if not self.read_only else 20
         for attempt in range(attempts):
+            if attempt:
+                time.sleep(0.005 * attempt)
             wal = None
             try:
                 manifest = self._read_manifest()
@@ -557,8 +559,17 @@ class Collection:
         return None if self._job is None else self._job.to_dict()
 
     def wait_for_build(self, timeout: float | None = None) -> bool:
-        job = self._job
-        return True if job is None else job.wait(timeout)
+        """Wait until no build is running (including builds started by the one waited for); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self._job
+            if job is None:
+                return True
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not job.wait(left):
+                return False
+            if self._job is job:
+                return True
 
     def _run_build(self, job: BuildJob, train_kwargs, progress, explicit: bool) -> None:
         from .build import run_build
@@ -587,6 +598,8 @@ class Collection:
             self._oplog = None
             job.finished = time.time()
             job._event.set()
+        if job.error is None and not self._closed:
+            self._maybe_autobuild()  # writes that arrived during the build may already fill the tail again
 
     def compact(self) -> dict[str, Any]:
         """Write a snapshot now (dropping deleted records from storage) and empty the WAL."""
