@@ -32,6 +32,8 @@ from .proto.shoal.v1 import shoal_pb2_grpc as pb_grpc
 SEARCH_CHUNK_SECONDS = 0.05
 #: a streaming upsert applies buffered rows to the engine once this many have arrived (one WAL record per flush)
 STREAM_FLUSH_ROWS = 8192
+#: finished operations remembered for GetOperation (the oldest are forgotten first)
+KEEP_FINISHED_OPERATIONS = 256
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name
                       for name in ("Collections", "Points", "Search", "Tenants", "Admin"))
 
@@ -202,6 +204,10 @@ class Operations:
         op = pb.Operation(id=uuid.uuid4().hex[:16], kind=kind, collection=collection, state=pb.Operation.RUNNING,
                           started_at=time.time(), message="started")
         with self._cond:
+            finished = [i for i, o in self._ops.items() if o.state != pb.Operation.RUNNING]
+            for old_id in finished[:max(0, len(finished) - KEEP_FINISHED_OPERATIONS + 1)]:  # oldest first
+                del self._ops[old_id]
+                self._threads.pop(old_id, None)
             self._ops[op.id] = op
 
         def progress(fraction: float, message: str = "") -> None:
