@@ -487,7 +487,8 @@ class Collection:
         if expr is not None and mask.any():
             from .. import filters
 
-            mask &= filters.evaluate(expr, self.records.attrs.columns(n=n), n)
+            cols = self.records.attrs.columns(n=n, names=sorted(filters.attributes(expr)))
+            mask &= filters.evaluate(expr, cols, n)
         return mask
 
     def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, include_attrs: bool = False):

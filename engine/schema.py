@@ -223,7 +223,7 @@ class AttributeStore:
         self.tag_codes: dict[str, np.ndarray] = {}
         self.tag_len: dict[str, int] = {}
         self.vocab: dict[str, Vocab] = {}
-        self._cache: tuple[int, dict[str, Any]] | None = None
+        self._cache: dict[str, tuple[int, Any]] = {}
         for name, typ in schema.fields.items():
             if typ == "int":
                 self.num[name] = np.zeros(0, np.int64)
@@ -273,34 +273,41 @@ class AttributeStore:
                 self.tag_len[name] = start + len(codes)
         self.n = hi
 
-    def columns(self, rows: np.ndarray | None = None, n: int | None = None) -> dict[str, Any]:
-        """The attributes as :mod:`shoal.filters` column objects, over slots ``[0, n)`` or the given ``rows``.
+    def columns(self, rows: np.ndarray | None = None, n: int | None = None,
+                names=None) -> dict[str, Any]:
+        """The attributes (all, or ``names``) as :mod:`shoal.filters` column objects, over slots ``[0, n)`` or the
+        given ``rows``.
 
-        Slots never change once written, so the columns over ``[0, n)`` are cached until more slots are added.
+        Slots never change once written, so a column over ``[0, n)`` is cached until more slots are added.
         """
         from .. import filters
 
         n = self.n if n is None else n
-        if rows is None and self._cache is not None and self._cache[0] == n:
-            return self._cache[1]
         out = {}
-        for name, typ in self.schema.fields.items():
+        for name in (self.schema.fields if names is None else names):
+            typ = self.schema.type_of(name)
+            if rows is None:
+                hit = self._cache.get(name)
+                if hit is not None and hit[0] == n:
+                    out[name] = hit[1]
+                    continue
             if typ in ("int", "float"):
                 vals = self.num[name][:n]
                 pres = self.present[name][:n] if typ == "int" else None
                 if rows is not None:
                     vals = vals[rows]
                     pres = None if pres is None else pres[rows]
-                out[name] = filters.NumericColumn(np.ascontiguousarray(vals), None if pres is None else ~pres)
+                col = filters.NumericColumn(np.ascontiguousarray(vals), None if pres is None else ~pres)
             elif typ == "keyword":
                 codes = self.kw[name][:n]
-                out[name] = filters.KeywordColumn(np.ascontiguousarray(codes if rows is None else codes[rows]),
-                                                  self.vocab[name].words)
+                col = filters.KeywordColumn(np.ascontiguousarray(codes if rows is None else codes[rows]),
+                                            self.vocab[name].words)
             else:
                 ptr, codes = self.tag_csr(name, rows, n)
-                out[name] = filters.TagsColumn(ptr, codes, self.vocab[name].words)
-        if rows is None:
-            self._cache = (n, out)
+                col = filters.TagsColumn(ptr, codes, self.vocab[name].words)
+            if rows is None:
+                self._cache[name] = (n, col)
+            out[name] = col
         return out
 
     def tag_csr(self, name: str, rows: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:

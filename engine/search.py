@@ -74,7 +74,8 @@ def run_search(col, queries, k, flt, tenant, params, include_attrs) -> SearchRes
         if expr is not None:
             from .. import filters
 
-            fmask = alive & filters.evaluate(expr, rec.attrs.columns(n=n), n) if alive.any() else alive.copy()
+            cols = rec.attrs.columns(n=n, names=sorted(filters.attributes(expr)))
+            fmask = alive & filters.evaluate(expr, cols, n) if alive.any() else alive.copy()
         if tid is not None:
             tmask = rec.tenant_mask(tid, n)
         if fmask is not None or tmask is not None:
