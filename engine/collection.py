@@ -603,9 +603,27 @@ class Collection:
             self._maybe_autobuild()  # writes that arrived during the build may already fill the tail again
 
     def compact(self) -> dict[str, Any]:
-        """Write a snapshot now (dropping deleted records from storage) and empty the WAL."""
+        """Drop deleted records: rebuild the index if more than a quarter of its rows are deleted, then write a
+        snapshot (live records only) and empty the WAL."""
+        from .build import EXTEND_MAX_DELETED, run_build
+
         self._check_open(write=True)
+        self.wait_for_build()
         with self._build_lock:
+            index = self._index
+            if index is not None and index.ntotal and index.ntotal - index.nlive > EXTEND_MAX_DELETED * index.ntotal:
+                job = BuildJob(self.index_spec, True)
+                self._job = job
+                try:
+                    run_build(self, job, None, None)
+                    job.stage = "done"
+                except BaseException as exc:
+                    job.error, job.stage = exc, "failed"
+                    raise
+                finally:
+                    self._oplog = None
+                    job.finished = time.time()
+                    job._event.set()
             self._snapshot()
         return self.info()
 

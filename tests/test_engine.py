@@ -348,3 +348,17 @@ def test_save_load_search_identical_local_and_s3(tmp_path, rng, s3_bucket):
         db2.close()
     np.testing.assert_array_equal(results[0].ids, results[1].ids)
     np.testing.assert_array_equal(results[0].scores, results[1].scores)
+
+
+def test_compact_rebuilds_a_mostly_deleted_index(tmp_path, rng):
+    db = Database(tmp_path / "d")
+    col = db.create_collection("c", dim=4)
+    x = rng.standard_normal((400, 4)).astype(np.float32)
+    col.upsert(np.arange(400), x)
+    col.build()
+    col.delete(np.arange(0, 300))
+    assert col._index.ntotal == 400
+    info = col.compact()
+    assert col._index.ntotal == 100 and info["count"] == 100 and info["wal_bytes"] == 0
+    np.testing.assert_array_equal(col.search(x[350:353], k=1).ids[:, 0], [350, 351, 352])
+    db.close()
