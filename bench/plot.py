@@ -103,7 +103,8 @@ def plot(records: list[dict], out: Path, *, mode: str = "auto", x: str | None = 
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     ncol = min(len(panels), 3)
     nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, 4.2 * nrow), squeeze=False)
+    width = max(5.6 * ncol, 8.0)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width, 4.2 * nrow + 0.6), squeeze=False)
     for ax, (pname, recs) in zip(axes.ravel(), panels.items()):
         if mode == "bar":
             _bars(ax, recs, x, y, group, methods, colors)
@@ -114,19 +115,21 @@ def plot(records: list[dict], out: Path, *, mode: str = "auto", x: str | None = 
         first = recs[0]
         sub = ", ".join(f"{f}={first[f]}" for f in ("nb", "nq", "k") if f in first)
         ax.set_title(f"{pname}" + (f"\n({sub})" if sub else ""), fontsize=10)
-        ax.set_ylabel(y + (" (log)" if logy else ""))
+        ax.set_ylabel({"qps": "queries / s"}.get(y, y) + (" (log scale)" if logy else ""))
         ax.set_xlabel(x)
         ax.grid(True, which="both", alpha=0.3)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
     handles = [plt.Line2D([], [], color=colors[m], marker="s", linestyle="", markersize=9) for m in methods]
-    fig.legend(handles, methods, loc="lower center", ncol=min(len(methods), 4), frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    per_row = max(1, min(len(methods), int(width // 2.6)))
+    fig.legend(handles, methods, loc="lower center", ncol=per_row, frameon=False, bbox_to_anchor=(0.5, 0.02))
+    legend_rows = math.ceil(len(methods) / per_row)
     machine = records[-1].get("machine") or {}
     foot = f"{machine.get('cpu', '')} ({machine.get('cores', '?')} cores)  {records[-1].get('timestamp', '')}"
-    fig.suptitle(title or f"{records[-1].get('bench', out.stem)}: {y} by {x}", fontsize=12)
+    label = {"qps": "QPS"}.get(y, y)
+    fig.suptitle(title or f"{records[-1].get('bench', out.stem)}: {label} by {x}", fontsize=12)
     fig.text(0.99, 0.005, foot, ha="right", va="bottom", fontsize=7, color="gray")
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * legend_rows, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
