@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

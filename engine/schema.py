@@ -16,7 +16,6 @@ which is what the write-ahead log stores (strings, not codes, so a log never dep
 
 from __future__ import annotations
 
-import keyword as _pykeyword
 import re
 from typing import Any
 
