@@ -556,7 +556,8 @@ class OSQIndex(Index):
             dc = np.ascontiguousarray(-(qrot @ self.cluster_centroids.T), dtype=np.float32)
         else:
             dc = _sq_dists(qrot, self.cluster_centroids)
-        vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, ratio=self.metric != "ip")
+        per_cluster = max(1.0, float(np.count_nonzero(live)) / G)
+        vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, per_cluster, ratio=self.metric != "ip")
         clusters = vcl.reshape(nq, P, self.nclusters)
         visit = clusters.any(axis=2)
         return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters)
@@ -841,10 +842,15 @@ def _kmeans(y: np.ndarray, C: int, *, iters: int = 8, seed: int = 0) -> np.ndarr
 
 
 def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: np.ndarray, k: int,
-                     p: dict, ratio: bool = True) -> np.ndarray:
-    """Level-0 visiting rule over clusters, nearest first: ``nprobe`` non-empty clusters (plus those within
-    ``visit_ratio`` of the nearest distance, capped at ``max_visit`` when set), then more until the sure rows of the
-    visited clusters reach ``k``.
+                     p: dict, per_cluster: float, ratio: bool = True) -> np.ndarray:
+    """Level-0 visiting rule over clusters, nearest first.
+
+    Visit clusters until the filter-passing (sure + maybe) rows of the visited ones reach ``nprobe`` clusters' worth
+    of rows (``nprobe * per_cluster``): a selective filter visits more clusters, so the search examines as many
+    candidates as an unfiltered one and recall does not collapse, and where the matches lie far from the query
+    (a filter anti-correlated with it) the per-cluster counts lead the search there. Clusters within
+    ``visit_ratio`` of the nearest distance are added, ``max_visit`` caps the count when set, and in any case
+    visiting goes on until the sure rows of the visited clusters reach ``k`` (one pass returns ``min(k, matches)``).
 
     Parameters
     ----------
@@ -860,14 +866,18 @@ def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: n
     nq, G = dc.shape
     nprobe = max(1, int(p["nprobe"]))
     # rank only the nearest T clusters unless a query needs more to reach k sure rows
-    T = min(G, max(2 * nprobe, 32))
+    target = nprobe * per_cluster
+    # a filter passing a fraction f of the rows needs about nprobe / f clusters
+    frac = max(float(cand[sidx].sum()) / max(1.0, per_cluster * G * len(sidx)), 1e-6)
+    T = min(G, max(2 * nprobe, 32, int(np.ceil(2 * nprobe / frac))))
     if T < G:
         top = np.argpartition(dc, T - 1, axis=1)[:, :T]
         o = np.argsort(np.take_along_axis(dc, top, axis=1), axis=1, kind="stable")
         order = np.take_along_axis(top, o, axis=1)
     else:
         order = np.argsort(dc, axis=1, kind="stable")
-    enough = np.take_along_axis(sure[sidx], order, axis=1).sum(1) >= k
+    enough = (np.take_along_axis(sure[sidx], order, axis=1).sum(1) >= k) & \
+        (np.take_along_axis(cand[sidx], order, axis=1).sum(1) >= target)
     if T < G and not enough.all():
         full = np.argsort(dc, axis=1, kind="stable")
         order = np.concatenate([order, np.zeros((nq, G - T), order.dtype)], axis=1)
@@ -879,9 +889,10 @@ def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: n
         valid = np.ones(order.shape, bool)
     ds = np.sqrt(np.maximum(np.take_along_axis(dc, order, axis=1), 0)) if ratio else None
     s_sorted = np.take_along_axis(sure[sidx], order, axis=1) * valid
-    nonempty = (np.take_along_axis(cand[sidx], order, axis=1) > 0) & valid
+    c_sorted = np.take_along_axis(cand[sidx], order, axis=1) * valid
+    nonempty = c_sorted > 0
     rank = np.cumsum(nonempty, axis=1) - nonempty  # non-empty clusters before this one
-    want = rank < nprobe
+    want = (np.cumsum(c_sorted, axis=1) - c_sorted) < target
     if ratio:
         want |= ds <= float(p["visit_ratio"]) * ds[:, :1]
     if int(p["max_visit"]) > 0:

@@ -364,6 +364,11 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
     d = bits.shape[0]
     tab_l = np.zeros((d, 256), dtype=np.float32)
     tab_u = np.zeros((d, 256), dtype=np.float32)
+    # building the per-query tables costs one entry per cell; below that many (row, dimension) pairs it is
+    # cheaper to compute each row's bounds from the cell ranges directly
+    table_cells = 0
+    for j in range(d):
+        table_cells += 1 << bits[j]
     for qi in range(nq):
         st = status[sidx[qi]]
         # ---- level 1: Hamming over candidates, histogram threshold on sure rows
@@ -415,10 +420,13 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
         counts[qi, 1] = m
         kept = cand[:m]
         # ---- level 2: bounds from the segments
-        const_l, const_u = bound_tables(qrot[qi], bits, cell_lo, cell_hi, metric, tab_l, tab_u)
-        bounds_lut(segs, kept, bits, dim_byte, dim_shift, dim_two, tab_l, tab_u, const_l, const_u, Lb, Ub)
-        L = Lb[:m]
-        U = Ub[:m]
+        if m * d < table_cells:
+            L, U = bounds_rows(segs, kept, qrot[qi], bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi, metric)
+        else:
+            const_l, const_u = bound_tables(qrot[qi], bits, cell_lo, cell_hi, metric, tab_l, tab_u)
+            bounds_lut(segs, kept, bits, dim_byte, dim_shift, dim_two, tab_l, tab_u, const_l, const_u, Lb, Ub)
+            L = Lb[:m]
+            U = Ub[:m]
         tau = np.float32(np.inf)
         ns_k = 0
         for t in range(m):

@@ -1,0 +1,381 @@
+"""Filtered search: shoal ``OSQ`` against faiss baselines, recall@k and QPS from 0.1% to 100% selectivity.
+
+Workloads (one filter per query; queries sharing a filter are searched as one batch, as a planner would):
+
+* Fashion-MNIST (L2): ``own-class`` (the query's own class: correlated with the query), ``random-class`` (another
+  class: uncorrelated), each at 10% (one class), 50% (five classes), 1% and 0.1% (the class and a uniform random
+  number ``u < 0.1`` / ``u < 0.01``) and 100% (no filter); ``numeric`` (``u < s``).
+* GloVe-50d (cosine): ``rank-range`` (``rank < r``: frequency rank, correlated with the vectors) and ``uniform-range``
+  (``u < s`` on a uniform random attribute: uncorrelated).
+
+Methods, all single-threaded and timed in the same run, each swept over its search knob (every point is a JSON line;
+the plot shows, per workload, the fastest point with recall >= 0.95, else the most accurate one):
+
+* ``osq``          shoal OSQ with its planner (``mode=auto``: exact scan of the matching rows for very selective
+                   filters, multi-level search otherwise); swept over ``nprobe`` / ``rerank``
+* ``ivfflat-bitmap`` faiss IndexIVFFlat + ``IDSelectorBitmap``; swept over ``nprobe``
+* ``hnsw-bitmap``  faiss IndexHNSWFlat (M=32) + ``IDSelectorBitmap``; swept over ``efSearch``
+* ``hnsw-postfilter`` faiss HNSW without a selector, over-fetching ``k / selectivity x f`` then filtering; swept over f
+* ``exact-prefilter`` the matching rows gathered, then exact BLAS search (recall 1 by construction)
+
+Every method's time includes evaluating the filter (baselines: ``filters.evaluate`` over exact columns, then the
+bitmap; OSQ: its three-valued evaluation on attribute codes). Each line records recall@k (over
+``min(k, matches)``), QPS, the fraction of queries returning fewer than ``min(k, matches)`` results (``short``), the
+count of results that violate the filter, and bytes per vector. Run::
+
+    python -m bench.filtered                       # both data sets, 200 queries (about 10-15 minutes here)
+    python -m bench.filtered --dataset glove-50 --nq 100
+    python -m bench.filtered --quick               # smoke run on 20,000 base vectors
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shoal import filters
+from shoal.index.osq import OSQIndex
+
+from .common import (RESULTS_DIR, append_result, bench_parser, dataset_from_args, dataset_names, read_results,
+                     results_path, thread_limit)
+
+SELECTIVITIES = (0.001, 0.01, 0.1, 0.5, 1.0)
+TARGET = 0.95
+
+
+# ---------------------------------------------------------------------------------------------------- workloads
+class Group:
+    """Queries sharing one filter: ``queries`` int64, ``expr`` (None = no filter), exact ``mask`` over the base."""
+
+    def __init__(self, queries, expr, mask):
+        self.queries = np.asarray(queries, dtype=np.int64)
+        self.expr = expr
+        self.mask = mask
+
+
+def class_expr(classes, u_below=None):
+    cls = tuple(int(c) for c in sorted(classes))
+    e = filters.In("label", cls) if len(cls) > 1 else filters.Compare("label", "=", cls[0])
+    return e if u_below is None else filters.And((e, filters.Compare("u", "<", u_below)))
+
+
+def fashion_workloads(ds, cols, qlabels, rng):
+    """{(family, selectivity): [Group]} for Fashion-MNIST."""
+    n = ds.nb
+    out = {}
+    other = (qlabels + rng.integers(1, 10, size=qlabels.size)) % 10  # never the query's own class
+    for family, base in (("own-class", qlabels), ("random-class", other)):
+        for sel in SELECTIVITIES:
+            keys = []
+            for i, c in enumerate(base):
+                if sel >= 1.0:
+                    keys.append(None)
+                elif sel == 0.5:
+                    pool = [x for x in range(10) if family == "own-class" or x != qlabels[i]]
+                    start = pool.index(c)
+                    keys.append((tuple(sorted((pool * 2)[start:start + 5])), None))
+                elif sel == 0.1:
+                    keys.append(((int(c),), None))
+                else:
+                    keys.append(((int(c),), sel * 10))
+            out[(family, sel)] = _groups(keys, cols, n)
+    for sel in SELECTIVITIES:
+        expr = None if sel >= 1 else filters.Compare("u", "<", sel)
+        out[("numeric", sel)] = [Group(np.arange(qlabels.size), expr, filters.evaluate(expr, cols, n))]
+    return out
+
+
+def _groups(keys, cols, n):
+    by = {}
+    for i, key in enumerate(keys):
+        by.setdefault(key, []).append(i)
+    groups = []
+    for key, qs in by.items():
+        expr = None if key is None else class_expr(*key)
+        groups.append(Group(qs, expr, filters.evaluate(expr, cols, n)))
+    return groups
+
+
+def glove_workloads(ds, cols, nq):
+    out = {}
+    rank = cols["rank"].values
+    for sel in SELECTIVITIES:
+        if sel >= 1:
+            e_rank = e_u = None
+        else:
+            r = int(np.quantile(rank, sel))
+            e_rank = filters.Compare("rank", "<", r)
+            e_u = filters.Compare("u", "<", sel)
+        for family, expr in (("rank-range", e_rank), ("uniform-range", e_u)):
+            out[(family, sel)] = [Group(np.arange(nq), expr, filters.evaluate(expr, cols, ds.nb))]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- ground truth
+def exact_filtered(xb, xq, groups, k, metric):
+    """Exact filtered top-k (gather the matching rows, BLAS); returns (D, I) over base rows."""
+    nq = xq.shape[0]
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    for g in groups:
+        rows = np.flatnonzero(g.mask) if g.expr is not None else None
+        xs = xb if rows is None else xb[rows]
+        if xs.shape[0] == 0:
+            continue
+        q = xq[g.queries]
+        dots = q @ xs.T
+        if metric == "l2":
+            keys = (q * q).sum(1)[:, None] - 2 * dots + (xs * xs).sum(1)[None, :]
+        else:
+            keys = -dots
+        kk = min(k, xs.shape[0])
+        part = np.argpartition(keys, kk - 1, axis=1)[:, :kk] if kk < xs.shape[0] else \
+            np.broadcast_to(np.arange(xs.shape[0]), keys.shape)
+        pd = np.take_along_axis(keys, part, axis=1)
+        o = np.argsort(pd, axis=1, kind="stable")
+        sel = np.take_along_axis(part, o, axis=1)
+        D[g.queries, :kk] = np.take_along_axis(pd, o, axis=1)
+        I[g.queries, :kk] = sel if rows is None else rows[sel]
+    return D, I
+
+
+def score(I, gt, groups, k):
+    """(recall over min(k, matches), fraction of short result lists, count of filter violations)."""
+    hits = want = short = bad = 0
+    for g in groups:
+        m = int(g.mask.sum())
+        need = min(k, m)
+        for qi in g.queries:
+            got = I[qi][I[qi] >= 0]
+            bad += int((~g.mask[got]).sum()) if got.size else 0
+            t = gt[qi][gt[qi] >= 0][:need]
+            hits += len(set(got.tolist()) & set(t.tolist()))
+            want += need
+            short += int(got.size < need)
+    nq = sum(len(g.queries) for g in groups)
+    return (hits / want if want else 1.0), short / max(1, nq), bad
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+def _faiss_metric(faiss, metric):
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def build_baselines(xb, metric, nlist, M=32):
+    import faiss
+
+    d = xb.shape[1]
+    info = {}
+    t0 = time.perf_counter()
+    quant = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+    ivf = faiss.IndexIVFFlat(quant, d, nlist, _faiss_metric(faiss, metric))
+    ivf.train(xb)
+    ivf.add(xb)
+    info["ivfflat-bitmap"] = {"build_s": time.perf_counter() - t0, "bytes_per_vector": 4 * d + 8}
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(d, M, _faiss_metric(faiss, metric))
+    hnsw.hnsw.efConstruction = 40
+    hnsw.add(xb)
+    # storage + level-0 links (2M ids of 4 bytes) + upper levels (small)
+    info["hnsw-bitmap"] = {"build_s": time.perf_counter() - t0, "bytes_per_vector": 4 * d + 2 * M * 4 + 8}
+    info["hnsw-postfilter"] = dict(info["hnsw-bitmap"])
+    info["exact-prefilter"] = {"build_s": 0.0, "bytes_per_vector": 4 * d}
+    return ivf, hnsw, info
+
+
+def run_method(name, knob, groups, xq, k, ctx):
+    """Run one method at one knob value over all groups; returns (seconds, D, I)."""
+    import faiss
+
+    nq = xq.shape[0]
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    cols, n = ctx["cols"], ctx["n"]
+    t0 = time.perf_counter()
+    for g in groups:
+        q = xq[g.queries]
+        if name == "osq":
+            d_, i_ = ctx["osq"].search(q, k, filter=g.expr, params=knob)
+        else:
+            mask = filters.evaluate(g.expr, cols, n) if g.expr is not None else None
+            if name == "exact-prefilter":
+                d_, i_ = exact_filtered(ctx["xb"], q, [Group(np.arange(len(q)), g.expr,
+                                                             mask if mask is not None else np.ones(n, bool))],
+                                        k, ctx["metric"])
+            elif name == "hnsw-postfilter":
+                sel = (mask.mean() if mask is not None else 1.0) or 1.0 / n
+                # over-fetch k / selectivity x f, capped (as engines cap it) at 4096
+                kk = int(min(n, 4096, max(k, np.ceil(k / sel * knob))))
+                ps = faiss.SearchParametersHNSW(efSearch=max(kk, 64))
+                dd, ii = ctx["hnsw"].search(q, kk, params=ps)
+                if mask is not None:
+                    ok = (ii >= 0) & mask[np.maximum(ii, 0)]
+                    dd = np.where(ok, dd, np.inf if ctx["metric"] == "l2" else -np.inf)
+                    ii = np.where(ok, ii, -1)
+                    o = np.argsort(dd if ctx["metric"] == "l2" else -dd, axis=1, kind="stable")[:, :k]
+                    dd, ii = np.take_along_axis(dd, o, axis=1), np.take_along_axis(ii, o, axis=1)
+                d_, i_ = dd[:, :k], ii[:, :k]
+            else:
+                sel_obj = None
+                if mask is not None:
+                    bits = np.packbits(mask, bitorder="little")
+                    sel_obj = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+                if name == "ivfflat-bitmap":
+                    ps = faiss.SearchParametersIVF(nprobe=int(knob), sel=sel_obj)
+                    d_, i_ = ctx["ivf"].search(q, k, params=ps)
+                else:
+                    ps = faiss.SearchParametersHNSW(efSearch=int(knob), sel=sel_obj)
+                    d_, i_ = ctx["hnsw"].search(q, k, params=ps)
+        w = min(k, i_.shape[1])
+        D[g.queries, :w] = d_[:, :w]
+        I[g.queries, :w] = i_[:, :w]
+    return time.perf_counter() - t0, D, I
+
+
+def sweeps(ds_name, nparts):
+    osq = []
+    for nprobe in (8, 16, 32, 64, 128):
+        for rerank in (20, 50):
+            osq.append({"nprobe": nprobe, "rerank": rerank})
+    return {
+        "osq": osq,
+        "ivfflat-bitmap": [1, 2, 4, 8, 16, 32, 64, 128],
+        "hnsw-bitmap": [16, 32, 64, 128, 256, 512],
+        "hnsw-postfilter": [1.0, 2.0, 4.0],
+        "exact-prefilter": [None],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def run_dataset(ds, args):
+    import faiss
+
+    k = args.k
+    xb, xq = ds.get_database(), ds.get_queries()
+    n, nq = xb.shape[0], xq.shape[0]
+    rng = np.random.default_rng(0)
+    u = rng.random(n)
+    attrs = ds.attributes()
+    if ds.name == "fashion-mnist":
+        cols = {"label": filters.NumericColumn(attrs["label"]), "u": filters.NumericColumn(u)}
+        work = fashion_workloads(ds, cols, ds.query_attributes()["label"], rng)
+    else:
+        cols = {"rank": filters.NumericColumn(attrs["rank"]), "u": filters.NumericColumn(u)}
+        work = glove_workloads(ds, cols, nq)
+    attr_bytes = 8 * len(cols)
+    nparts = args.partitions
+    faiss.omp_set_num_threads(max(1, args.build_threads))
+    t0 = time.perf_counter()
+    with thread_limit(max(1, args.build_threads)):
+        osq = OSQIndex(ds.d, ds.metric, partitions=nparts, bits=args.bits)
+        osq.train(xb)
+        osq.add(xb, np.arange(n), attrs=cols)
+    osq_build = time.perf_counter() - t0
+    nlist = int(4 * np.sqrt(n))
+    ivf, hnsw, info = build_baselines(xb, ds.metric, nlist)
+    info["osq"] = {"build_s": osq_build, "bytes_per_vector": osq.code_bytes_per_vector(),
+                   "bytes_per_vector_with_rerank": osq.code_bytes_per_vector() + 4 * ds.d,
+                   "factory": osq.factory_string()}
+    for m in info:
+        if m != "osq":
+            info[m]["bytes_per_vector"] += attr_bytes  # exact attribute columns to evaluate the filter
+    print(f"[{ds.name}] built: " + ", ".join(f"{m} {v['build_s']:.1f}s {v['bytes_per_vector']:.0f}B/vec"
+                                            for m, v in info.items()), flush=True)
+    ctx = {"cols": cols, "n": n, "xb": xb, "metric": ds.metric, "osq": osq, "ivf": ivf, "hnsw": hnsw}
+    grid = sweeps(ds.name, nparts)
+    faiss.omp_set_num_threads(1)
+    deadline = time.perf_counter() + args.budget_s
+    with thread_limit(1):
+        for (family, sel), groups in work.items():
+            _, gt = exact_filtered(xb, xq, groups, k, ds.metric)
+            true_sel = float(np.mean([g.mask.mean() for g in groups]))
+            for method, knobs in grid.items():
+                best_recall = 0.0
+                for knob in knobs:
+                    if time.perf_counter() > deadline:
+                        print("time budget spent; stopping", flush=True)
+                        return
+                    g0 = groups[0]
+                    run_method(method, knob, [Group(g0.queries[:2], g0.expr, g0.mask)], xq, k, ctx)  # warm-up
+                    secs, D, I = run_method(method, knob, groups, xq, k, ctx)
+                    rec, short, bad = score(I, gt, groups, k)
+                    rec_line = {"dataset": ds.name, "nb": n, "nq": nq, "k": k, "family": family,
+                                "selectivity": sel, "measured_selectivity": true_sel, "groups": len(groups),
+                                "method": method, "knob": knob, "recall": rec, "qps": nq / secs, "short": short,
+                                "violations": bad, **info[method]}
+                    if method == "osq":
+                        st = osq.last_stats
+                        rec_line.update({"plan": st.get("plan"), "bytes_read_per_query": st.get("bytes_per_query")})
+                    append_result(args.out, rec_line, echo=False)
+                    print(f"  {ds.name} {family:13s} sel={sel:<6} {method:16s} {str(knob):60.60s} "
+                          f"recall={rec:.3f} qps={nq / secs:8.0f} short={short:.3f} bad={bad}", flush=True)
+                    best_recall = max(best_recall, rec)
+                    # more effort only buys speed losses once the target is reached by a clear margin
+                    if rec >= 0.995 and method != "osq":
+                        break
+
+
+def summarize(path, out_png):
+    """Fastest point with recall >= 0.95 per (dataset, family, selectivity, method); plot and return the table."""
+    rows = read_results(path)
+    latest = {}
+    for r in rows:
+        latest.setdefault((r["dataset"], r["family"], r["selectivity"], r["method"]), []).append(r)
+    table = {}
+    for key, rs in latest.items():
+        ok = [r for r in rs if (r["recall"] or 0) >= TARGET]
+        best = max(ok, key=lambda r: r["qps"]) if ok else max(rs, key=lambda r: (r["recall"], r["qps"]))
+        table[key] = best
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return table
+    panels = sorted({(d, f) for d, f, _, _ in table})
+    methods = sorted({m for *_, m in table})
+    fig, axes = plt.subplots(2, len(panels), figsize=(4 * len(panels), 7), squeeze=False)
+    for col, (dname, fam) in enumerate(panels):
+        for m in methods:
+            pts = sorted((s, r) for (d, f, s, mm), r in table.items() if d == dname and f == fam and mm == m)
+            if not pts:
+                continue
+            xs = [s for s, _ in pts]
+            axes[0][col].plot(xs, [r["recall"] for _, r in pts], marker="o", label=m)
+            axes[1][col].plot(xs, [r["qps"] for _, r in pts], marker="o", label=m)
+        axes[0][col].set_title(f"{dname}: {fam}")
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.set_xlabel("selectivity")
+        axes[0][col].set_ylabel("recall@10 (best point >= 0.95)")
+        axes[1][col].set_ylabel("QPS (1 thread)")
+        axes[1][col].set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    return table
+
+
+def main(argv=None):
+    p = bench_parser("filtered search: OSQ vs faiss IVFFlat/HNSW + bitmap, post-filtering, exact pre-filtering",
+                     default_nq=200, name="filtered")
+    p.add_argument("--bits", type=int, default=0, help="OSQ bits per vector (0 = 4 x d)")
+    p.add_argument("--partitions", type=int, default=16, help="OSQ partitions (clusters inside: about sqrt(n/P))")
+    p.add_argument("--build-threads", type=int, default=2, help="threads for building the indexes (not timed)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop a data set's sweeps after this long")
+    p.add_argument("--plot", default=str(RESULTS_DIR / "filtered.png"))
+    args = p.parse_args(argv)
+    for name in dataset_names(args):
+        run_dataset(dataset_from_args(args, name), args)
+    table = summarize(results_path(args.out), args.plot)
+    print("\nbest point per workload (recall >= 0.95 if reached):")
+    for (d, f, s, m), r in sorted(table.items()):
+        print(f"  {d:13s} {f:13s} {s:<6} {m:16s} recall={r['recall']:.3f} qps={r['qps']:8.0f} "
+              f"short={r['short']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
