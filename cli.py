@@ -165,6 +165,10 @@ def add_build(sub) -> None:
     p.add_argument("--limit", type=int, help="use only the first N vectors")
     p.add_argument("--batch", type=int, default=50_000, help="vectors per write batch (default: 50000)")
     p.add_argument("--train-kwargs", help="JSON dict passed to the index's train(), e.g. '{\"niter\": 10}'")
+    p.add_argument("--train-queries", help="IVF: training queries (.npy etc., same dimension) for supervised centroid "
+                                           "tuning; needs --train-positives (see docs/ivfpq.md)")
+    p.add_argument("--train-positives", help="IVF: relevant ids of each training query, a TSV with lines "
+                                             "'QUERY_ROW<TAB>ID' (or TREC qrels 'QUERY_ROW 0 ID REL', REL > 0 kept)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
     p.add_argument("--out", help="also copy the finished collection to this store URI (s3://bucket/prefix or a "
                                  "directory)")
@@ -204,6 +208,35 @@ def _load_inputs(args) -> tuple[np.ndarray | None, dict[str, Any], list[list[str
     return ids, cols, tenants
 
 
+def read_qrels(path: str, ids: np.ndarray, nq: int) -> list[np.ndarray]:
+    """Relevant rows of the input vectors for each training query, from a qrels file of user ids.
+
+    Lines are ``QUERY_ROW<TAB>ID`` or TREC style ``QUERY_ROW 0 ID RELEVANCE`` (relevance > 0 kept); ``#`` comments and
+    blank lines are skipped. Ids not among the input vectors are ignored.
+    """
+    row_of = {int(v): r for r, v in enumerate(np.asarray(ids).tolist())}
+    out: list[list[int]] = [[] for _ in range(nq)]
+    with open(path) as f:
+        for no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            try:
+                if len(parts) == 2:
+                    qi, did, rel = int(parts[0]), int(parts[1]), 1.0
+                elif len(parts) == 4:
+                    qi, did, rel = int(parts[0]), int(parts[2]), float(parts[3])
+                else:
+                    raise ValueError
+            except ValueError:
+                raise InvalidArgument(f"{path}:{no}: expected 'QUERY_ROW ID' or 'QUERY_ROW 0 ID REL', got {line.strip()!r}") from None
+            if not 0 <= qi < nq:
+                raise InvalidArgument(f"{path}:{no}: query row {qi} out of range (queries: {nq})")
+            if rel > 0 and did in row_of:
+                out[qi].append(row_of[did])
+    return [np.array(r, dtype=np.int64) for r in out]
+
+
 def cmd_build(args) -> int:
     from .engine import Database
 
@@ -232,6 +265,14 @@ def cmd_build(args) -> int:
         raise InvalidArgument(f"--schema names attributes not in {args.attrs or 'the input'}: {sorted(unknown)}")
     schema.update(override)
     train_kwargs = json.loads(args.train_kwargs) if args.train_kwargs else None
+    if bool(args.train_queries) != bool(args.train_positives):
+        raise InvalidArgument("--train-queries and --train-positives go together")
+    if args.train_queries:
+        # rows of the vectors file are the rows the index trains on (a fresh build keeps the file's order)
+        tq = read_vectors(args.train_queries)
+        train_kwargs = dict(train_kwargs or {})
+        train_kwargs["train_queries"] = tq
+        train_kwargs["train_positives"] = read_qrels(args.train_positives, ids, tq.shape[0])
     if args.batch < 1:
         raise InvalidArgument("--batch must be positive")
     db = Database(args.data)
