@@ -5,6 +5,7 @@ The baseline every other kind is measured against, and the index of a collection
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import _topk_kernels as _kern
@@ -17,6 +18,11 @@ from .topk import empty_result
 #: stay in cache while the kernel selects from it, large enough for BLAS to run at full speed
 _QUERY_BLOCK = 256
 _BASE_BLOCK = 1024
+#: tile when running multi-threaded (more than one numba thread, and then usually as many BLAS threads): every BLAS
+#: call and parallel kernel launch wakes a thread pool, and with small tiles those wake-ups dominate as soon as the
+#: cores are shared (measured on a busy 2-core machine: 25x slower than one thread); 32 MiB tiles keep them rare
+_QUERY_BLOCK_MT = 512
+_BASE_BLOCK_MT = 16384
 
 
 def distance_keys(q: np.ndarray, x: np.ndarray, metric: str, x_norms: np.ndarray | None = None) -> np.ndarray:
@@ -96,7 +102,10 @@ def exact_search(q: np.ndarray, x: np.ndarray, k: int, metric: str, *, labels: n
     parallel = _kern.use_parallel(nq)
     update = _kern.heap_update_dots if parallel else _kern.heap_update_dots_serial
     hd, hi = _kern.init_heaps(nq, kk)
-    bq, bn = min(nq, _QUERY_BLOCK), min(n, _BASE_BLOCK)
+    if numba.get_num_threads() > 1:
+        bq, bn = min(nq, _QUERY_BLOCK_MT), min(n, _BASE_BLOCK_MT)
+    else:
+        bq, bn = min(nq, _QUERY_BLOCK), min(n, _BASE_BLOCK)
     buf = np.empty(bq * bn, dtype=np.float32)
     for s in range(0, nq, bq):
         qb = q[s:s + bq]

@@ -29,8 +29,9 @@ def reference(q, x, k, metric, mask=None):
 @pytest.fixture(params=[(256, 1024), (7, 5)], ids=["default-blocks", "tiny-blocks"])
 def blocks(request, monkeypatch):
     """Run each test with the default tiles and with tiny ones, so tile edges and heaps carried across tiles are hit."""
-    monkeypatch.setattr(flat, "_QUERY_BLOCK", request.param[0])
-    monkeypatch.setattr(flat, "_BASE_BLOCK", request.param[1])
+    for suffix in ("", "_MT"):
+        monkeypatch.setattr(flat, "_QUERY_BLOCK" + suffix, request.param[0])
+        monkeypatch.setattr(flat, "_BASE_BLOCK" + suffix, request.param[1])
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
