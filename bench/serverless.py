@@ -29,7 +29,7 @@ import uuid
 
 import numpy as np
 
-from .common import append_result, bench_parser, dataset_from_args, machine_info, recall_at_k, results_path
+from .common import RESULTS_DIR, append_result, bench_parser, dataset_from_args, recall_at_k
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -79,12 +79,12 @@ def filtered_groundtruth(q, x, mask, k, metric):
     return I
 
 
-def run_batch(emu, store, q, k, b, L, flt):
+def run_batch(emu, store, q, k, b, L, flt, split="partitions"):
     from shoal.serverless import client
     from shoal.serverless.invokers import LambdaInvoker
 
     return client.search(q, k, index=store, function="bench", allocator="bench-a", processor="bench-p{partition}",
-                         invoker=LambdaInvoker(emu.url), b=b, L=L, filter=flt)
+                         invoker=LambdaInvoker(emu.url), b=b, L=L, filter=flt, split=split)
 
 
 def summarize_run(r, nq, k, gt, ref_I) -> dict:
@@ -94,7 +94,8 @@ def summarize_run(r, nq, k, gt, ref_I) -> dict:
     proc = [x for x in m if x["role"] == "processor" and not x.get("inline") and not x.get("cold")
             and not x.get("cache_misses")]
     rtt_over = [x["rtt_ms"] - x["ms"] for x in m if "rtt_ms" in x and not x.get("inline") and not x.get("cold")]
-    route = [x.get("route_ms", 0.0) for x in m if x["role"] in ("allocator", "coordinator") and x.get("share")]
+    route = [(x.get("nq", nq), x.get("route_ms", 0.0)) for x in m
+             if x["role"] in ("allocator", "coordinator") and x.get("share") and not x.get("cold")]
     return {"elapsed_ms": r.elapsed_ms, "qps": nq / (r.elapsed_ms / 1e3), "ms_per_query": r.elapsed_ms / nq,
             "invocations": st["invocations"], "inline": st["inline"], "cold": st["cold"], "warm": st["warm"],
             "ms_sum": st["ms_sum"], "ms_max": st["ms_max"], "bytes_fetched": st["bytes_fetched"],
@@ -122,9 +123,10 @@ def fit_line(xs, ys) -> tuple[float, float]:
 
 
 def model(calib: dict, *, b: int, L: int, P: int, N: int, Q: int, chunk: int, cold: bool,
-          A_: dict = ASSUMPTIONS) -> dict:
+          split: str = "partitions", A_: dict = ASSUMPTIONS) -> dict:
     """Latency (ms) of one batch of ``Q`` queries and $ per 1,000 queries at Lambda scale.
 
+    Level 0 takes ``a + c Q`` (measured), ``a`` scaled by ``N`` and ``c`` by ``sqrt(N P)`` (the clusters ranked).
     Work: each query visits ``v`` partitions (measured), so a partition gets ``Q v / P`` queries, sent as
     ``ceil(Q v / P / chunk)`` processor invocations of at most ``chunk`` queries over ``N / P`` rows each. Allocators
     own partitions round-robin (``min(P, A)`` of them own some); each routes the batch (level 0) and then issues its
@@ -133,25 +135,35 @@ def model(calib: dict, *, b: int, L: int, P: int, N: int, Q: int, chunk: int, co
     0, the owner's issuing, one more hop, the processor's work, payload transfer. Billing: processors for their
     work; every allocator for its subtree's latency (it waits for its children); the coordinator for the whole batch;
     plus a price per request. Cold: every container on the path pays a cold start and loads its data from S3.
+    With ``split="queries"`` each allocator routes ``Q / A`` queries and invokes every partition its slice visits
+    (``P`` for the batch sizes here), so level 0 is divided by ``A`` and processor invocations multiplied by it.
     """
     from shoal.serverless.tree import Tree
 
     tree = Tree(b, L)
     A = tree.n_allocators
-    owners = min(P, A) if A else 1
     scale_rows = (N / P) / calib["rows_per_partition"]
     scale_n = N / calib["n"]
     v = calib["partitions_visited"]
-    nq_p = Q * v / P
+    if split == "queries" and A:
+        owners, Qr = A, Q / A                      # every allocator routes its slice over all partitions
+        p_vis = P * (1 - (1 - v / P) ** Qr)        # partitions a slice visits
+        nq_p = Qr * v / p_vis
+    else:
+        owners, Qr = (min(P, A) if A else 1), Q    # owners route the whole batch for their partitions
+        p_vis, nq_p = P, Q * v / P
     per_inv = min(chunk, nq_p) if chunk else nq_p
     n_chunks = math.ceil(nq_p / per_inv) if nq_p else 0
-    n_proc = P * n_chunks
+    n_proc = round((A if split == "queries" and A else 1) * p_vis * n_chunks)
     hop = A_["invoke_overhead_ms"]
     issue = A_["issue_ms"]
     proc_ms = (calib["proc_a_ms"] + calib["proc_c_ms"] * per_inv * scale_rows) / A_["compute_scale"]
-    route_ms = (calib["route_a_ms"] + calib["route_c_ms"] * Q * scale_n) / A_["compute_scale"]
+    # level 0: a per-batch part over all N rows (attribute codes, counts) and a per-query part that ranks the
+    # partitions' clusters (about sqrt(N P) of them with OSQ's default clusters = sqrt(rows per partition))
+    scale_rank = math.sqrt(N * P / (calib["n"] * calib["partitions"]))
+    route_ms = (calib["route_a_ms"] * scale_n + calib["route_c_ms"] * Qr * scale_rank) / A_["compute_scale"]
     req_mb = (calib["proc_req_bytes_per_query"] * per_inv + calib["proc_req_bytes_fixed"] * scale_rows) / 1e6
-    xfer_ms = req_mb / A_["payload_mb_per_s"] * 1e3 + Q * calib["query_bytes"] / 1e6 / A_["payload_mb_per_s"] * 1e3
+    xfer_ms = req_mb / A_["payload_mb_per_s"] * 1e3 + Qr * calib["query_bytes"] / 1e6 / A_["payload_mb_per_s"] * 1e3
     cold_ms = 0.0
     if cold:
         part_mb = calib["partition_bytes"] * scale_rows / 1e6
@@ -167,7 +179,7 @@ def model(calib: dict, *, b: int, L: int, P: int, N: int, Q: int, chunk: int, co
     billed_ms += latency - hop  # the coordinator
     requests = 1 + A + n_proc
     usd = billed_ms / 1e3 * gb * A_["gb_second_usd"] + requests * A_["request_usd"]
-    return {"b": b, "L": L, "partitions": P, "allocators": A, "chunk": chunk, "invocations": requests,
+    return {"b": b, "L": L, "split": split, "partitions": P, "allocators": A, "chunk": chunk, "invocations": requests,
             "latency_ms": latency, "ms_per_query": latency / Q, "usd_per_batch": usd, "usd_per_1000q": usd / Q * 1000}
 
 
@@ -175,9 +187,10 @@ def main(argv=None) -> int:
     p = bench_parser("serverless fan-out on the local Lambda emulator + moto S3, and a Lambda-scale model",
                      datasets=("glove-50",), name="serverless", default_nq=200)
     p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--trees", default="1x1,2x1,4x1,2x2", help="b x L settings to measure")
+    p.add_argument("--trees", default="1x1,2x1,4x1,2x2", help="b x L settings to measure (split=partitions)")
+    p.add_argument("--query-split-trees", default="2x1,2x2", help="b x L settings measured with split=queries")
     p.add_argument("--warm-batches", type=int, default=3)
-    p.add_argument("--max-workers", type=int, default=16, help="emulator concurrency")
+    p.add_argument("--max-workers", type=int, default=24, help="emulator concurrency")
     p.add_argument("--selectivity", type=float, default=0.1, help="filter u < S on a uniform attribute")
     p.add_argument("--model-n", type=int, default=1_000_000, help="collection size for the model")
     p.add_argument("--model-q", type=int, default=1000, help="queries per batch for the model")
@@ -240,22 +253,24 @@ def main(argv=None) -> int:
                        env={"SHOAL_S3_ENDPOINT": endpoint})
         emu.start()
         runs = []
-        for spec in args.trees.split(","):
+        configs = [(spec, "partitions", name) for spec in args.trees.split(",") for name in cases]
+        configs += [(spec, "queries", "none") for spec in args.query_split_trees.split(",") if spec]
+        for spec, split, name in configs:
             b, L = (int(v) for v in spec.lower().split("x"))
-            for name, (flt, gt) in cases.items():
-                emu.kill_idle()
-                for i in range(1 + args.warm_batches):
-                    phase = "cold" if i == 0 else "warm"
-                    emu.reset_stats()
-                    r = run_batch(emu, store, q, k, b, L, flt)
-                    rec = {"phase": phase, "b": b, "L": L, "filter": name, "nq": nq, "dataset": ds.key, "n": n,
-                           "partitions": args.partitions, **summarize_run(r, nq, k, gt, inproc[name]),
-                           "emulator": emu.stats()}
-                    runs.append(rec)
-                    short = {kk: rec[kk] for kk in ("phase", "b", "L", "filter", "elapsed_ms", "recall",
-                                                    "equal_inprocess", "bytes_fetched", "usd_per_1000q")}
-                    print(short, flush=True)
-                    append_result(args.out, rec, echo=False)
+            flt, gt = cases[name]
+            emu.kill_idle()
+            for i in range(1 + args.warm_batches):
+                phase = "cold" if i == 0 else "warm"
+                emu.reset_stats()
+                r = run_batch(emu, store, q, k, b, L, flt, split)
+                rec = {"phase": phase, "b": b, "L": L, "split": split, "filter": name, "nq": nq, "dataset": ds.key,
+                       "n": n, "partitions": args.partitions, **summarize_run(r, nq, k, gt, inproc[name]),
+                       "emulator": emu.stats()}
+                runs.append(rec)
+                short = {kk: rec[kk] for kk in ("phase", "b", "L", "split", "filter", "elapsed_ms", "recall",
+                                                "equal_inprocess", "bytes_fetched", "usd_per_1000q")}
+                print(short, flush=True)
+                append_result(args.out, rec, echo=False)
         # warm batches of other sizes on one tree: processor time vs routed queries for the calibration
         flt, gt = cases["none"]
         for frac in (4, 2):
@@ -278,12 +293,15 @@ def main(argv=None) -> int:
         pb = sum((r_["processor_req_bytes"] for r_ in warm), [])
         proc_a, proc_c = fit_line(pn, pm)
         breq_a, breq_c = fit_line(pn, pb)
-        routes = sum((r_["route_ms"] for r_ in warm), [])
+        # level 0 per batch: a + c * nq, from the unfiltered warm runs (batches of nq/4, nq/2, nq)
+        rq = [a for r_ in warm if r_["filter"] == "none" for a, _ in r_["route_ms"]]
+        rm = [t for r_ in warm if r_["filter"] == "none" for _, t in r_["route_ms"]]
+        route_a, route_c = fit_line(rq, rm)
         index.search(q, k)
         visited = index.last_stats.get("partitions_visited", args.partitions)
         calib = {"n": n, "rows_per_partition": n / args.partitions, "partitions_visited": float(visited),
-                 "proc_a_ms": proc_a, "proc_c_ms": proc_c, "route_a_ms": 0.0,
-                 "route_c_ms": float(np.median(routes)) / nq if routes else 0.0,
+                 "partitions": args.partitions, "proc_a_ms": proc_a, "proc_c_ms": proc_c, "route_a_ms": route_a,
+                 "route_c_ms": route_c,
                  "proc_req_bytes_per_query": breq_c, "proc_req_bytes_fixed": breq_a, "query_bytes": d * 4 * 4 / 3,
                  "partition_bytes": float(np.mean(part_bytes)), "level0_bytes": float(l0_bytes),
                  "invoke_overhead_local_ms": float(np.median([r_["invoke_overhead_ms_median"] for r_ in warm
@@ -292,25 +310,26 @@ def main(argv=None) -> int:
         print("calibration:", {kk: round(v, 4) if isinstance(v, float) else v for kk, v in calib.items()})
         print("assumptions:", ASSUMPTIONS)
         rows = []
-        for P in (16, 64):  # noqa: N806
-            for b, L in ((1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (8, 2), (2, 3), (4, 3)):
-                for cold in (False, True):
-                    m = model(calib, b=b, L=L, P=P, N=args.model_n, Q=args.model_q, chunk=args.model_chunk,
-                              cold=cold)
-                    m["cold"] = cold
-                    rows.append(m)
-                    append_result(args.out, {"phase": "model", "N": args.model_n, "Q": args.model_q, **m},
-                                  echo=False)
+        for split in ("partitions", "queries"):
+            for P in (16, 64):  # noqa: N806
+                for b, L in ((1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (8, 2), (2, 3), (4, 3)):
+                    for cold in (False, True):
+                        m = model(calib, b=b, L=L, P=P, N=args.model_n, Q=args.model_q, chunk=args.model_chunk,
+                                  cold=cold, split=split)
+                        m["cold"] = cold
+                        rows.append(m)
+                        append_result(args.out, {"phase": "model", "N": args.model_n, "Q": args.model_q, **m},
+                                      echo=False)
         print(f"\nmodel: N={args.model_n:,} vectors, batches of Q={args.model_q} queries, "
               f"{args.model_chunk} queries per processor invocation, {ASSUMPTIONS['memory_mb']} MB functions")
-        print(f"{'P':>4} {'b':>3} {'L':>3} {'alloc':>6} {'invocs':>7} {'warm ms':>9} {'ms/query':>9} "
+        print(f"{'split':>10} {'P':>4} {'b':>3} {'L':>3} {'alloc':>6} {'invocs':>7} {'warm ms':>9} {'ms/query':>9} "
               f"{'$/1k warm':>10} {'cold ms':>9} {'$/1k cold':>10}")
         for i in range(0, len(rows), 2):
             w, c = rows[i], rows[i + 1]
-            print(f"{w['partitions']:>4} {w['b']:>3} {w['L']:>3} {w['allocators']:>6} {w['invocations']:>7} "
-                  f"{w['latency_ms']:>9.1f} {w['ms_per_query']:>9.3f} {w['usd_per_1000q']:>10.2e} "
-                  f"{c['latency_ms']:>9.1f} {c['usd_per_1000q']:>10.2e}")
-        plot(rows, runs, results_path(args.plot) if not os.path.isabs(args.plot) else args.plot)
+            print(f"{w['split']:>10} {w['partitions']:>4} {w['b']:>3} {w['L']:>3} {w['allocators']:>6} "
+                  f"{w['invocations']:>7} {w['latency_ms']:>9.1f} {w['ms_per_query']:>9.3f} "
+                  f"{w['usd_per_1000q']:>10.2e} {c['latency_ms']:>9.1f} {c['usd_per_1000q']:>10.2e}")
+        plot(rows, runs, args.plot if os.path.dirname(args.plot) else RESULTS_DIR / args.plot)
     finally:
         if emu is not None:
             emu.stop()
@@ -332,11 +351,13 @@ def plot(rows, runs, path) -> None:
     if path.endswith(".jsonl"):
         path = path[:-6] + ".png"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for P in sorted({r["partitions"] for r in rows}):
+    for P, split in sorted({(r["partitions"], r["split"]) for r in rows}):
         for cold, style in ((False, "-o"), (True, "--s")):
-            sel = sorted((r for r in rows if r["partitions"] == P and r["cold"] == cold),
+            if cold and P != max(r["partitions"] for r in rows):
+                continue
+            sel = sorted((r for r in rows if r["partitions"] == P and r["cold"] == cold and r["split"] == split),
                          key=lambda r: (r["allocators"], r["L"]))
-            lab = f"P={P} {'cold' if cold else 'warm'}"
+            lab = f"P={P} {split} {'cold' if cold else 'warm'}"
             axes[0].plot([r["allocators"] for r in sel], [r["latency_ms"] for r in sel], style, label=lab)
             axes[1].plot([r["allocators"] for r in sel], [r["usd_per_1000q"] for r in sel], style, label=lab)
     for ax, title in ((axes[0], "model: batch latency (ms)"), (axes[1], "model: $ per 1,000 queries")):
@@ -345,14 +366,14 @@ def plot(rows, runs, path) -> None:
         ax.set_xlabel("allocators (b + ... + b^L)")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    meas = [r for r in runs if r["phase"] == "warm" and r["filter"] == "none"]
-    labels = sorted({(r["b"], r["L"]) for r in meas})
+    meas = [r for r in runs if r["phase"] == "warm" and r["filter"] == "none" and "split" in r]
+    labels = sorted({(r["b"], r["L"], r["split"]) for r in meas})
     for phase, color in (("cold", "tab:red"), ("warm", "tab:blue")):
-        ys = [np.median([r["elapsed_ms"] for r in runs if r["phase"] == phase and (r["b"], r["L"]) == bl
+        ys = [np.median([r["elapsed_ms"] for r in runs if r["phase"] == phase and (r["b"], r["L"], r.get("split")) == bl
                          and r["filter"] == "none"]) for bl in labels]
         axes[2].bar([i + (0.2 if phase == "warm" else -0.2) for i in range(len(labels))], ys, 0.4, label=phase,
                     color=color)
-    axes[2].set_xticks(range(len(labels)), [f"b={b},L={L}" for b, L in labels])
+    axes[2].set_xticks(range(len(labels)), [f"{b}x{L}\n{sp[0]}" for b, L, sp in labels], fontsize=8)
     axes[2].set_yscale("log")
     axes[2].set_title("measured here (emulator, 2 cores): batch ms")
     axes[2].legend()

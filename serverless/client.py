@@ -32,7 +32,8 @@ class ServerlessResult:
 
 def search(queries, k: int = 10, *, index=None, function: str | None = None, invoker=None, b: int = 2, L: int = 1,
            allocator: str | None = None, processor: str | None = None, params: dict | None = None, filter=None,
-           version: str | None = None, retries: int = 2, chunk: int = 0, prices: Prices = X86) -> ServerlessResult:
+           version: str | None = None, retries: int = 2, chunk: int = 0, split: str = "partitions",
+           prices: Prices = X86) -> ServerlessResult:
     """Search a partitioned index through Lambda.
 
     Parameters
@@ -57,6 +58,10 @@ def search(queries, k: int = 10, *, index=None, function: str | None = None, inv
         Queries per processor invocation (``0``: all the queries routed to a partition in one invocation, so each
         partition is processed exactly once per batch). Smaller chunks spread a large batch over more concurrent
         processors, as SQUASH's 50-query batches do.
+    split : {"partitions", "queries"}
+        ``"partitions"``: allocators own partitions and each routes the whole batch (each partition processed once
+        per batch). ``"queries"``: each allocator routes its own slice of the batch and invokes the partitions its
+        queries visit (level 0 in parallel, as SQUASH; a partition may be processed once per slice).
     """
     if function is None and (allocator is None or processor is None):
         raise InvalidArgument("give the coordinator function, or the allocator and processor functions")
@@ -70,7 +75,7 @@ def search(queries, k: int = 10, *, index=None, function: str | None = None, inv
         raise InvalidArgument("running the coordinator here needs the index URI")
     body = {"role": "coordinator", "index": index, "version": version, "queries": q, "k": k,
             "params": params or {}, "filter": filter, "tree": {"b": b, "L": L}, "retries": retries,
-            "chunk": chunk,
+            "chunk": chunk, "split": split,
             "functions": {"allocator": allocator or function, "processor": processor or function}}
     t0 = time.perf_counter()
     if function is None:
@@ -84,7 +89,8 @@ def search(queries, k: int = 10, *, index=None, function: str | None = None, inv
     D, I, metrics = check_result(out, q.shape[0], k, f"coordinator {function or '(local)'}")
     if metrics:
         metrics[0].update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"],
-                          spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
+                          spilled_request=info["spilled_request"],
+                          spilled_response_bytes=info["spilled_response_bytes"])
     if not isinstance(out.get("version"), str):
         raise RemoteError(function or "local", "MalformedResponse", "response lacks the index version")
     return ServerlessResult(D=D, I=I, version=out["version"], metrics=metrics, stats=summarize(metrics, prices),

@@ -41,7 +41,8 @@ def summarize(metrics: list[dict], prices: Prices = X86) -> dict:
     out = {"invocations": defaultdict(int), "inline": defaultdict(int), "cold": defaultdict(int),
            "warm": defaultdict(int), "ms_sum": defaultdict(float), "ms_max": defaultdict(float),
            "bytes_fetched": 0, "get_requests": 0, "cache_hits": 0, "cache_misses": 0, "req_bytes": 0,
-           "resp_bytes": 0, "max_req_bytes": 0, "max_resp_bytes": 0, "spilled_requests": 0, "spilled_responses": 0, "gb_s": 0.0,
+           "resp_bytes": 0, "max_req_bytes": 0, "max_resp_bytes": 0, "spilled_requests": 0, "spilled_responses": 0,
+           "gb_s": 0.0,
            "cost_usd": 0.0}
     for m in metrics:
         role = m.get("role", "?")

@@ -8,8 +8,8 @@ real code path against it. Like Lambda:
   invocations, so module-level caches survive; a new one is a cold start;
 - the account has a concurrency limit (``max_workers``): when every worker is busy and none can be started the
   answer is HTTP 429 ``TooManyRequestsException`` (idle workers of other functions are reclaimed first);
-- requests over 6 MB get 413 ``RequestTooLargeException``; responses over 6 MB become a ``Function.ResponseSizeTooLarge``
-  function error;
+- requests over 6 MB get 413 ``RequestTooLargeException``; responses over 6 MB become a
+  ``Function.ResponseSizeTooLarge`` function error;
 - a handler that raises answers 200 with ``X-Amz-Function-Error: Unhandled`` and ``{"errorMessage", "errorType",
   "stackTrace"}``; one that runs past its timeout is killed ("Task timed out after N seconds") and its container is
   gone.

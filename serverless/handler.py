@@ -120,6 +120,11 @@ def check_ctx(ctx: Any) -> dict:
     ctx["params"] = dict(ctx.get("params") or {})
     ctx["retries"] = int(ctx.get("retries", DEFAULT_RETRIES))
     ctx["chunk"] = int(ctx.get("chunk") or 0)
+    ctx["split"] = ctx.get("split") or "partitions"
+    if ctx["split"] not in ("partitions", "queries"):
+        raise InvalidArgument(f"ctx.split must be 'partitions' or 'queries', got {ctx['split']!r}")
+    if ctx["split"] == "queries" and not isinstance(ctx.get("nq"), int):
+        raise InvalidArgument("ctx.nq (the batch size) is needed with split='queries'")
     if ctx["chunk"] < 0:
         raise InvalidArgument("ctx.chunk (queries per processor invocation) must be >= 0 (0: no limit)")
     tree = ctx["tree"]
@@ -256,13 +261,18 @@ def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context) -> dict:
     D, I, metrics = check_result(out, q.shape[0], ctx["k"], f"allocator {node}")
     if metrics:
         metrics[0].update(req_bytes=info["req_bytes"], resp_bytes=info["resp_bytes"], rtt_ms=info["ms"],
-                          spilled_request=info["spilled_request"], spilled_response_bytes=info["spilled_response_bytes"])
+                          spilled_request=info["spilled_request"],
+                          spilled_response_bytes=info["spilled_response_bytes"])
     out["metrics"] = metrics
     return out
 
 
 def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool = False) -> dict:
-    """Node ``node``'s work: children first (in parallel), then its own partitions; merged results of its subtree."""
+    """Node ``node``'s work: children first (in parallel), then its own share; merged results of its subtree.
+
+    ``q`` holds the queries of the node's subtree: the whole batch with ``split="partitions"``, the subtree's
+    contiguous slice with ``split="queries"``.
+    """
     t0 = time.perf_counter()
     fault = None if inline else faults.matching("allocator", node=node)
     faults.before(fault)
@@ -272,21 +282,31 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
     P = manifest["n_partitions"]
     q = as_vectors(q, manifest["d"], name="queries")
     nq, k = q.shape[0], ctx["k"]
+    by_queries = ctx["split"] == "queries"
     children = tree.children(node)
-    share = tree.share(node, P)
+    if by_queries:
+        base = tree.subtree_query_range(node, ctx["nq"])[0]
+        lo, hi = (v - base for v in tree.query_range(node, ctx["nq"]))
+        share = list(range(P)) if hi > lo else []
+        child_rows = {c: tuple(v - base for v in tree.subtree_query_range(c, ctx["nq"])) for c in children}
+    else:
+        lo, hi = 0, nq
+        share = tree.share(node, P)
+        child_rows = {c: (0, nq) for c in children}
     parts = [empty_result(nq, k)]
     metrics: list[dict] = []
     done: list[int] = []
     skipped: list[int] = []
+    nodes = [node]
     # threads start on demand; the cap bounds what one allocator keeps in flight
     with ThreadPoolExecutor(max_workers=64) as pool:
-        child_futs = {c: pool.submit(_invoke_allocator, ctx, c, q, context) for c in children}
+        child_futs = {c: pool.submit(_invoke_allocator, ctx, c, q[a:b], context) for c, (a, b) in child_rows.items()}
         proc_futs = []
         route_ms = 0.0
         if share:
             t_route = time.perf_counter()
             backend = get_backend(manifest["kind"])
-            routes = backend.router(reader, manifest).route(q, k, ctx["params"], ctx.get("filter"))
+            routes = backend.router(reader, manifest).route(q[lo:hi], k, ctx["params"], ctx.get("filter"))
             route_ms = (time.perf_counter() - t_route) * 1e3
             for p in share:
                 if p not in routes or routes[p][0].size == 0:
@@ -294,7 +314,7 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
                     continue
                 rows, extra = routes[p]
                 for sel in chunks(rows.size, ctx["chunk"]):
-                    sub = rows[sel]
+                    sub = rows[sel] + lo
                     proc_futs.append((p, sub, pool.submit(_invoke_processor, ctx, p, q[sub],
                                                           slice_extra(extra, sel), context)))
         errors = []
@@ -318,14 +338,20 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
             except ShoalError as exc:
                 errors.append(exc)
                 continue
-            expected = set(tree.subtree_partitions(c, P))
             got_done, got_skip = list(out.get("partitions", [])), list(out.get("skipped", []))
-            if sorted(got_done + got_skip) != sorted(expected):
+            if by_queries:
+                if sorted(out.get("nodes", [])) != list(tree.subtree(c)):
+                    errors.append(MalformedResponse(f"allocator {c}: completed nodes {out.get('nodes')}, expected "
+                                                    f"{list(tree.subtree(c))}"))
+                    continue
+                nodes.extend(out["nodes"])
+            elif sorted(got_done + got_skip) != tree.subtree_partitions(c, P):
                 errors.append(MalformedResponse(
                     f"allocator {c}: covered partitions {sorted(got_done)} + skipped {sorted(got_skip)}, "
-                    f"expected {sorted(expected)}"))
+                    f"expected {tree.subtree_partitions(c, P)}"))
                 continue
-            parts.append((out["D"], out["I"]))
+            a, b = child_rows[c]
+            parts.append(scatter(np.arange(a, b), out["D"], out["I"], nq, k))
             metrics.extend(out["metrics"])
             done.extend(got_done)
             skipped.extend(got_skip)
@@ -333,10 +359,14 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
         raise errors[0] if len(errors) == 1 else PartitionError("; ".join(str(e) for e in errors))
     D, I = merge_topk(parts, k)
     rec = _record("coordinator" if node == 0 else "allocator", context, t0, reader, node=node, inline=inline,
-                  route_ms=route_ms, children=len(children), share=len(share))
+                  route_ms=route_ms, children=len(children), share=len(share), nq=hi - lo)
     if fault is not None and fault.get("mode") == "malformed":
         D = D[:, :-1]
-    return {"D": D, "I": I, "partitions": sorted(done), "skipped": sorted(skipped), "metrics": [rec] + metrics}
+    if by_queries:  # a partition appears once per slice; report each once
+        done = sorted(set(done))
+        skipped = sorted(set(skipped) - set(done))
+    return {"D": D, "I": I, "partitions": sorted(done), "skipped": sorted(skipped), "nodes": sorted(nodes),
+            "metrics": [rec] + metrics}
 
 
 def run_coordinator(event: dict, context) -> dict:
@@ -352,17 +382,22 @@ def run_coordinator(event: dict, context) -> dict:
     funcs.setdefault("allocator", default)
     funcs.setdefault("processor", default)
     tree = event.get("tree") or {"b": 2, "L": 1}
-    ctx = check_ctx({"index": index, "version": version, "k": event.get("k", 10), "params": event.get("params"),
-                     "filter": event.get("filter"), "tree": tree, "functions": funcs,
-                     "retries": event.get("retries", DEFAULT_RETRIES), "chunk": event.get("chunk", 0)})
     q = event.get("queries")
-    if not isinstance(q, np.ndarray):
-        raise InvalidArgument("coordinator payload needs 'queries' (an encoded float32 array)")
+    if not isinstance(q, np.ndarray) or q.ndim != 2:
+        raise InvalidArgument("coordinator payload needs 'queries' (an encoded 2-d float32 array)")
+    ctx = check_ctx({"nq": int(q.shape[0]), "index": index, "version": version, "k": event.get("k", 10),
+                     "params": event.get("params"), "filter": event.get("filter"), "tree": tree, "functions": funcs,
+                     "retries": event.get("retries", DEFAULT_RETRIES), "chunk": event.get("chunk", 0),
+                     "split": event.get("split") or "partitions"})
     out = run_allocator(ctx, 0, q, context)
     manifest = cached_manifest(_reader(ctx))
-    covered = sorted(out["partitions"] + out["skipped"])
-    if covered != list(range(manifest["n_partitions"])):
-        raise PartitionError(f"tree covered partitions {covered}, expected 0..{manifest['n_partitions'] - 1}")
+    if ctx["split"] == "queries":
+        if out["nodes"] != list(range(Tree(**ctx["tree"]).n_nodes)):
+            raise PartitionError(f"tree completed nodes {out['nodes']}, expected every node of the tree")
+    else:
+        covered = sorted(out["partitions"] + out["skipped"])
+        if covered != list(range(manifest["n_partitions"])):
+            raise PartitionError(f"tree covered partitions {covered}, expected 0..{manifest['n_partitions'] - 1}")
     out["version"] = version
     out["metric"] = manifest["metric"]
     out["metrics"][0]["ms"] = (time.perf_counter() - t0) * 1e3

@@ -31,7 +31,8 @@ class Throttled(ResourceExhausted):
 
 
 class RemoteError(ShoalError, RuntimeError):
-    """A function ran and failed. ``error_type`` and ``remote_message`` are the remote ``errorType``/``errorMessage``."""
+    """A function ran and failed; ``error_type`` and ``remote_message`` are the remote ``errorType``/``errorMessage``.
+    """
 
     status = "INTERNAL"
 

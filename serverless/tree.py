@@ -4,8 +4,12 @@ Node 0 is the coordinator (depth 0). Every node at depth ``l < L`` has ``b`` chi
 assigned in pre-order, so a node's subtree is the contiguous id range ``[id, id + subtree_size(depth))`` and a node
 can compute its children and its share of the partitions from ``(id, b, L)`` alone, with no table in the payload.
 
-Partitions go to allocators round-robin in id order (partition ``p`` to allocator ``1 + p % A``), so every allocator
-owns ``floor(P/A)`` or ``ceil(P/A)`` of them. With ``L = 0`` there are no allocators and the coordinator owns them all.
+Work is split in one of two ways. ``split="partitions"`` (the default): partitions go to allocators round-robin in id
+order (partition ``p`` to allocator ``1 + p % A``), so every allocator owns ``floor(P/A)`` or ``ceil(P/A)`` of them
+and routes the whole batch, and each partition is processed once per batch. ``split="queries"`` (SQUASH's way): the
+batch is cut into ``A`` contiguous slices in id order, each allocator routes only its slice and invokes processors for
+every partition its queries visit, so level 0 runs in parallel but a partition may be processed once per slice. With
+``L = 0`` there are no allocators and the coordinator does everything.
 """
 
 from __future__ import annotations
@@ -97,6 +101,30 @@ class Tree:
         """Partitions owned anywhere in ``node``'s subtree, ascending."""
         ids = self.subtree(node)
         return sorted(p for p in range(n_partitions) if self.owner(p) in ids)
+
+    def query_bounds(self, nq: int) -> list[int]:
+        """Boundaries of the allocators' query slices (``split="queries"``): allocator ``j`` (1..A) owns batch rows
+        ``[bounds[j-1], bounds[j])``; slices are contiguous and balanced, so a subtree's rows are contiguous too."""
+        a = self.n_allocators
+        return [i * nq // a for i in range(a + 1)] if a else [0, nq]
+
+    def query_range(self, node: int, nq: int) -> tuple[int, int]:
+        """Batch rows ``[lo, hi)`` that ``node`` itself routes in ``split="queries"`` mode."""
+        self._check(node)
+        bounds = self.query_bounds(nq)
+        if self.n_allocators == 0:
+            return (0, nq) if node == 0 else (0, 0)
+        if node == 0:
+            return 0, 0
+        return bounds[node - 1], bounds[node]
+
+    def subtree_query_range(self, node: int, nq: int) -> tuple[int, int]:
+        """Batch rows ``[lo, hi)`` routed anywhere in ``node``'s subtree (``split="queries"``)."""
+        ids = self.subtree(node)
+        if self.n_allocators == 0 or node == 0:
+            return 0, nq
+        bounds = self.query_bounds(nq)
+        return bounds[ids.start - 1], bounds[ids.stop - 1]
 
     def _check(self, node: int) -> None:
         if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < self.n_nodes:

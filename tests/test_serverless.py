@@ -42,6 +42,12 @@ def make_data(seed=7):
 @pytest.mark.parametrize("b,L", [(1, 1), (2, 1), (2, 2), (3, 2), (2, 3), (4, 2), (3, 0)])
 def test_tree_preorder_ids_and_shares(b, L):
     tree = Tree(b, L)
+    for nq in (0, 1, 7, 100):  # query slices: contiguous, disjoint, covering; a subtree's rows are its nodes' rows
+        own = [tree.query_range(n, nq) for n in range(tree.n_nodes)]
+        assert sum(h - lo for lo, h in own) == nq and all(lo <= h for lo, h in own)
+        for n in range(tree.n_nodes):
+            lo, hi = tree.subtree_query_range(n, nq)
+            assert sum(own[m][1] - own[m][0] for m in tree.subtree(n)) == hi - lo
     assert tree.n_allocators == sum(b ** j for j in range(1, L + 1))
     # walking children from the root visits every node once, in pre-order
     order, stack = [], [0]
@@ -166,6 +172,16 @@ def test_inprocess_tree_equals_exact_and_survives_tiny_concurrency(tmp_path):
         assert tot == {"coordinator": 1, "allocator": 6, "processor": P}
         if limit == 1:  # nothing but the coordinator could be invoked: the whole tree ran inline, no deadlock
             assert r.stats["invocations"] == {"coordinator": 1} and inv.throttled > 0
+    # split="queries": each allocator routes its own slice of the batch (SQUASH); same answer
+    for b, L in ((2, 1), (2, 2), (3, 2)):
+        r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=b, L=L, split="queries")
+        assert np.array_equal(r.I, I0), (b, L)
+        nodes = sorted(m["node"] for m in r.metrics if m["role"] in ("allocator", "coordinator"))
+        assert nodes == list(range(Tree(b, L).n_nodes))
+        assert sum(m["nq"] for m in r.metrics if m["role"] == "allocator") == q.shape[0]
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(max_concurrency=2), b=2, L=2,
+                      split="queries")
+    assert np.array_equal(r.I, I0)
     # chunks of 5 queries per processor invocation: more, smaller invocations, the same answer
     r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, chunk=5)
     assert np.array_equal(r.I, I0) and r.stats["invocations"]["processor"] == P * 5  # 24 queries -> 5 chunks
@@ -371,8 +387,9 @@ def test_deploy_control_plane_against_moto(moto_endpoint):
     from shoal.serverless.deploy import DeploySpec, build_zip, deploy
 
     iam = boto3.client("iam", endpoint_url=moto_endpoint)
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-                                                     "Action": "sts:AssumeRole"}]}
+    trust = {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole"}]}
     role_name = "shoal-exec-" + uuid.uuid4().hex[:6]
     arn = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
     zipped = build_zip()
@@ -430,6 +447,9 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
         rc = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, filter=flt,
                            chunk=3)
         assert np.array_equal(rc.I, I0), text
+        rs = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2, filter=flt,
+                           split="queries")
+        assert np.array_equal(rs.I, I0), text
         np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
         if text is not None:
             ok = index.exact_rows(filters.parse(text), np.flatnonzero(np.isin(index.row_ids, r.I[r.I >= 0])))
