@@ -46,7 +46,7 @@ SETTINGS = {"partitions": 16, "clusters": 0, "bits": 0, "attr_bits": 8, "binary"
             "balance": 0.1, "kmeans_iters": 10}
 
 DEFAULT_PARAMS = {"nprobe": 16, "visit_ratio": 1.0, "max_visit": 0, "keep_frac": 0.0, "keep_min": 100,
-                  "rerank": 30, "mode": "auto", "exact_below": 0.05}
+                  "rerank": 30, "mode": "auto", "exact_below": 0.05, "level2": "auto"}
 
 _BIG = 1 << 53
 _PART_RE = re.compile(r"^p\d{4}/")
@@ -166,9 +166,15 @@ class OSQPartition:
         qcl = np.ones((nq, self.nclusters), np.uint8) if clusters is None else \
             np.ascontiguousarray(clusters, dtype=np.uint8)
         keep_frac = float(p["keep_frac"]) or self.auto_keep_frac()
+        level2 = p["level2"]
+        if level2 not in ("auto", "bounds", "exact"):
+            raise InvalidArgument(f"level2 must be auto, bounds or exact, got {level2!r}")
+        if level2 == "auto":
+            # bounds save reading vectors; with the vectors already in memory exact keys are cheaper on a CPU
+            level2 = "bounds" if _is_mapped(self.vectors) else "exact"
         K.levels12(status, sidx, qcl, self.list_indptr, self.list_rows, qrot, qbin, self.binary, self.segs, b.bits,
                    b.dim_byte, b.dim_shift, b.dim_two, b.cell_lo, b.cell_hi, metric, k, keep_frac,
-                   keep_min, rerank, out_rows, counts)
+                   keep_min, rerank, out_rows, counts, self.vectors, level2 == "bounds")
         # level 3 needs the exact truth of maybe survivors; evaluate each distinct one once for the batch
         valid = out_rows >= 0
         safe = np.where(valid, out_rows, 0)
@@ -185,7 +191,8 @@ class OSQPartition:
         I = np.where(R >= 0, self.ids[np.maximum(R, 0)], -1)
         stats = {"candidates": int(counts[:, 0].sum()), "hamming": int(counts[:, 0].sum()),
                  "bounds": int(counts[:, 1].sum()), "rerank": int(counts[:, 3].sum()), "maybe_checked": nmaybe,
-                 "bytes": int(counts[:, 0].sum() * self.binary.shape[1] * 8 + counts[:, 1].sum() * b.nseg
+                 "bytes": int(counts[:, 0].sum() * self.binary.shape[1] * 8
+                              + counts[:, 1].sum() * (b.nseg if level2 == "bounds" else 4 * self.vectors.shape[1])
                               + counts[:, 3].sum() * 4 * self.vectors.shape[1])}
         return D, I, stats
 
@@ -822,6 +829,10 @@ class OSQIndex(Index):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _is_mapped(a) -> bool:
+    return array_bytes(a)[1] > 0
+
+
 def _kmeans(y: np.ndarray, C: int, *, iters: int = 8, seed: int = 0) -> np.ndarray:
     """Plain k-means (fixed seed) on float32 (n, d); returns float32 (C, d) centroids."""
     n = y.shape[0]

@@ -326,8 +326,26 @@ def _slack(t):
 
 
 @njit(cache=True)
+def exact_keys_rows(vectors, rows, q, metric, out):
+    """Exact distance keys of ``rows`` (float32 into ``out[:m]``)."""
+    d = q.shape[0]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        acc = np.float32(0.0)
+        if metric == METRIC_L2:
+            for j in range(d):
+                diff = q[j] - vectors[r, j]
+                acc += diff * diff
+        else:
+            for j in range(d):
+                acc -= q[j] * vectors[r, j]
+        out[i] = acc
+
+
+@njit(cache=True)
 def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs, bits, dim_byte, dim_shift,
-             dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts):
+             dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts, vectors,
+             use_bounds):
     """Levels 1 and 2 of one partition for a batch of queries: Hamming prune, then bound prune.
 
     Parameters
@@ -348,6 +366,10 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
         ``rerank`` sure rows are kept.
     out_rows : int64 (nq, cap)
         Survivors (partition positions), padded with -1.
+    vectors : float32 (n, d), use_bounds : bool
+        With ``use_bounds`` False, level 2 uses exact distances from ``vectors`` in place of the bounds (lower =
+        upper = exact): cheaper on a CPU with the vectors in memory and low ``d``; the bounds read only ``nseg``
+        bytes per row instead of ``4 d``.
     counts : int64 (nq, 4)
         Filled with ``(candidates, level-1 kept, level-2 survivors, survivors written)``.
     """
@@ -420,7 +442,11 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
         counts[qi, 1] = m
         kept = cand[:m]
         # ---- level 2: bounds from the segments
-        if m * d < table_cells:
+        if not use_bounds:
+            exact_keys_rows(vectors, kept, qrot[qi], metric, Lb)
+            L = Lb[:m]
+            U = Lb[:m]
+        elif m * d < table_cells:
             L, U = bounds_rows(segs, kept, qrot[qi], bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi, metric)
         else:
             const_l, const_u = bound_tables(qrot[qi], bits, cell_lo, cell_hi, metric, tab_l, tab_u)

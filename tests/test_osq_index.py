@@ -73,12 +73,13 @@ def built(request):
 
 
 @pytest.mark.parametrize("text", FILTERS)
-def test_maximal_settings_equal_exact_filtered_search(built, text):
+@pytest.mark.parametrize("level2", ["bounds", "exact"])
+def test_maximal_settings_equal_exact_filtered_search(built, text, level2):
     index, x, q, cols, ids = built
     expr = None if text is None else filters.parse(text)
     mask = filters.evaluate(expr, cols, N)
     k = 10
-    D, I = index.search(q, k, filter=expr, params=MAX)
+    D, I = index.search(q, k, filter=expr, params={**MAX, "level2": level2})
     kd, ki = exact_filtered(x, q, ids, mask, k, index.metric)
     assert np.array_equal(I >= 0, ki >= 0)  # min(k, matches) results
     np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-3)
@@ -95,7 +96,7 @@ def test_default_settings_satisfy_filter_and_never_short(built, text, mode):
     index, x, q, cols, ids = built
     expr = None if text is None else filters.parse(text)
     mask = filters.evaluate(expr, cols, N)
-    D, I = index.search(q, 10, filter=expr, params={"mode": mode})
+    D, I = index.search(q, 10, filter=expr, params={"mode": mode, "level2": "bounds" if mode == "auto" else "auto"})
     got = I[I >= 0]
     assert np.isin(got, ids[mask]).all()
     assert np.all((I >= 0).sum(1) == min(10, int(mask.sum())))
@@ -175,7 +176,7 @@ def _roundtrip(index, store, q, cols):
     assert isinstance(loaded, OSQIndex)
     for text in FILTERS[:5]:
         expr = None if text is None else filters.parse(text)
-        for params in ({"mode": "multilevel"}, MAX):
+        for params in ({"mode": "multilevel"}, {"mode": "multilevel", "level2": "bounds"}, MAX):
             a = index.search(q, 10, filter=expr, params=params)
             b = loaded.search(q, 10, filter=expr, params=params)
             assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
@@ -211,7 +212,9 @@ def test_save_load_local(tmp_path):
     seg = read_npy_rows(store, "idx/p0000/seg0001.npy", 3, 9)
     assert np.array_equal(seg, index.parts[0].segs[1, 3:9])
     mm = load_index(store, "idx", mmap=True)
-    assert np.array_equal(mm.search(q, 5)[1], index.search(q, 5)[1])
+    for level2 in ("bounds", "exact"):
+        assert np.array_equal(mm.search(q, 5, params={"level2": level2})[1],
+                              index.search(q, 5, params={"level2": level2})[1])
 
 
 def test_save_load_s3(s3_bucket):
