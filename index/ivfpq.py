@@ -374,12 +374,14 @@ class IVFPQIndex(Index):
             cl2 = sq_distances(yb, self.coarse)
             probe = cl2 - self.coarse_bias[None, :] if self.ivf_balanced else cl2
             qs = yb.reshape(yb.shape[0], M, dsub)
+            terms, slots = np.zeros((0, M, K), np.float32), np.zeros(0, np.int64)
             dots = np.einsum("qmj,mkj->qmk", qs, C, optimize=True)
             list_mode = 0
             if l2:
                 if self.residual:
                     sub = cn[None] - 2.0 * dots
                     list_mode = 1
+                    terms, slots = self._list_terms(probe, nprobe, C)
                 else:
                     sub = np.einsum("qmj,qmj->qm", qs, qs)[:, :, None] - 2.0 * dots + cn[None]
                 base = cl2
@@ -391,7 +393,7 @@ class IVFPQIndex(Index):
             D, R, ns = ivf_pq_search(np.ascontiguousarray(probe, dtype=np.float32), int(nprobe),
                                      np.ascontiguousarray(base, dtype=np.float32), self.residual,
                                      np.ascontiguousarray(sub, dtype=np.float32), self.pq.nbits, list_mode,
-                                     self.coarse, C, offsets, codes, mb, mask_mode, kk, k, bool(rerank), vectors,
+                                     self.coarse, C, terms, slots, offsets, codes, mb, mask_mode, kk, k, bool(rerank), vectors,
                                      np.ascontiguousarray(qb, dtype=np.float32), l2)
             Ds.append(D)
             Rs.append(R)
@@ -400,6 +402,25 @@ class IVFPQIndex(Index):
         if not Ds:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         return np.concatenate(Ds), np.concatenate(Rs)
+
+    def _list_terms(self, probe: np.ndarray, nprobe: int, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Residual L2 list terms ``2 <coarse[l]_m, C[m, k]>`` float32 (nu, M, K) for the lists a block of queries
+        probes, and each list's slot in them (int64 (nlist,), -1 = not computed; the kernel computes those itself).
+
+        faiss precomputes this table for every list and keeps it (nlist x M x K floats); here it is built per search
+        call with one BLAS product over the lists actually probed, so the loaded index holds nothing extra.
+        """
+        M, K, dsub = C.shape
+        p = min(nprobe, self.nlist)
+        if p >= self.nlist:
+            lists = np.arange(self.nlist)
+        else:
+            lists = np.unique(np.argpartition(probe, p - 1, axis=1)[:, :p])
+        cs = self.coarse[lists].reshape(lists.size, M, dsub)
+        terms = np.ascontiguousarray(2.0 * np.einsum("lmj,mkj->lmk", cs, C, optimize=True), dtype=np.float32)
+        slots = np.full(self.nlist, -1, dtype=np.int64)
+        slots[lists] = np.arange(lists.size)
+        return terms, slots
 
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Top-``k`` ``(D float32 (nq, k), I int64 (nq, k))``; ``params``: ``nprobe``, ``rerank``.

@@ -54,8 +54,8 @@ def _byte_table(sub, nbits, out):
 
 
 @njit(cache=True)
-def ivf_pq_search(probe_keys, nprobe, base, use_base, sub_tabs, nbits, list_mode, coarse, pq_cent, offsets, codes,
-                  mask, mask_mode, kk, k, rerank, vectors, queries, metric_l2):
+def ivf_pq_search(probe_keys, nprobe, base, use_base, sub_tabs, nbits, list_mode, coarse, pq_cent, list_terms,
+                  list_slot, offsets, codes, mask, mask_mode, kk, k, rerank, vectors, queries, metric_l2):
     """Search a batch of queries over an IVF-PQ index; one query's probe, scan, heap and re-rank stay compiled.
 
     Parameters
@@ -71,9 +71,13 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, sub_tabs, nbits, list_mode
     nbits : int
         4 or 8.
     list_mode : int
-        0: the tables are complete; 1: add ``2 <coarse[l]_m, pq_cent[m, k]>`` per probed list (residual l2).
+        0: the tables are complete; 1: add ``2 <coarse[l]_m, pq_cent[m, k]>`` per probed list (residual l2): taken
+        from ``list_terms[list_slot[l]]`` when ``list_slot[l] >= 0`` (computed by BLAS for the lists the batch
+        probes), else computed here.
     coarse : float32 (nlist, d)
     pq_cent : float32 (M, K, dsub)
+    list_terms : float32 (nu, M, K)
+    list_slot : int64 (nlist,) or (0,)
     offsets : int64 (nseg, nlist + 1)
         Row range of each list in each segment.
     codes : uint8 (ntotal, S)
@@ -121,12 +125,18 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, sub_tabs, nbits, list_mode
             l = lists[j]
             if list_mode == 1:
                 # residual l2: ||q - c - r||^2 = ||q - c||^2 + sum_m ||C_mk||^2 - 2<q_m, C_mk> + 2<c_m, C_mk>
-                for m in range(M):
-                    for kc in range(K):
-                        acc = np.float32(0.0)
-                        for t in range(dsub):
-                            acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
-                        lt[m, kc] = sub_tabs[q, m, kc] + 2.0 * acc
+                slot = list_slot[l] if list_slot.shape[0] > 0 else -1
+                if slot >= 0:
+                    for m in range(M):
+                        for kc in range(K):
+                            lt[m, kc] = sub_tabs[q, m, kc] + list_terms[slot, m, kc]
+                else:
+                    for m in range(M):
+                        for kc in range(K):
+                            acc = np.float32(0.0)
+                            for t in range(dsub):
+                                acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
+                            lt[m, kc] = sub_tabs[q, m, kc] + 2.0 * acc
                 _byte_table(lt, nbits, bt)
             b0 = base[q, l] if use_base else np.float32(0.0)
             for g in range(nseg):

@@ -64,6 +64,7 @@ def kmeans(x, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid
     cp.seed = int(seed)
     cp.max_points_per_centroid = int(max_points_per_centroid)
     cp.verbose = False
+    cp.min_points_per_centroid = 1  # only a warning threshold in faiss; small samples are fine for us
     clus = faiss.Clustering(d, int(k), cp)
     if gpu and gpu_available():
         res = faiss.StandardGpuResources()
@@ -157,7 +158,7 @@ def balanced_kmeans(x, k: int, *, niter: int = 20, rounds: int = 4, eps: float =
             xb = x[perm[s:n if i == len(starts) - 1 else s + bs]]
             # warm start from the previous batch: later batches converge in a few iterations
             codes, bias = sinkhorn_assign(sq_distances(xb, cent), eps=eps, init_bias=bias,
-                                          n_iter=sinkhorn_iters * (3 if last else 1), tol=1e-3 if last else 1e-2)
+                                          n_iter=sinkhorn_iters * (2 if last else 1), tol=1e-3 if last else 1e-2)
             bias_acc += bias
             if not last:
                 np.add.at(sums, codes, xb)
