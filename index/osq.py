@@ -103,14 +103,15 @@ class OSQPartition:
     def nclusters(self) -> int:
         return int(self.centroids.shape[0])
 
-    def auto_keep_frac(self) -> float:
+    def auto_keep_frac(self, level2: str = "bounds") -> float:
         """Level-1 keep fraction when ``keep_frac=0``: sign codes rank better the more bits they have (about
-        ``2.4 / sqrt(bits)``: 0.15 at 256 bits, 0.34 at 50); short codes, and inner products over vectors of
-        varying norm (where signs say little), keep everything."""
+        ``4 / sqrt(bits)``: 0.25 at 256 bits, 0.57 at 50). Short codes, inner products over vectors of varying norm
+        (where signs say little), and exact level-2 keys in at most 64 dimensions (as cheap as a Hamming distance)
+        keep everything."""
         nbin = int(self.book.thresholds.shape[0])
-        if nbin < 32 or self.metric == "ip":
+        if nbin < 32 or self.metric == "ip" or (level2 == "exact" and self.vectors.shape[1] <= 64):
             return 1.0
-        return min(1.0, 2.4 / np.sqrt(nbin))
+        return min(1.0, 4.0 / np.sqrt(nbin))
 
     def exact_match(self, expr, positions: np.ndarray) -> np.ndarray:
         """Exact truth of ``expr`` for partition ``positions`` (bool (m,))."""
@@ -165,13 +166,13 @@ class OSQPartition:
         b = self.book
         qcl = np.ones((nq, self.nclusters), np.uint8) if clusters is None else \
             np.ascontiguousarray(clusters, dtype=np.uint8)
-        keep_frac = float(p["keep_frac"]) or self.auto_keep_frac()
         level2 = p["level2"]
         if level2 not in ("auto", "bounds", "exact"):
             raise InvalidArgument(f"level2 must be auto, bounds or exact, got {level2!r}")
         if level2 == "auto":
             # bounds save reading vectors; with the vectors already in memory exact keys are cheaper on a CPU
             level2 = "bounds" if _is_mapped(self.vectors) else "exact"
+        keep_frac = float(p["keep_frac"]) or self.auto_keep_frac(level2)
         K.levels12(status, sidx, qcl, self.list_indptr, self.list_rows, qrot, qbin, self.binary, self.segs, b.bits,
                    b.dim_byte, b.dim_shift, b.dim_two, b.cell_lo, b.cell_hi, metric, k, keep_frac,
                    keep_min, rerank, out_rows, counts, self.vectors, level2 == "bounds")

@@ -325,7 +325,7 @@ def _slack(t):
     return t + np.float32(1e-4) * abs(t) + np.float32(1e-5)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def exact_keys_rows(vectors, rows, q, metric, out):
     """Exact distance keys of ``rows`` (float32 into ``out[:m]``)."""
     d = q.shape[0]
@@ -383,6 +383,7 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
     Lb = np.empty(n, dtype=np.float32)
     Ub = np.empty(n, dtype=np.float32)
     key = np.empty(n, dtype=np.float32)
+    hist = np.zeros(maxh, dtype=np.int64)
     d = bits.shape[0]
     tab_l = np.zeros((d, 256), dtype=np.float32)
     tab_u = np.zeros((d, 256), dtype=np.float32)
@@ -416,7 +417,7 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
             counts[qi, 3] = 0
             continue
         qc = qbin[qi]
-        hist = np.zeros(maxh, dtype=np.int64)
+        hist[:] = 0
         for t in range(nc):
             r = cand[t]
             h = 0
@@ -501,7 +502,7 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
         counts[qi, 3] = taken
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def level3(rows_in, ok, qrot, vectors, metric, k, out_d, out_r):
     """Level 3: exact distance keys of the survivors that passed the exact re-check, top ``k`` per query.
 
