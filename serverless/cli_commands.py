@@ -34,14 +34,15 @@ def add_push(sub) -> None:
         description="Read the live records of a collection and write them under --to in the serverless layout: a "
                     "versioned manifest, level-0 (allocator) data and one folder of arrays per partition, so that "
                     "each Lambda processor fetches only its partition. OSQ collections keep OSQ (filters work); "
-                    "other kinds become exact Flat partitions (k-means). Each push is a new version; the manifest "
+                    "Flat (and Curator) become exact Flat partitions; other kinds (IVF...) become k-means partitions "
+                    "each holding an index built from the factory string. Each push is a new version; the manifest "
                     "pointer moves last, so searches never mix versions.")
     p.add_argument("--data", required=True, help="data directory")
     p.add_argument("--name", required=True, help="collection name")
     p.add_argument("--to", required=True, help="destination: s3://bucket/prefix or a directory")
-    p.add_argument("--index", help="index for the pushed copy: 'Flat' or an OSQ(...) factory string "
-                                   "(default: the collection's, Flat for non-OSQ kinds)")
-    p.add_argument("--partitions", type=int, default=8, help="partitions for Flat (default 8)")
+    p.add_argument("--index", help="index for the pushed copy: Flat, an OSQ(...) or IVF... factory string "
+                                   "(default: the collection's)")
+    p.add_argument("--partitions", type=int, default=8, help="k-means partitions for non-OSQ kinds (default 8)")
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint (moto, MinIO)")
     p.set_defaults(func=cmd_push)
 
@@ -82,7 +83,7 @@ def collection_arrays(col) -> tuple[np.ndarray, np.ndarray, dict]:
 def cmd_push(args) -> int:
     from ..engine import Database
     from ..engine.store import open_store
-    from .partitioned import FlatBackend
+    from .partitioned import FlatBackend, KMeansBackend
 
     db = Database(args.data, read_only=True)
     try:
@@ -106,8 +107,12 @@ def cmd_push(args) -> int:
         index.train(x)
         index.add(x, ids, attrs=cols or None)
         manifest = OSQBackend.publish(store, index)
-    else:
+    elif spec.strip() == "Flat" or spec.strip().startswith("Curator"):
+        # Curator's tenants do not travel to the serverless layout; its vectors are searched exactly per partition
         manifest = FlatBackend.build(store, x, ids, n_partitions=min(args.partitions, x.shape[0]), metric=metric)
+    else:
+        manifest = KMeansBackend.build(store, x, ids, n_partitions=min(args.partitions, x.shape[0]), factory=spec,
+                                       metric=metric)
     print(f"pushed {args.name!r}: {manifest['ntotal']:,} vectors as {manifest['kind']} with "
           f"{manifest['n_partitions']} partitions to {store.uri} (version {manifest['version']})")
     return 0

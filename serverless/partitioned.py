@@ -17,7 +17,8 @@ A *backend* implements three things for one index kind:
 - ``partition(reader, p)`` -> object with ``search(q, k, params, filter, extra) -> (D, I)``: the processors' work.
 - ``build(...)``: writes the data of a new version.
 
-Backends: ``flat`` (exact search per partition, k-means partitions) here; ``osq`` in :mod:`.osq_backend`.
+Backends: ``flat`` (exact search per k-means partition) and ``kmeans`` (k-means partitions each holding an index of
+any kind, e.g. IVF-PQ) here; ``osq`` in :mod:`.osq_backend`.
 """
 
 from __future__ import annotations
@@ -154,20 +155,23 @@ def partition_rows(x: np.ndarray, n_partitions: int, seed: int = 0) -> tuple[np.
 
 
 class FlatRouter:
-    """Level 0 for flat partitions: rank partitions by centroid distance; visit ``nprobe`` (default: all)."""
+    """Level 0 for k-means partitions: rank partitions by centroid distance; visit ``params[param]`` of them
+    (default: all). ``param`` is ``nprobe`` for flat partitions and ``visit`` for partitions holding their own index
+    (whose ``nprobe`` is the index's own)."""
 
-    def __init__(self, centroids: np.ndarray, counts: np.ndarray, metric: str):
+    def __init__(self, centroids: np.ndarray, counts: np.ndarray, metric: str, param: str = "nprobe"):
         self.centroids = centroids
         self.counts = counts
         self.metric = metric
+        self.param = param
 
     def route(self, q, k, params, filter) -> dict[int, tuple[np.ndarray, dict]]:
         if filter is not None:
-            raise InvalidArgument("flat partitions take no filter; use an OSQ index for filtered search")
+            raise InvalidArgument("k-means partitions take no filter; use an OSQ index for filtered search")
         P = self.centroids.shape[0]
-        nprobe = int(params.get("nprobe", P)) if params else P
+        nprobe = int(params.get(self.param, P)) if params else P
         if nprobe < 1:
-            raise InvalidArgument(f"nprobe must be >= 1, got {nprobe}")
+            raise InvalidArgument(f"{self.param} must be >= 1, got {nprobe}")
         q = normalize_rows(q) if self.metric == "cosine" else q
         nprobe = min(nprobe, P)
         if nprobe == P:
@@ -232,6 +236,66 @@ class FlatBackend:
     @staticmethod
     def partition(reader: Reader, manifest: dict, p: int) -> FlatPartition:
         return reader.cached(f"p{p}", lambda: FlatPartition(FlatIndex.load(reader.store, reader.key(f"p{p}"))))
+
+
+class IndexPartition:
+    """A partition holding its own index of any kind; search settings other than ``visit`` go to it."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def search(self, q, k, params, filter, extra):
+        own = {key: v for key, v in (params or {}).items() if key != "visit"}
+        return self.index.search(q, k, params=own or None)
+
+    def memory_bytes(self) -> int:
+        return self.index.memory_bytes()
+
+
+@register_backend("kmeans")
+class KMeansBackend:
+    """k-means partitions, each with its own index built from a factory string (e.g. ``IVF64,PQ8x8``): the way to
+    fan out any index kind. ``visit`` (partitions per query, default all) is the routing setting; other settings
+    (``nprobe``, ``rerank``, ...) are the partition index's."""
+
+    @staticmethod
+    def build(store, x, ids, *, n_partitions: int, factory: str, metric: str = "l2", seed: int = 0,
+              train_kwargs: dict | None = None) -> dict:
+        from ..index.factory import index_factory
+
+        metric = check_metric(metric)
+        x = as_vectors(x, None)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (x.shape[0],):
+            raise InvalidArgument(f"need one id per vector: {ids.shape} ids for {x.shape[0]} vectors")
+        xn = normalize_rows(x) if metric == "cosine" else x
+        cent, parts = partition_rows(xn, n_partitions, seed)
+        version = new_version()
+        counts = np.array([r.size for r in parts], dtype=np.int64)
+        for p, rows in enumerate(parts):
+            index = index_factory(x.shape[1], factory, metric)
+            if rows.size:
+                index.train(x[rows], **(train_kwargs or {}))
+                index.add(x[rows], ids[rows])
+            index.save(store, f"versions/{version}/p{p}")
+        save_arrays(store, f"versions/{version}/router", {"kind": "flat-router"}, {"centroids": cent, "counts": counts})
+        manifest = {"version": version, "kind": "kmeans", "factory": factory, "d": int(x.shape[1]), "metric": metric,
+                    "n_partitions": int(n_partitions), "ntotal": int(x.shape[0]), "partition_counts": counts.tolist()}
+        write_manifest(store, manifest)
+        return manifest
+
+    @staticmethod
+    def router(reader: Reader, manifest: dict) -> FlatRouter:
+        def load():
+            _, arrays = load_arrays(reader.store, reader.key("router"), kind="flat-router")
+            return FlatRouter(arrays["centroids"], arrays["counts"], manifest["metric"], param="visit")
+        return reader.cached("router", load)
+
+    @staticmethod
+    def partition(reader: Reader, manifest: dict, p: int) -> IndexPartition:
+        from ..index.factory import load_index
+
+        return reader.cached(f"p{p}", lambda: IndexPartition(load_index(reader.store, reader.key(f"p{p}"))))
 
 
 # ---------------------------------------------------------------------------------------------------- searching

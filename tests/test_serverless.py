@@ -199,6 +199,21 @@ def test_inprocess_tree_equals_exact_and_survives_tiny_concurrency(tmp_path):
     assert np.isin(r_new.I[r_new.I >= 0], ids[:100]).all()
 
 
+def test_kmeans_partitions_of_ivfpq_indexes(tmp_path):
+    from shoal.serverless.partitioned import KMeansBackend
+
+    x, ids, q = make_data()
+    store = LocalStore(tmp_path / "ivf")
+    m = KMeansBackend.build(store, x, ids, n_partitions=4, factory="IVF8,PQ4x4")
+    assert m["kind"] == "kmeans" and m["factory"] == "IVF8,PQ4x4"
+    for params in ({"nprobe": 8}, {"nprobe": 2, "visit": 2}):
+        D0, I0 = search_inprocess(store, q, 10, params=params)
+        r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, params=params)
+        assert np.array_equal(r.I, I0) and np.isin(r.I[r.I >= 0], ids).all()
+    with pytest.raises(RemoteError, match="nprobe|parameter|unknown"):
+        client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), params={"bogus": 1})
+
+
 def test_inprocess_response_spill(tmp_path, monkeypatch):
     x, ids, q = make_data()
     store = LocalStore(tmp_path / "idx")
