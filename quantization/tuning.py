@@ -61,7 +61,7 @@ def as_positives(positives, nq: int, ndocs: int) -> list[np.ndarray]:
 def tune_centroids(centroids: np.ndarray, sub_codes: np.ndarray, queries: np.ndarray, positives, *,
                    retrieve: Callable[[np.ndarray, np.ndarray, int], np.ndarray], metric: str = "l2",
                    doc_offsets: Callable[[np.ndarray], np.ndarray] | None = None, epochs: int = 8,
-                   n_negatives: int = 50, lr: float = 0.01, batch_size: int = 128, val_fraction: float = 0.3,
+                   n_negatives: int = 50, lr: float = 0.002, batch_size: int = 128, val_fraction: float = 0.3,
                    min_gain: float = 0.005,
                    recall_k: int = 10, seed: int = 0, log: Callable[[str], None] | None = None
                    ) -> tuple[np.ndarray, TuneReport]:
