@@ -12,7 +12,7 @@ second set, in proportion to tenant size. Ground truth = exact top-k within the 
 
 Methods (single thread, one query per call, latency measured per query):
 
-* ``curator``           shoal ``Curator(branch=16,leaf=128,shortlist=256)``, sweep of ``gamma``
+* ``curator``           shoal ``Curator(branch=16,leaf=128,shortlist=64)``, sweep of ``gamma``
 * ``tenant-ivf``        one faiss ``IndexIVFFlat`` per tenant (nlist = sqrt(size)), sweep of ``nprobe``
 * ``tenant-hnsw``       one hnswlib index per tenant (M=16, ef_construction=100), sweep of ``ef``
 * ``shared-ivf-bitmap`` one faiss ``IndexIVFFlat`` over everything + ``IDSelectorBitmap`` of the tenant
@@ -172,8 +172,7 @@ class Curator:
             self.ix = load_index(store, "curator")
         self.rss = mem["bytes"]
         self.factory = factory
-        self.sweep = [{"gamma": g} for g in (2, 4, 8, 16, 32, 64, 128)] + [
-            {"gamma": g, "variance_boost": 0.3} for g in (8, 32)]
+        self.sweep = [{"gamma": g} for g in (8, 16, 32, 64, 128, 256, 512)] + [{"gamma": 128, "variance_boost": 0.3}]
 
     def memory(self):
         return {"memory_bytes": self.ix.memory_bytes(), "rss_delta_bytes": self.rss,
@@ -233,33 +232,48 @@ class TenantIVF:
 class TenantHNSW:
     name = "tenant-hnsw"
 
-    def __init__(self, ds, xb, members, tmpdir):
+    def __init__(self, ds, xb, members, tmpdir, every=1):
         import hnswlib
 
         space = "l2" if ds.metric == "l2" else "ip"
-        self.indexes = []
+        self.indexes = {}
         self.bytes = 0
+        self.every = every
         t0 = time.perf_counter()
         path = os.path.join(tmpdir, "h.bin")
+        built = 0
         with rss_delta() as mem:
             for t, m in enumerate(members):
+                if t % every:
+                    continue
                 ix = hnswlib.Index(space=space, dim=ds.d)
                 ix.init_index(max_elements=m.size, M=16, ef_construction=100, random_seed=t)
                 ix.set_num_threads(1)
                 ix.add_items(xb[m], m)
                 ix.save_index(path)
                 self.bytes += os.path.getsize(path)
-                self.indexes.append(ix)
+                built += m.size
+                self.indexes[t] = ix
+        # with --hnsw-every > 1 only every n-th tenant gets an index (the build is slow); memory is scaled up by
+        # the vectors not indexed, at the bytes per vector measured on the ones that were
+        total = sum(m.size for m in members)
+        self.scaled_bytes = int(self.bytes * total / max(1, built))
         self.rss = mem["bytes"]
         self.build_s = time.perf_counter() - t0
         self.sweep = [{"ef": e} for e in (10, 20, 40, 80, 160)]
 
+    def covers(self, t):
+        return t in self.indexes
+
     def memory(self):
-        return {"memory_bytes": self.bytes, "rss_delta_bytes": self.rss, "measure": "saved hnswlib indexes"}
+        return {"memory_bytes": self.scaled_bytes, "memory_bytes_built": self.bytes, "rss_delta_bytes": self.rss,
+                "tenants_built": len(self.indexes),
+                "measure": "saved hnswlib indexes" + (" (scaled from every %d-th tenant)" % self.every
+                                                      if self.every > 1 else "")}
 
     def searcher(self, p):
         idx = self.indexes
-        for ix in idx:
+        for ix in idx.values():
             ix.set_ef(max(p["ef"], K))
 
         def fn(q, t):
@@ -437,7 +451,7 @@ def run_dataset(ds, args, tmpdir):
         builders = [("tenant-ivf", lambda: TenantIVF(ds, xb, members)),
                     ("shared-ivf-bitmap", lambda: SharedIVF(ds, xb, members, nlist)),
                     ("brute-force", lambda: BruteForce(ds, xb, members, used)),
-                    ("tenant-hnsw", lambda: TenantHNSW(ds, xb, members, tmpdir))]
+                    ("tenant-hnsw", lambda: TenantHNSW(ds, xb, members, tmpdir, args.hnsw_every))]
         for name, build in builders:
             if name in args.skip:
                 continue
@@ -451,13 +465,21 @@ def run_dataset(ds, args, tmpdir):
                                      **mem, "setup": setup})
             for p in m.sweep:
                 for draw, (qr, tt) in draws.items():
-                    Q, T = xq[qr], tt
-                    if m.name == "shared-ivf-bitmap" and p["nprobe"] >= 128:
-                        Q, T, gt = Q[:args.pairs // 4], T[:args.pairs // 4], gts[draw][:args.pairs // 4]
-                    else:
-                        gt = gts[draw]
-                    lines.append(evaluate(m, p, Q, T, gt, top50, ds, draw, args.out,
-                                          {"kind": "search", "memory_bytes": mem["memory_bytes"]}))
+                    Q, T, gt = xq[qr], tt, gts[draw]
+                    extra = {"kind": "search", "memory_bytes": mem["memory_bytes"]}
+                    if m.name == "shared-ivf-bitmap" and p["nprobe"] >= 128:  # slow: a quarter of the queries
+                        Q, T, gt = Q[:args.pairs // 4], T[:args.pairs // 4], gt[:args.pairs // 4]
+                    label = draw
+                    if hasattr(m, "covers") and args.hnsw_every > 1:
+                        sel = np.array([m.covers(int(t)) for t in T], bool)
+                        Q, T, gt = Q[sel], T[sel], gt[sel]
+                        extra["subset"] = f"queries of every {args.hnsw_every}-th tenant"
+                        label = draw + "-hnsw-subset"
+                        if p is m.sweep[0]:  # Curator on exactly the same queries, for a like-for-like comparison
+                            for cp in cur.sweep[2:7]:  # gamma 32..512
+                                lines.append(evaluate(cur, cp, Q, T, gt, top50, ds, label, args.out,
+                                                      dict(extra, memory_bytes=cur.memory()["memory_bytes"])))
+                    lines.append(evaluate(m, p, Q, T, gt, top50, ds, label, args.out, extra))
         # memory as the number of tenants grows (prefixes of the rank order); Curator by dropping tenants
         grow = []
         base = {m.name: m for m in methods}
@@ -534,17 +556,21 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=2000, help="(query, tenant) pairs per draw")
     p.add_argument("--tenants", type=int, default=1000, help="tenants of the GloVe set-up")
     p.add_argument("--per-vector", type=float, default=10.0, help="average tenants per vector (GloVe)")
-    p.add_argument("--factory", default="Curator(branch=16,leaf=128,shortlist=256)")
+    p.add_argument("--factory", default="Curator(branch=16,leaf=128,shortlist=64)")
     p.add_argument("--skip", action="append", default=[], help="baseline to leave out (repeatable)")
     p.add_argument("--update-ops", type=int, default=500, help="single-item calls per update kind")
+    p.add_argument("--hnsw-every", type=int, default=None,
+                   help="build per-tenant HNSW for every n-th tenant only (default: 5 for GloVe, 1 otherwise)")
     args = p.parse_args(argv)
     if args.quick:
         args.pairs = min(args.pairs, 300)
         args.tenants = min(args.tenants, 200)
         args.update_ops = min(args.update_ops, 100)
     lines, grows = [], {}
+    every = args.hnsw_every
     for name in dataset_names(args):
         ds = dataset_from_args(args, name)
+        args.hnsw_every = every or (5 if name.startswith("glove") and not args.quick else 1)
         with tempfile.TemporaryDirectory(prefix="shoal-tenants-") as tmp:
             ls, grow = run_dataset(ds, args, tmp)
         lines += ls

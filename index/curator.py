@@ -12,7 +12,7 @@ traversal and scan runs in one numba call (:mod:`._curator_kernels`). Updates ne
 
 Concurrency: mutations hold the write side of a readers-writer lock, searches the read side (the search kernel
 releases the GIL, so readers run in parallel). Build settings come from the factory string
-``Curator(branch=16,leaf=128,shortlist=256,bloom=16384,hashes=4,niter=20,seed=0)``; per-query settings are
+``Curator(branch=16,leaf=128,shortlist=64,bloom=16384,hashes=4,niter=20,seed=0)``; per-query settings are
 ``gamma`` (candidate budget as a multiple of k) and ``variance_boost``.
 """
 
@@ -31,7 +31,7 @@ from .flat import exact_search
 from .persist import load_arrays, save_arrays
 from .validate import as_allowed, as_ids, as_params, as_vectors, check_k, normalize_rows
 
-BUILD_SETTINGS: dict[str, Any] = {"branch": 16, "leaf": 128, "shortlist": 256, "bloom": 16384, "hashes": 4,
+BUILD_SETTINGS: dict[str, Any] = {"branch": 16, "leaf": 128, "shortlist": 64, "bloom": 16384, "hashes": 4,
                                   "niter": 20, "seed": 0}
 DEFAULT_GAMMA = 64.0
 DEFAULT_VBOOST = 0.0
@@ -154,7 +154,7 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
 
 
 class CuratorIndex(Index):
-    """Multi-tenant clustering tree. Factory: ``Curator(branch=16,leaf=128,shortlist=256)``.
+    """Multi-tenant clustering tree. Factory: ``Curator(branch=16,leaf=128,shortlist=64)``.
 
     Parameters
     ----------
@@ -167,7 +167,8 @@ class CuratorIndex(Index):
         A tenant's shortlist at an internal node splits when it exceeds this; children's shortlists merge back into
         their parent when together they hold at most half of it.
     bloom : int
-        Bits of each internal node's Bloom filter (a power of two, at least 64); ``hashes`` = hash functions.
+        Bits of each internal node's Bloom filter (a power of two, at least 512; blocked: a tenant's ``hashes`` bits
+        fall in one 512-bit block).
     niter, seed : int
         k-means iterations and seed.
     """
@@ -176,14 +177,14 @@ class CuratorIndex(Index):
     supports_tenants = True
     search_params = ("gamma", "variance_boost")
 
-    def __init__(self, d: int, metric: str = "l2", *, branch: int = 16, leaf: int = 128, shortlist: int = 256,
+    def __init__(self, d: int, metric: str = "l2", *, branch: int = 16, leaf: int = 128, shortlist: int = 64,
                  bloom: int = 16384, hashes: int = 4, niter: int = 20, seed: int = 0):
         super().__init__(d, metric)
         if branch < 2 or leaf < 1 or shortlist < 2:
             raise InvalidArgument(f"Curator: need branch >= 2, leaf >= 1, shortlist >= 2 "
                                   f"(got branch={branch}, leaf={leaf}, shortlist={shortlist})")
-        if bloom < 64 or bloom & (bloom - 1):
-            raise InvalidArgument(f"Curator: bloom must be a power of two >= 64 bits, got {bloom}")
+        if bloom < 512 or bloom & (bloom - 1):
+            raise InvalidArgument(f"Curator: bloom must be a power of two >= 512 bits, got {bloom}")
         if not 1 <= hashes <= 16 or niter < 1:
             raise InvalidArgument(f"Curator: need 1 <= hashes <= 16 and niter >= 1 (got {hashes}, {niter})")
         self.settings = {"branch": int(branch), "leaf": int(leaf), "shortlist": int(shortlist), "bloom": int(bloom),
@@ -286,7 +287,7 @@ class CuratorIndex(Index):
         internal = hi > lo
         bidx = np.full(cent.shape[0], -1, np.int32)
         bidx[internal] = np.arange(int(internal.sum()), dtype=np.int32)
-        bloom = np.zeros((max(1, int(internal.sum())), s["bloom"] // 8), np.uint8)
+        bloom = np.zeros((s["bloom"] // 512, max(1, int(internal.sum())), 64), np.uint8)
         self._tree = (cent, var, lo, hi, parent, depth, bidx, bloom)
 
     # ------------------------------------------------------------------ growth (write lock held)
@@ -344,7 +345,8 @@ class CuratorIndex(Index):
     def _rehash_sl(self) -> None:
         levels = self._levels() + 2
         need = int(self._smeta[K.M_HCOUNT]) + levels * (self.settings["branch"] + 1)
-        self._hkeys, self._hvals, cnt = K.ht_rehash(self._hkeys, self._hvals, _pow2(int(need / 0.35)))
+        self._hkeys, self._hvals, cnt = K.nt_rehash(self._hkeys, self._hvals, _pow2(int(need / 0.35)),
+                                                    self._tree[4], self._tree[2])
         self._smeta[K.M_HCOUNT] = cnt
         self._smeta[K.M_HTOMB] = 0
 
@@ -526,7 +528,7 @@ class CuratorIndex(Index):
         t = self._as_tenant(tenant)
         with self._lock.write:
             self._require_tenant(t)
-            K.drop_tenant(t, self._sl(), self._acc(), self._ten())
+            K.drop_tenant(t, self._tree, self._sl(), self._acc(), self._ten())
             self._talive[t] = False
             if self._tree is not None:
                 K.bloom_rebuild(self._tree, self._sl(), self.settings["hashes"])
@@ -612,7 +614,7 @@ class CuratorIndex(Index):
     def _kernel(self, q, tens, k, budget, vboost, mask, mode):
         cent, var, lo, hi, parent, depth, bidx, bloom = self._tree
         return K.search_batch(q, tens, k, budget, vboost, self.metric != "l2", self.metric == "cosine", cent, var,
-                              lo, hi, bidx, bloom, self._sstart, self._slen, self._spool, self._hkeys, self._hvals,
+                              lo, hi, parent, bidx, bloom, self._sstart, self._slen, self._spool, self._hkeys, self._hvals,
                               self._vecs, self._ids, mask, mode, self.settings["hashes"])
 
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
@@ -697,8 +699,7 @@ class CuratorIndex(Index):
                 p = int(parent[node])
                 while p >= 0:
                     assert p not in nodes, f"nested shortlists for tenant {t} at {p} and {node}"
-                    nb = bloom.shape[1] * 8
-                    assert _bloom_has_py(bloom, int(bidx[p]), t, self.settings["hashes"], nb), "Bloom misses"
+                    assert _bloom_has_py(bloom, int(bidx[p]), t, self.settings["hashes"]), "Bloom misses"
                     p = int(parent[p])
         grants = 0
         for r in range(self._n):
@@ -822,8 +823,8 @@ _NO_MASK = np.zeros((1, 1), dtype=bool)
 _PARAMS = frozenset(CuratorIndex.search_params)
 
 
-def _bloom_has_py(bloom: np.ndarray, row: int, t: int, nhash: int, nbits: int) -> bool:
-    """Pure-Python mirror of the kernel's Bloom test (used by :meth:`CuratorIndex.check_invariants`)."""
+def _bloom_has_py(bloom: np.ndarray, row: int, t: int, nhash: int) -> bool:
+    """Pure-Python mirror of the kernel's blocked Bloom test (used by :meth:`CuratorIndex.check_invariants`)."""
     mask = (1 << 64) - 1
 
     def mix(x):
@@ -832,10 +833,11 @@ def _bloom_has_py(bloom: np.ndarray, row: int, t: int, nhash: int, nbits: int) -
         x = ((x ^ (x >> 27)) * 0x81DADEF4BC2DD44D) & mask
         return (x ^ (x >> 33)) >> 1
 
-    a = mix(t * 2 + 1) & 0xFFFFFFFF
+    h = mix(t * 2 + 1)
+    blk, a = h & (bloom.shape[0] - 1), (h >> 20) & 0xFFFFFFFF
     b = (mix(t * 2 + 2) & 0xFFFFFFFF) | 1
     for i in range(nhash):
-        p = (a + i * b) & (nbits - 1)
-        if not (int(bloom[row, p >> 3]) >> (p & 7)) & 1:
+        p = (a + i * b) & 511
+        if not (int(bloom[blk, row, p >> 3]) >> (p & 7)) & 1:
             return False
     return True

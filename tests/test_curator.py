@@ -210,7 +210,7 @@ class CuratorMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
-        self.ix = index_factory(6, "Curator(branch=3,leaf=8,shortlist=4,bloom=256,hashes=2)")
+        self.ix = index_factory(6, "Curator(branch=3,leaf=8,shortlist=4,bloom=512,hashes=2)")
         self.ix.train(POOL[:120])
         self.model: dict[int, set[int]] = {}  # live id -> tenants
         self.alive: set[int] = set()  # tenants that exist
