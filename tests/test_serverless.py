@@ -394,7 +394,7 @@ def test_payload_over_6mb(emulator, s3_index):
 # ---------------------------------------------------------------------------------------------------- deploy
 
 
-def test_deploy_control_plane_against_moto(moto_endpoint):
+def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path):
     import uuid
 
     import boto3
@@ -432,6 +432,17 @@ def test_deploy_control_plane_against_moto(moto_endpoint):
     assert lam.get_function_configuration(FunctionName=f"{fn}-p0")["MemorySize"] == 3008
     with pytest.raises(InvalidArgument):
         deploy(DeploySpec(function=fn, role_arn="not-an-arn"), endpoint_url=moto_endpoint)
+    # the CLI front end: a zip from a file, SHOAL_INDEX from --index
+    from shoal.cli import main
+
+    zpath = tmp_path / "shoal.zip"
+    zpath.write_bytes(zipped)
+    fn2 = fn + "-cli"
+    assert main(["deploy", "--function", fn2, "--role-arn", arn, "--zip", str(zpath), "--memory", "1024",
+                 "--index", "s3://bucket/idx", "--env", "SHOAL_CACHE_MB=256", "--endpoint-url", moto_endpoint]) == 0
+    env = lam.get_function_configuration(FunctionName=fn2)["Environment"]["Variables"]
+    assert env == {"SHOAL_INDEX": "s3://bucket/idx", "SHOAL_CACHE_MB": "256"}
+    assert main(["deploy", "--role-arn", arn, "--memory", "64", "--endpoint-url", moto_endpoint]) == 2
 
 
 # ---------------------------------------------------------------------------------------------------- OSQ + CLI
