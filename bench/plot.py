@@ -87,6 +87,7 @@ def plot(records: list[dict], out: Path, *, mode: str = "auto", x: str | None = 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if not records:
         raise ValueError("no records to plot (check --where filters)")
@@ -112,6 +113,10 @@ def plot(records: list[dict], out: Path, *, mode: str = "auto", x: str | None = 
             _lines(ax, recs, x, y, group, methods, colors, mode)
         if logy:
             ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.2g}")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         first = recs[0]
         sub = ", ".join(f"{f}={first[f]}" for f in ("nb", "nq", "k") if f in first)
         ax.set_title(f"{pname}" + (f"\n({sub})" if sub else ""), fontsize=10)
