@@ -249,7 +249,6 @@ def _invoke_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context) ->
 
 
 def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context) -> dict:
-    tree = Tree(**ctx["tree"])
     function = ctx["functions"]["allocator"]
     try:
         out, info = call(function, {"role": "allocator", "node": node, "ctx": ctx, "queries": q}, ctx["index"])

@@ -5,7 +5,6 @@ throttling, >6 MB payloads), plus the deploy control plane against moto."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import numpy as np
