@@ -16,12 +16,14 @@ sure rows. Results are merged with ``merge_topk`` up the tree.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..errors import InvalidArgument
 from ..index.flat import exact_search
 from ..index.topk import empty_result
-from .cache import Reader
+from .cache import PrefetchedStore, Reader
 from .partitioned import new_version, register_backend, write_manifest
 
 STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at import of the router)
@@ -153,11 +155,33 @@ class OSQBackend:
     def router(reader: Reader, manifest: dict) -> OSQRouter:
         from ..index.osq import OSQIndex
 
-        return reader.cached("router", lambda: OSQRouter(OSQIndex.load_level0(reader.store, reader.key("osq"))))
+        def load():
+            prefix = reader.key("osq")
+            store = _prefetch(reader, prefix, lambda n: not re.match(r"^p\d{4}/", n)
+                              and not n.endswith(("/values", "/missing")))
+            index = OSQIndex.load_level0(store, prefix)
+            # exact numeric values are read on demand (maybe rows at level 0) from the store itself, not from the
+            # prefetched blobs, which must not stay referenced by the cached router
+            index._source = (reader.store.store, prefix)
+            return OSQRouter(index)
+        return reader.cached("router", load)
 
     @staticmethod
     def partition(reader: Reader, manifest: dict, p: int) -> OSQProcessor:
         from ..index.osq import OSQIndex
 
-        return reader.cached(f"p{p}", lambda: OSQProcessor(
-            OSQIndex.load_partition(reader.store, reader.key("osq"), p, attrs=True)))
+        def load():
+            prefix = reader.key("osq")
+            store = _prefetch(reader, prefix, lambda n: n.startswith(f"p{p:04d}/"))
+            return OSQProcessor(OSQIndex.load_partition(store, prefix, p, attrs=True))
+        return reader.cached(f"p{p}", load)
+
+
+def _prefetch(reader: Reader, prefix: str, want) -> PrefetchedStore:
+    """The objects of ``prefix`` whose array names satisfy ``want``, fetched concurrently (plus ``meta.json``)."""
+    import json
+
+    meta_key = f"{prefix}/meta.json"
+    blob = reader.store.get(meta_key)
+    keys = [f"{prefix}/{n}.npy" for n in json.loads(blob).get("arrays", []) if want(n)]
+    return PrefetchedStore(reader.store, keys, preloaded={meta_key: blob})
