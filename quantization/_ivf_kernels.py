@@ -54,6 +54,47 @@ def _byte_table(sub, nbits, out):
 
 
 @njit(cache=True)
+def _push(hd, hi, kk, acc, r):
+    if not heap_worse(hd, hi, acc, r):
+        heap_replace_top(hd, hi, kk, acc, r)
+
+
+@njit(cache=True)
+def _scan_range(bt, codes, start, stop, b0, mask, mrow, use_mask, hd, hi, kk):
+    """ADC-scan rows ``start:stop`` into the heap ``(hd, hi)`` of size ``kk``.
+
+    Without a mask, four rows are summed at once (four independent dependency chains keep the core busy); each row's
+    sum is still taken in sub-space order, so the result is bit-identical to the one-row loop.
+    """
+    S = codes.shape[1]
+    r = start
+    if not use_mask:
+        while r + 4 <= stop:
+            a0 = b0
+            a1 = b0
+            a2 = b0
+            a3 = b0
+            for s in range(S):
+                t = bt[s]
+                a0 += t[codes[r, s]]
+                a1 += t[codes[r + 1, s]]
+                a2 += t[codes[r + 2, s]]
+                a3 += t[codes[r + 3, s]]
+            _push(hd, hi, kk, a0, r)
+            _push(hd, hi, kk, a1, r + 1)
+            _push(hd, hi, kk, a2, r + 2)
+            _push(hd, hi, kk, a3, r + 3)
+            r += 4
+    while r < stop:
+        if not use_mask or mask[mrow, r]:
+            acc = b0
+            for s in range(S):
+                acc += bt[s, codes[r, s]]
+            _push(hd, hi, kk, acc, r)
+        r += 1
+
+
+@njit(cache=True)
 def ivf_pq_search(probe_keys, nprobe, base, use_base, sub_tabs, nbits, list_mode, coarse, pq_cent, list_terms,
                   list_slot, offsets, codes, mask, mask_mode, kk, k, rerank, vectors, queries, metric_l2):
     """Search a batch of queries over an IVF-PQ index; one query's probe, scan, heap and re-rank stay compiled.
@@ -143,14 +184,7 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, sub_tabs, nbits, list_mode
                 start = offsets[g, l]
                 stop = offsets[g, l + 1]
                 scanned += stop - start
-                for r in range(start, stop):
-                    if mask_mode != 0 and not mask[mrow, r]:
-                        continue
-                    acc = b0
-                    for s in range(S):
-                        acc += bt[s, codes[r, s]]
-                    if not heap_worse(hd, hi, acc, r):
-                        heap_replace_top(hd, hi, kk, acc, r)
+                _scan_range(bt, codes, start, stop, b0, mask, mrow, mask_mode != 0, hd, hi, kk)
         nscanned[q] = scanned
         if rerank:
             fd[:] = np.inf

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def heap_replace_top(hd, hi, k, dist, idx):
     """Replace the root of a max-heap ``(hd float32 (k,), hi int64 (k,))`` by ``(dist, idx)`` and sift it down.
 
@@ -36,7 +36,7 @@ def heap_replace_top(hd, hi, k, dist, idx):
     hi[pos] = idx
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def heap_worse(hd, hi, dist, idx):
     """True when ``(dist, idx)`` would not enter the heap (it is not better than the current root)."""
     return dist > hd[0] or (dist == hd[0] and idx >= hi[0])
