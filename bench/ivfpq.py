@@ -184,6 +184,7 @@ def run_dataset(args, name):
         mem = {"memory_bytes": loaded.memory_bytes(), "mapped_bytes": loaded.mapped_bytes(),
                "rss_delta_bytes": m["bytes"], "codes_ids_centroids_bytes": core,
                "ratio_memory_to_core": loaded.memory_bytes() / core, "ratio_rss_to_core": m["bytes"] / core}
+        mem.update(_rss_in_child(tmp, xq[:200], k))
         D1, I1 = ref.search(xq[:200], k, params={"nprobe": 8, "rerank": 40})
         D2, I2 = loaded.search(xq[:200], k, params={"nprobe": 8, "rerank": 40})
         mem["identical_after_load"] = bool(np.array_equal(I1, I2) and np.array_equal(D1, D2))
@@ -258,6 +259,40 @@ def run_dataset(args, name):
     append_result(args.out, summary, echo=False)
     _print_summary(summary)
     return summary
+
+
+_CHILD = """
+import sys, json, numpy as np
+from bench.common import rss_bytes
+from shoal.engine.store import LocalStore
+from shoal.index import load_index
+import shoal.quantization._ivf_kernels  # compiled code and libraries loaded before measuring
+q = np.load(sys.argv[2]); k = int(sys.argv[3])
+before = rss_bytes()
+ix = load_index(LocalStore(sys.argv[1]), "ix", mmap=True)
+after_load = rss_bytes()
+ix.search(q, k, params={"nprobe": 8, "rerank": 40})
+after_search = rss_bytes()
+print(json.dumps({"child_rss_load_bytes": after_load - before, "child_rss_after_search_bytes": after_search - before}))
+"""
+
+
+def _rss_in_child(tmp, q, k) -> dict:
+    """RSS growth of a fresh process that loads the saved index with mmap=True (and then searches 200 queries):
+    a cleaner figure than an in-process delta, where freed heap pages are reused. The after-search figure also holds
+    the first call's loading of the compiled kernels and the re-ranked vector pages the search touched."""
+    import json
+    import subprocess
+
+    qpath = os.path.join(tmp, "q.npy")
+    np.save(qpath, q)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run([sys.executable, "-c", _CHILD, tmp, qpath, str(k)], capture_output=True, text=True,
+                             timeout=300, env=env, cwd=env["PYTHONPATH"])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError) as exc:
+        return {"child_rss_error": str(exc)}
 
 
 def _print_summary(s):
