@@ -240,7 +240,7 @@ def run_method(name, knob, groups, xq, k, ctx):
 
 
 def sweeps(ds_name, nparts):
-    probes = (4, 8, 16, 32, 64, 128, 256)
+    probes = (4, 8, 16, 32, 64, 128)
     return {
         "osq": [{"nprobe": p, "rerank": 20} for p in probes],
         "osq-bounds": [{"nprobe": p, "rerank": 40, "level2": "bounds"} for p in probes],

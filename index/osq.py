@@ -583,6 +583,11 @@ class OSQIndex(Index):
         p = dict(DEFAULT_PARAMS)
         p.update(params)
         lv = self.level0(q, k, p, filter=expr, allowed=allowed)
+        if not float(p["keep_frac"]) and expr is not None and \
+                float((lv.sure + lv.maybe).max()) <= 0.5 * max(1, self.nlive):
+            # under a filter the nearest passing rows can lie far from the query, where sign codes rank poorly
+            # (measured: recall 0.85 -> 1.0 on Fashion-MNIST with another class's filter); keep every candidate
+            p["keep_frac"] = 1.0
         nattr_bytes = sum(c.nbytes for c in self.codes.values()) + sum(
             _col_nbytes(c) for c in self.columns.values() if not isinstance(c, filters.NumericColumn))
         stats = {"plan": lv.plan, "nq": nq, "sure": int(lv.sure.sum()), "maybe": int(lv.maybe.sum()),
