@@ -32,6 +32,7 @@ def blocks(request, monkeypatch):
     for suffix in ("", "_MT"):
         monkeypatch.setattr(flat, "_QUERY_BLOCK" + suffix, request.param[0])
         monkeypatch.setattr(flat, "_BASE_BLOCK" + suffix, request.param[1])
+    monkeypatch.setattr(flat, "_BASE_BLOCK_SMALL_D", request.param[1])
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
