@@ -278,11 +278,12 @@ def run_dataset(ds, args):
     osq_build = time.perf_counter() - t0
     nlist = int(4 * np.sqrt(n))
     ivf, hnsw, info = build_baselines(xb, ds.metric, nlist)
-    info["osq"] = info["osq-bounds"] = {"build_s": osq_build, "bytes_per_vector": osq.code_bytes_per_vector(),
+    info["osq"] = {"build_s": osq_build, "bytes_per_vector": osq.code_bytes_per_vector(),
                    "bytes_per_vector_with_rerank": osq.code_bytes_per_vector() + 4 * ds.d,
                    "factory": osq.factory_string()}
+    info["osq-bounds"] = dict(info["osq"])
     for m in info:
-        if m != "osq":
+        if not m.startswith("osq"):
             info[m]["bytes_per_vector"] += attr_bytes  # exact attribute columns to evaluate the filter
     print(f"[{ds.name}] built: " + ", ".join(f"{m} {v['build_s']:.1f}s {v['bytes_per_vector']:.0f}B/vec"
                                             for m, v in info.items()), flush=True)
