@@ -102,7 +102,7 @@ def plot(records: list[dict], out: Path, *, mode: str = "auto", x: str | None = 
         panels.setdefault(_panel_name(r), []).append(r)
     methods = list(dict.fromkeys(str(r.get(group)) for r in records))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    ncol = min(len(panels), 3)
+    ncol = 2 if len(panels) == 4 else min(len(panels), 3)
     nrow = math.ceil(len(panels) / ncol)
     width = max(5.6 * ncol, 8.0)
     fig, axes = plt.subplots(nrow, ncol, figsize=(width, 4.2 * nrow + 0.6), squeeze=False)
