@@ -185,6 +185,37 @@ class FlatRouter:
         return {p: (np.flatnonzero(visit[:, p]).astype(np.int64), {}) for p in range(P) if visit[:, p].any()}
 
 
+def build_kmeans_partitions(store, x, ids, *, n_partitions: int, metric: str, seed: int, new_index,
+                            train_kwargs: dict | None, manifest: dict) -> dict:
+    """Split ``x`` into ``n_partitions`` k-means partitions, give each a fresh ``new_index()`` (trained on the
+    partition's rows when ``train_kwargs`` is not None, then filled), save them, the router, and switch the manifest.
+
+    An empty partition saves its fresh index as it is. ``manifest`` holds the backend's own keys (``kind`` and what
+    its loader needs).
+    """
+    metric = check_metric(metric)
+    x = as_vectors(x, None)
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.shape != (x.shape[0],):
+        raise InvalidArgument(f"need one id per vector: {ids.shape} ids for {x.shape[0]} vectors")
+    xn = normalize_rows(x) if metric == "cosine" else x
+    cent, parts = partition_rows(xn, n_partitions, seed)
+    version = new_version()
+    counts = np.array([r.size for r in parts], dtype=np.int64)
+    for p, rows in enumerate(parts):
+        index = new_index()
+        if rows.size:
+            if train_kwargs is not None:
+                index.train(x[rows], **train_kwargs)
+            index.add(x[rows], ids[rows])
+        index.save(store, f"versions/{version}/p{p}")
+    save_arrays(store, f"versions/{version}/router", {"kind": "flat-router"}, {"centroids": cent, "counts": counts})
+    manifest = {**manifest, "version": version, "d": int(x.shape[1]), "metric": metric,
+                "n_partitions": int(n_partitions), "ntotal": int(x.shape[0]), "partition_counts": counts.tolist()}
+    write_manifest(store, manifest)
+    return manifest
+
+
 class FlatPartition:
     def __init__(self, index: FlatIndex):
         self.index = index
@@ -204,27 +235,10 @@ class FlatBackend:
 
     @staticmethod
     def build(store, x, ids, *, n_partitions: int, metric: str = "l2", seed: int = 0) -> dict:
-        metric = check_metric(metric)
-        x = as_vectors(x, None)
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.shape != (x.shape[0],):
-            raise InvalidArgument(f"need one id per vector: {ids.shape} ids for {x.shape[0]} vectors")
-        xn = normalize_rows(x) if metric == "cosine" else x
-        cent, parts = partition_rows(xn, n_partitions, seed)
-        version = new_version()
-        counts = np.array([r.size for r in parts], dtype=np.int64)
-        for p, rows in enumerate(parts):
-            part = FlatIndex(x.shape[1], metric)
-            if rows.size:
-                part.add(x[rows], ids[rows])
-            part.save(store, f"versions/{version}/p{p}")
-        save_arrays(store, f"versions/{version}/router", {"kind": "flat-router"},
-                    {"centroids": cent, "counts": counts})
-        manifest = {"version": version, "kind": "flat", "d": int(x.shape[1]), "metric": metric,
-                    "n_partitions": int(n_partitions), "ntotal": int(x.shape[0]),
-                    "partition_counts": counts.tolist()}
-        write_manifest(store, manifest)
-        return manifest
+        d = as_vectors(x, None).shape[1]
+        return build_kmeans_partitions(store, x, ids, n_partitions=n_partitions, metric=metric, seed=seed,
+                                       new_index=lambda: FlatIndex(d, metric), train_kwargs=None,
+                                       manifest={"kind": "flat"})
 
     @staticmethod
     def router(reader: Reader, manifest: dict) -> FlatRouter:
@@ -263,26 +277,11 @@ class KMeansBackend:
               train_kwargs: dict | None = None) -> dict:
         from ..index.factory import index_factory
 
-        metric = check_metric(metric)
-        x = as_vectors(x, None)
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.shape != (x.shape[0],):
-            raise InvalidArgument(f"need one id per vector: {ids.shape} ids for {x.shape[0]} vectors")
-        xn = normalize_rows(x) if metric == "cosine" else x
-        cent, parts = partition_rows(xn, n_partitions, seed)
-        version = new_version()
-        counts = np.array([r.size for r in parts], dtype=np.int64)
-        for p, rows in enumerate(parts):
-            index = index_factory(x.shape[1], factory, metric)
-            if rows.size:
-                index.train(x[rows], **(train_kwargs or {}))
-                index.add(x[rows], ids[rows])
-            index.save(store, f"versions/{version}/p{p}")
-        save_arrays(store, f"versions/{version}/router", {"kind": "flat-router"}, {"centroids": cent, "counts": counts})
-        manifest = {"version": version, "kind": "kmeans", "factory": factory, "d": int(x.shape[1]), "metric": metric,
-                    "n_partitions": int(n_partitions), "ntotal": int(x.shape[0]), "partition_counts": counts.tolist()}
-        write_manifest(store, manifest)
-        return manifest
+        d = as_vectors(x, None).shape[1]
+        return build_kmeans_partitions(store, x, ids, n_partitions=n_partitions, metric=metric, seed=seed,
+                                       new_index=lambda: index_factory(d, factory, metric),
+                                       train_kwargs=dict(train_kwargs or {}),
+                                       manifest={"kind": "kmeans", "factory": factory})
 
     @staticmethod
     def router(reader: Reader, manifest: dict) -> FlatRouter:
