@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 
 import numpy as np
@@ -49,25 +46,6 @@ ASSUMPTIONS = {
     "request_usd": 0.20 / 1e6,
     "compute_scale": 1.0,             # Lambda core speed relative to one core here
 }
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.2)
 
 
 def filtered_groundtruth(q, x, mask, k, metric):
@@ -202,7 +180,7 @@ def main(argv=None) -> int:
     from shoal import filters
     from shoal.engine.store import S3Store
     from shoal.index.osq import OSQIndex
-    from shoal.serverless.emulator import Emulator
+    from shoal.serverless.emulator import Emulator, start_moto_server
     from shoal.serverless.osq_backend import OSQBackend
     from shoal.serverless.partitioned import search_inprocess
 
@@ -220,7 +198,7 @@ def main(argv=None) -> int:
     cases = {"none": (None, ds.get_groundtruth(k)[:, :k]),
              flt_text: (filters.to_json(filters.parse(flt_text)),
                         filtered_groundtruth(q, x, u < args.selectivity, k, ds.metric))}
-    moto, endpoint = start_moto()
+    moto, endpoint = start_moto_server()
     emu = None
     try:
         bucket = "shoal-bench-" + uuid.uuid4().hex[:8]

@@ -448,3 +448,40 @@ def run(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def start_moto_server(timeout: float = 60.0):
+    """Start moto's server (S3, Lambda, IAM, ...) in a child process on a free loopback port: the local S3 of the
+    tests and benchmarks. Needs the ``dev`` extra (``moto[server]``).
+
+    Returns
+    -------
+    (subprocess.Popen, str)
+        The process (the caller terminates it) and its endpoint URL, ``http://127.0.0.1:PORT``.
+
+    Raises
+    ------
+    RuntimeError
+        When the server exits or does not answer within ``timeout`` seconds.
+    """
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on {url} (is the dev extra, moto[server], installed?)")
+            time.sleep(0.2)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,12 +16,6 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.pop("AWS_PROFILE", None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
@@ -34,20 +24,12 @@ def rng():
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """URL of a moto server (S3, Lambda, IAM, ...) running in a child process on a loopback port."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail("moto server did not start")
-            time.sleep(0.2)
+    from shoal.serverless.emulator import start_moto_server
+
+    try:
+        proc, url = start_moto_server()
+    except RuntimeError as e:
+        pytest.fail(str(e))
     yield url
     proc.terminate()
     try:
