@@ -111,13 +111,9 @@ class Records:
 
     def drop_tenant(self, tid: int) -> list[int]:
         """Revoke ``tid`` from every slot; returns the slots it had."""
-        slots = sorted(self.tenant_slots.pop(tid, set()))
-        for s in slots:
-            ts = self.slot_tenants.get(s)
-            if ts is not None:
-                ts.discard(tid)
-                if not ts:
-                    del self.slot_tenants[s]
+        slots = sorted(self.tenant_slots.get(tid, ()))
+        self.revoke(slots, tid)
+        self.tenant_slots.pop(tid, None)
         return slots
 
     def tenant_mask(self, tid: int, n: int | None = None) -> np.ndarray:
