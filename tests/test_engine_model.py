@@ -1,5 +1,6 @@
-"""Model-based test (hypothesis stateful): upsert / delete / get / search / build against a dict model, across
-reopen (clean close, and a crash-like reopen that abandons the in-memory state and relies on the WAL)."""
+"""Model-based test (hypothesis stateful): upsert / delete / get / search / build / grant / revoke / drop_tenant against
+a dict model, across reopen (clean close, and a crash-like reopen that abandons the in-memory state and relies on the
+WAL)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from shoal.engine import Database
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, NotFound
 
 D = 3
 IDS = st.integers(0, 15)
+TENANTS = st.sampled_from(["a", "b", "c"])
 
 
 class CollectionModel(RuleBasedStateMachine):
@@ -23,8 +25,11 @@ class CollectionModel(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="shoal-model-")
         self.db = Database(self.dir)
-        self.col = self.db.create_collection("m", dim=D, schema={"k": "int", "c": "keyword"}, tail_limit=10**9)
+        self.col = self.db.create_collection("m", dim=D, schema={"k": "int", "c": "keyword"}, tail_limit=10**9,
+                                                 multi_tenant=True)
         self.model: dict[int, tuple[np.ndarray, dict]] = {}
+        self.access: dict[int, set[str]] = {}     # id -> tenants that can see it
+        self.tenants: set[str] = set()            # tenants that exist (from their first grant until dropped)
 
     def teardown(self):
         try:
@@ -33,13 +38,18 @@ class CollectionModel(RuleBasedStateMachine):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     @rule(ids=st.lists(IDS, min_size=1, max_size=5, unique=True), seed=st.integers(0, 2**16),
-          with_attrs=st.booleans())
-    def upsert(self, ids, seed, with_attrs):
+          with_attrs=st.booleans(), tenants=st.none() | st.lists(TENANTS, max_size=2, unique=True))
+    def upsert(self, ids, seed, with_attrs, tenants):
         x = np.random.default_rng(seed).integers(-4, 5, size=(len(ids), D)).astype(np.float32)
         attrs = [{"k": seed % 7, "c": "ab"[i % 2]} for i in range(len(ids))] if with_attrs else None
-        assert self.col.upsert(ids, x, attrs=attrs) == len(ids)
+        names = None if tenants is None else [tenants] * len(ids)
+        assert self.col.upsert(ids, x, attrs=attrs, tenants=names) == len(ids)
         for i, u in enumerate(ids):
             self.model[u] = (x[i], attrs[i] if attrs else {})
+            if tenants is not None:          # None keeps a replaced record's tenants
+                self.access[u] = set(tenants)
+            self.access.setdefault(u, set())
+        self.tenants.update(tenants or ())
 
     @rule(ids=st.lists(IDS, min_size=2, max_size=4))
     def upsert_duplicates_rejected(self, ids):
@@ -56,6 +66,45 @@ class CollectionModel(RuleBasedStateMachine):
         assert self.col.delete(ids) == expected
         for u in ids:
             self.model.pop(u, None)
+            self.access.pop(u, None)
+
+    @rule(ids=st.lists(IDS, min_size=1, max_size=4), tenant=TENANTS)
+    def grant(self, ids, tenant):
+        if not set(ids) <= set(self.model):
+            try:
+                self.col.grant(ids, tenant)
+                raise AssertionError("grant to an unknown id accepted")
+            except NotFound:
+                return
+        assert self.col.grant(ids, tenant) == len(set(ids))
+        for u in ids:
+            self.access[u].add(tenant)
+        self.tenants.add(tenant)
+
+    @rule(ids=st.lists(IDS, min_size=1, max_size=4), tenant=TENANTS)
+    def revoke(self, ids, tenant):
+        if tenant not in self.tenants or not set(ids) <= set(self.model):
+            try:
+                self.col.revoke(ids, tenant)
+                raise AssertionError("revoke of an unknown tenant or id accepted")
+            except NotFound:
+                return
+        self.col.revoke(ids, tenant)
+        for u in ids:
+            self.access[u].discard(tenant)
+
+    @rule(tenant=TENANTS)
+    def drop_tenant(self, tenant):
+        if tenant not in self.tenants:
+            try:
+                self.col.drop_tenant(tenant)
+                raise AssertionError("dropping an unknown tenant accepted")
+            except NotFound:
+                return
+        assert self.col.drop_tenant(tenant) == sum(tenant in a for a in self.access.values())
+        self.tenants.discard(tenant)
+        for a in self.access.values():
+            a.discard(tenant)
 
     @rule()
     def build(self):
@@ -76,11 +125,17 @@ class CollectionModel(RuleBasedStateMachine):
         self.db = Database(self.dir)
         self.col = self.db.collection("m")
 
-    @rule(seed=st.integers(0, 2**16), k=st.integers(1, 6))
-    def search_matches_model(self, seed, k):
+    @rule(seed=st.integers(0, 2**16), k=st.integers(1, 6), tenant=st.none() | TENANTS)
+    def search_matches_model(self, seed, k, tenant):
         q = np.random.default_rng(seed).standard_normal((2, D)).astype(np.float32)
-        res = self.col.search(q, k=k)
-        ids = np.array(sorted(self.model), dtype=np.int64)
+        if tenant is not None and tenant not in self.tenants:
+            try:
+                self.col.search(q, k=k, tenant=tenant)
+                raise AssertionError("search in an unknown tenant accepted")
+            except NotFound:
+                return
+        res = self.col.search(q, k=k, tenant=tenant)
+        ids = np.array(sorted(u for u in self.model if tenant is None or tenant in self.access[u]), dtype=np.int64)
         for qi in range(2):
             got = [u for u in res.ids[qi] if u >= 0]
             assert len(got) == min(k, len(ids))
@@ -102,7 +157,13 @@ class CollectionModel(RuleBasedStateMachine):
             x, attrs = self.model[r["id"]]
             np.testing.assert_array_equal(r["vector"], x)
             assert r["attrs"] == attrs
+            assert r["tenants"] == sorted(self.access[r["id"]])
         assert self.col.count() == len(self.model)
+        assert sorted(self.col.list_tenants()) == sorted(self.tenants)
+        for t in self.tenants:
+            visible = sorted(u for u, a in self.access.items() if t in a)
+            assert [r["id"] for r in self.col.get(np.arange(16), tenant=t)] == visible
+            assert self.col.count(tenant=t) == len(visible)
 
 
 TestCollectionModel = CollectionModel.TestCase
