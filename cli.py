@@ -70,6 +70,12 @@ class Progress:
         self.stream.write(("\r" if self.tty else "") + line + end)
         self.stream.flush()
 
+    def note(self, message: str) -> None:
+        """A line about the current stage (e.g. a training step), under the bar."""
+        if self.enabled:
+            self.stream.write(("\n" if self.tty else "") + f"        {message}\n")
+            self.stream.flush()
+
 
 # ---------------------------------------------------------------------- file readers
 def read_vectors(path: str) -> np.ndarray:
@@ -237,6 +243,18 @@ def read_qrels(path: str, ids: np.ndarray, nq: int) -> list[np.ndarray]:
     return [np.array(r, dtype=np.int64) for r in out]
 
 
+def _train_reports_progress(spec: str, dim: int) -> bool:
+    """Whether the index kind ``spec`` names takes a ``progress`` callable in ``train`` (IVF-PQ reports its stages)."""
+    import inspect
+
+    from .index.factory import index_factory
+
+    try:
+        return "progress" in inspect.signature(index_factory(dim, spec).train).parameters
+    except ShoalError:      # a bad spec is reported by create_collection, with the collection's context
+        return False
+
+
 def cmd_build(args) -> int:
     from .engine import Database
 
@@ -275,6 +293,8 @@ def cmd_build(args) -> int:
         train_kwargs["train_positives"] = read_qrels(args.train_positives, ids, tq.shape[0])
     if args.batch < 1:
         raise InvalidArgument("--batch must be positive")
+    if not args.quiet and _train_reports_progress(args.index, dim):
+        train_kwargs = {"progress": prog.note, **(train_kwargs or {})}
     db = Database(args.data)
     try:
         if args.overwrite and args.name in db.list_collections():

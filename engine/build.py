@@ -110,6 +110,8 @@ def run_build(col, job, train_kwargs, progress) -> None:
             if train_kwargs:
                 raise InvalidArgument(f"train_kwargs {sorted(train_kwargs)} not accepted by {job.spec}: {exc}") from exc
             raise
+        if progress:
+            progress(job.total, job.total, "train")
     job.stage = "add"
     for lo in range(0, max(1, slots.size), BUILD_CHUNK):
         hi = min(slots.size, lo + BUILD_CHUNK)

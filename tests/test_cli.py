@@ -207,3 +207,41 @@ def test_build_from_other_vector_formats(tmp_path, rng, capsys, fmt):
     assert json.loads(out)["count"] == 60
     with Database(tmp_path / "d") as db:
         np.testing.assert_allclose(db.collection("f").get([59])[0]["vector"], x[59], rtol=1e-6)
+
+
+def test_build_ivfpq_with_supervised_tuning(tmp_path, rng, capsys):
+    """--train-queries / --train-positives reach the IVF index's tuning; bad qrels files name the line."""
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    q = x[:40] + 0.05 * rng.standard_normal((40, 8)).astype(np.float32)
+    np.save(tmp_path / "q.npy", q)
+    # TSV lines and TREC lines (relevance 0 dropped), a comment; ids are the file's rows (0..n-1)
+    lines = ["# query_row id"] + [f"{i}\t{i}" for i in range(20)] + [f"{i} 0 {i} 1" for i in range(20, 40)]
+    (tmp_path / "qrels.tsv").write_text("\n".join(lines + ["5 0 7 0"]) + "\n")
+    data = tmp_path / "data"
+    code, out, err = run(capsys, "build", tmp_path / "x.npy", "--data", data, "--name", "t",
+                         "--index", "IVF8,PQ4x8,Refine", "--train-queries", tmp_path / "q.npy",
+                         "--train-positives", tmp_path / "qrels.tsv", "--json")
+    assert code == 0, err
+    # training reports its stages under the bar, tuning included
+    assert "train [##############################]" in err and "coarse quantizer: 8 lists" in err
+    assert "tuning: validation recall@10 of the codes" in err
+    assert json.loads(out)["count"] == 600
+    with Database(data) as db:
+        col = db.collection("t")
+        res = col.search(x[:5], k=1, params={"nprobe": 8, "rerank": 50})
+        assert res.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+    (tmp_path / "bad.tsv").write_text("0\t1\nnot a line at all\n")
+    code, _, err = run(capsys, "build", tmp_path / "x.npy", "--data", data, "--name", "t2", "--index",
+                       "IVF8,PQ4x8", "--train-queries", tmp_path / "q.npy", "--train-positives", tmp_path / "bad.tsv")
+    assert code == 2 and "bad.tsv:2" in err
+    (tmp_path / "range.tsv").write_text("99\t1\n")
+    code, _, err = run(capsys, "build", tmp_path / "x.npy", "--data", data, "--name", "t2", "--index",
+                       "IVF8,PQ4x8", "--train-queries", tmp_path / "q.npy", "--train-positives", tmp_path / "range.tsv")
+    assert code == 2 and "query row 99 out of range" in err
+    code, _, err = run(capsys, "build", tmp_path / "x.npy", "--data", data, "--name", "t2", "--index", "IVF8,PQ4x8",
+                       "--train-queries", tmp_path / "q.npy")
+    assert code == 2 and "go together" in err
+    with Database(data) as db:
+        assert db.list_collections() == ["t"]
