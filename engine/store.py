@@ -199,6 +199,29 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def aws_client(service: str, endpoint_url: str | None = None, region: str | None = None, **kwargs):
+    """A boto3 client for ``service`` with the checks a user needs before the first request.
+
+    Against a local endpoint (moto, ``shoal lambda-local``, MinIO on loopback) a missing region defaults to
+    ``us-east-1`` and missing credentials to placeholders, since those servers accept any; against AWS a missing
+    region is an :class:`InvalidArgument` that says how to set one, instead of botocore's ``NoRegionError`` deep in
+    a traceback.
+    """
+    import boto3
+
+    session = boto3.session.Session()
+    region = region or session.region_name
+    local = bool(endpoint_url) and urlparse(endpoint_url).hostname in ("127.0.0.1", "localhost", "::1")
+    if region is None:
+        if not local:
+            raise InvalidArgument(f"no AWS region for {service}: set AWS_DEFAULT_REGION (or AWS_REGION), or a "
+                                  f"profile's region")
+        region = "us-east-1"
+    if local and "aws_access_key_id" not in kwargs and session.get_credentials() is None:
+        kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
+    return session.client(service, endpoint_url=endpoint_url, region_name=region, **kwargs)
+
+
 class S3Store(ObjectStore):
     """Objects in an S3 bucket under a prefix, through boto3.
 
@@ -228,9 +251,7 @@ class S3Store(ObjectStore):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    import boto3
-
-                    self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
+                    self._client = aws_client("s3", self.endpoint_url)
         return self._client
 
     def _k(self, key: str) -> str:

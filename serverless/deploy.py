@@ -122,17 +122,18 @@ def _wait_updated(client, name: str, timeout: float = 300.0) -> None:
 def deploy(spec: DeploySpec, *, endpoint_url: str | None = None, region: str | None = None,
            lambda_client=None, s3_client=None, log=print) -> dict:
     """Create or update the bucket and functions; returns ``{"bucket", "functions": [{name, arn, action}]}``."""
-    import boto3
     from botocore.exceptions import ClientError
 
+    from ..engine.store import aws_client
+
     spec.check()
-    lam = lambda_client or boto3.client("lambda", endpoint_url=endpoint_url, region_name=region)
+    lam = lambda_client or aws_client("lambda", endpoint_url, region)
     report: dict = {"bucket": None, "functions": []}
     if spec.bucket:
         from ..engine.store import S3Store
 
-        S3Store(spec.bucket, endpoint_url=endpoint_url, client=s3_client or boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region)).ensure_bucket()
+        S3Store(spec.bucket, endpoint_url=endpoint_url, client=s3_client or aws_client(
+            "s3", endpoint_url, region)).ensure_bucket()
         report["bucket"] = spec.bucket
         log(f"bucket s3://{spec.bucket} ready")
     if spec.image_uri:

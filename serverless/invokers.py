@@ -114,13 +114,13 @@ class LambdaInvoker(Invoker):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    import boto3
                     from botocore.config import Config
+
+                    from ..engine.store import aws_client
 
                     cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=self.read_timeout,
                                  connect_timeout=10, max_pool_connections=64)
-                    self._client = boto3.client("lambda", endpoint_url=self.endpoint_url, region_name=self.region,
-                                                config=cfg)
+                    self._client = aws_client("lambda", self.endpoint_url, self.region, config=cfg)
         return self._client
 
     def invoke(self, function: str, payload: dict, *, throttle_retries: int | None = None) -> tuple[Any, dict]:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from shoal.engine.store import LocalStore, S3Store
 from shoal.index import index_factory, load_index
@@ -23,3 +24,20 @@ def test_local_store_atomic_put_and_list(tmp_path):
     assert st.get("a/b.bin") == b"45"
     assert st.get_range("a/b.bin", 1, 2) == b"5"
     assert st.list("a/") == ["a/b.bin"]
+
+
+def test_aws_client_region_and_local_credentials(monkeypatch, tmp_path):
+    """No region: a clear error against AWS; a loopback endpoint defaults region and placeholder credentials."""
+    from shoal.engine.store import aws_client
+    from shoal.errors import InvalidArgument
+
+    for var in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(InvalidArgument, match="no AWS region for lambda: set AWS_DEFAULT_REGION"):
+        aws_client("lambda")
+    c = aws_client("lambda", "http://127.0.0.1:9001")
+    assert c.meta.region_name == "us-east-1"
+    assert c._request_signer._credentials.access_key == "local"
+    assert aws_client("s3", "https://s3.example.com", "eu-west-1").meta.region_name == "eu-west-1"
