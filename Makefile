@@ -12,7 +12,7 @@ export AWS_EC2_METADATA_DISABLED = true
 help:
 	@echo "make demo   build a GloVe-50d collection and run example queries (embedded, then through shoal serve)"
 	@echo "make test   run the whole test suite"
-	@echo "make bench  run the benchmarks (needs the bench extra and the data sets in shared/DATASETS.md)"
+	@echo "make bench  run a benchmark: make bench BENCH=flat|ivfpq|tenants|filtered|grpc|serverless (data: bench/README.md)"
 	@echo "make gpu    swap faiss-cpu for faiss-gpu-cu12 in the virtualenv"
 	@echo "make proto  regenerate the gRPC code from server/proto"
 
@@ -34,8 +34,10 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/shoal demo --data data/demo
 	$(BIN)/shoal demo-grpc --data data/demo-grpc
 
+# one benchmark per run: make bench BENCH=flat|ivfpq|tenants|filtered|grpc|serverless (see bench/README.md)
+BENCH ?= flat
 bench: $(VENV)/.installed-bench
-	$(BIN)/python -m bench.flat
+	$(BIN)/python -m bench.$(BENCH)
 
 gpu: $(VENV)/.installed-dev
 	$(BIN)/python -m pip uninstall -y faiss-cpu
