@@ -36,7 +36,10 @@ def run_grpc_demo(data: str, *, limit: int = 100_000, out=None) -> int:
     n = x.shape[0]
     attrs = {"word": words, "length": [len(w) for w in words], "rank": list(range(1, n + 1)),
              "first": [w[0] if w else None for w in words]}
-    tenants = [["common"] if i < 10_000 else ["rare"] for i in range(n)]
+    # the 10,000 most frequent words form tenant 'common', the rest 'rare' (half and half on a small --limit, so
+    # that both tenants exist)
+    split = min(10_000, n // 2)
+    tenants = [["common"] if i < split else ["rare"] for i in range(n)]
     row = {w: i for i, w in enumerate(words)}
 
     with LocalServer(data, "--workers", "4") as srv:

