@@ -78,11 +78,11 @@ class Progress:
 
 
 # ---------------------------------------------------------------------- file readers
-def read_vectors(path: str) -> np.ndarray:
-    """Vectors float32 (n, d) from any format :mod:`shoal.engine.readers` knows."""
+def read_vectors(path: str, key: str | None = None) -> np.ndarray:
+    """Vectors float32 (n, d) from any format :mod:`shoal.engine.readers` knows (``key``: an HDF5 dataset)."""
     from .engine import readers
 
-    return np.ascontiguousarray(readers.read_vectors(path), dtype=np.float32)
+    return np.ascontiguousarray(readers.read_vectors(path, key=key), dtype=np.float32)
 
 
 def infer_type(name: str, values) -> str:
@@ -153,6 +153,7 @@ def add_build(sub) -> None:
                     "strings -> keyword, lists -> tags) unless given with --schema.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("vectors", help="vectors file")
+    p.add_argument("--key", help="dataset of an .hdf5 vectors file (default: train, as in ann-benchmarks files)")
     p.add_argument("--data", required=True, help="data directory (created if missing)")
     p.add_argument("--name", required=True, help="collection name")
     p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="distance (default: l2)")
@@ -260,7 +261,7 @@ def cmd_build(args) -> int:
 
     t0 = time.time()
     prog = Progress(not args.quiet)
-    x = read_vectors(args.vectors)
+    x = read_vectors(args.vectors, args.key)
     if x.ndim != 2:
         raise InvalidArgument(f"{args.vectors}: expected a 2-d array of vectors, got shape {x.shape}")
     if args.limit is not None:
@@ -373,6 +374,7 @@ def add_search(sub) -> None:
     p.add_argument("--name", required=True, help="collection name")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--query-file", help="vectors file of queries (same formats as build)")
+    p.add_argument("--key", help="dataset of an .hdf5 query file (default: train; ann-benchmarks queries: test)")
     q.add_argument("--ids", help="comma-separated ids of records whose vectors are the queries")
     q.add_argument("--vector", action="append", help='one query vector as "1.0,2.0,...", repeatable; write --vector=-1,2 when it starts with a minus')
     p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
@@ -404,7 +406,7 @@ def cmd_search(args) -> int:
         col = db.collection(args.name)
         labels: list[str]
         if args.query_file:
-            q = read_vectors(args.query_file)
+            q = read_vectors(args.query_file, args.key)
             if args.limit is not None:
                 q = q[:args.limit]
             labels = [f"query {i}" for i in range(q.shape[0])]

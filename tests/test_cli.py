@@ -207,6 +207,14 @@ def test_build_from_other_vector_formats(tmp_path, rng, capsys, fmt):
     assert json.loads(out)["count"] == 60
     with Database(tmp_path / "d") as db:
         np.testing.assert_allclose(db.collection("f").get([59])[0]["vector"], x[59], rtol=1e-6)
+    if fmt == "hdf5":
+        # ann-benchmarks files keep queries in 'test'; --key picks a dataset, a wrong one lists what there is
+        code, out, err = run(capsys, "search", "--data", tmp_path / "d", "--name", "f", "--query-file", path,
+                             "--key", "test", "-k", "1", "--json")
+        assert code == 0, err
+        assert [r["hits"][0]["id"] for r in json.loads(out)["results"]] == [0, 1, 2]
+        code, _, err = run(capsys, "build", path, "--key", "neighbors", "--data", tmp_path / "d", "--name", "g")
+        assert code == 2 and "no dataset 'neighbors'" in err and "test, train" in err
 
 
 def test_build_ivfpq_with_supervised_tuning(tmp_path, rng, capsys):
