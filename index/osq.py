@@ -45,6 +45,10 @@ from .osq_parts import (DEFAULT_PARAMS, SETTINGS, Level0, OSQPartition, _as_expr
 from .persist import load_arrays, load_meta, save_arrays
 
 _BIG = 1 << 53
+#: planner cost model (see ``OSQIndex._exact_cheaper``), in BLAS multiply-adds per row-dimension
+EXACT_GATHER = 2.0
+ML_ROW_COST = 20.0
+_SMALL_SCAN = 1 << 20  # query x row pairs up to which the exact plan builds the full key matrix
 _PART_RE = re.compile(r"^p\d{4}/")
 
 
@@ -83,6 +87,10 @@ class OSQIndex(Index):
         self._source = None                    # (store, prefix) of a level-0-only load: exact numbers on demand
         self.cells: dict[str, NumericCells] = {}
         self.codes: dict[str, np.ndarray] = {}  # uint8 (ntotal,) per numeric attribute
+        # unrotated (cosine: normalised) float32 vectors in row order, and their squared norms: the exact plan
+        # scans them without rotating the queries (d^2 flops a query, more than the scan itself when few rows pass)
+        self.raw = np.empty((0, self.d), dtype=np.float32)
+        self.raw_norms = np.empty(0, dtype=np.float32)
         self.last_stats: dict = {}
 
     # ------------------------------------------------------------------ factory
@@ -214,7 +222,12 @@ class OSQIndex(Index):
         self.row_part = np.concatenate([self.row_part, row_part])
         self.row_pos = np.concatenate([self.row_pos, row_pos])
         self.row_cluster = np.concatenate([self.row_cluster, row_cluster])
+        self._set_raw(np.concatenate([self.raw, x]))
         self._add_attrs(cols, start, n)
+
+    def _set_raw(self, raw: np.ndarray) -> None:
+        self.raw = np.ascontiguousarray(raw, dtype=np.float32)
+        self.raw_norms = np.einsum("ij,ij->i", self.raw, self.raw)
 
     def _check_attrs(self, attrs, n: int) -> dict:
         cols = {}
@@ -276,8 +289,10 @@ class OSQIndex(Index):
             big = np.abs(hi) > _BIG
             hi[big] = np.nextafter(hi[big], np.inf)
             sure_t, maybe_t = filters.interval_predicate(pred, lo, hi, missing=empty)
-            codes = self.codes[pred.attr]
-            return sure_t[codes], maybe_t[codes]
+            # one uint8 table (1 sure, 2 maybe) and one np.take: about 3x faster than two boolean fancy-indexings
+            lut = sure_t.astype(np.uint8) | ((maybe_t & ~sure_t).astype(np.uint8) << 1)
+            v = np.take(lut, self.codes[pred.attr])
+            return v == 1, v == 2
         return filters.evaluate_predicate(pred, {pred.attr: self.columns[pred.attr]}, n), np.zeros(n, bool)
 
     def filter_status(self, expr) -> tuple[np.ndarray, np.ndarray]:
@@ -320,39 +335,48 @@ class OSQIndex(Index):
         return int(np.count_nonzero(sure & live)), int(np.count_nonzero(maybe & live))
 
     # ------------------------------------------------------------------ search
-    def level0(self, q, k: int, params: dict | None = None, *, filter=None, allowed=None) -> Level0:
-        """Level 0 (allocator): rotate, three-valued filter, counts per partition, partitions to visit.
+    def level0(self, q, k: int, params: dict | None = None, *, filter=None, allowed=None,
+               rotate_exact: bool = True) -> Level0:
+        """Level 0 (allocator): three-valued filter, plan, rotation, counts per cluster, clusters to visit.
 
         Parameters are as for :meth:`search`; ``allowed`` must already be validated (``None``, (ntotal,) or
-        (nq, ntotal) bool).
+        (nq, ntotal) bool). ``rotate_exact=False`` leaves ``qrot`` None under the exact plan (the in-process exact
+        scan reads the unrotated vectors; a serverless processor needs the rotated queries).
         """
+        return self._level0(self.prepare(q, name="queries"), k, params, filter, allowed, rotate_exact)
+
+    def _level0(self, q, k, params, filter, allowed, rotate_exact) -> Level0:
+        """:meth:`level0` on prepared queries."""
         p = dict(DEFAULT_PARAMS)
         p.update(params or {})
-        qrot = self.rotate(q)
-        nq, n, P = qrot.shape[0], self.ntotal, self.nparts
+        nq, P = q.shape[0], self.nparts
         expr = None if filter is None else _as_expr(filter)
-        sure, maybe = self.filter_status(expr)
         live = ~self.deleted
-        if allowed is None or allowed.ndim == 1:
-            keep = live if allowed is None else live & allowed
-            status = np.where(sure & keep, K.STATUS_SURE, np.where(maybe & keep, K.STATUS_MAYBE, K.STATUS_NO))
-            status = status.astype(np.uint8)[None, :]
-            sidx = np.zeros(nq, dtype=np.int64)
-        else:
-            keep = allowed & live[None, :]
-            status = np.where(sure[None] & keep, K.STATUS_SURE,
-                              np.where(maybe[None] & keep, K.STATUS_MAYBE, K.STATUS_NO)).astype(np.uint8)
-            sidx = np.arange(nq, dtype=np.int64)
-        ns = status.shape[0]
-        nsure = np.count_nonzero(status == K.STATUS_SURE, axis=1)
-        nmaybe = np.count_nonzero(status == K.STATUS_MAYBE, axis=1)
-        resolved = np.zeros(ns, dtype=bool)
         mode = p["mode"]
         if mode not in ("auto", "exact", "multilevel"):
             raise InvalidArgument(f"mode must be auto, exact or multilevel, got {mode!r}")
-        live_n = max(1, int(np.count_nonzero(live)))
-        exact = mode == "exact" or (mode == "auto" and
-                                    bool(np.all(nsure + nmaybe <= float(p["exact_below"]) * live_n)))
+        lv = self._level0_exact(q, k, p, expr, allowed, live, rotate_exact) if mode != "multilevel" else None
+        if lv is not None:
+            return lv
+        sure, maybe = self.filter_status(expr)
+        if allowed is None or allowed.ndim == 1:
+            keep = live if allowed is None else live & allowed
+            sure = sure & keep
+            maybe = maybe & keep
+            sidx = np.zeros(nq, dtype=np.int64)
+        else:
+            keep = allowed & live[None, :]
+            sure = sure[None] & keep
+            maybe = maybe[None] & keep
+            sidx = np.arange(nq, dtype=np.int64)
+        # sure wins where both are set (evaluate3 resolves overlap that way): status 1 sure, 2 maybe, 0 no
+        status = np.where(sure, np.uint8(K.STATUS_SURE), maybe.view(np.uint8) << 1).reshape(-1, self.ntotal)
+        ns = status.shape[0]
+        nsure = np.count_nonzero(sure.reshape(ns, -1), axis=1)
+        nmaybe = np.count_nonzero(status == K.STATUS_MAYBE, axis=1)
+        resolved = np.zeros(ns, dtype=bool)
+        exact = mode == "exact" or (mode == "auto" and P > 0 and
+                                    self._exact_cheaper(nsure + nmaybe, sidx, int(np.count_nonzero(live)), p))
         for s in range(ns):
             if (exact or nsure[s] < k) and nmaybe[s]:
                 rows = np.flatnonzero(status[s] == K.STATUS_MAYBE)
@@ -362,15 +386,13 @@ class OSQIndex(Index):
                 nsure[s] += int(hit.sum())
                 nmaybe[s] = 0
         if exact or P == 0:
+            qrot = self._rotate_prepared(q) if rotate_exact else None
             return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved,
-                          np.zeros((nq, P, self.nclusters), bool))
+                          np.zeros((nq, P, self.nclusters), bool), q)
+        qrot = self._rotate_prepared(q)
         # per-cluster counts of sure and maybe rows (status row x cluster, clusters numbered p * C + c)
         G = P * self.nclusters
-        gc = self.row_cluster.astype(np.int64)
-        sc = np.stack([np.bincount(gc, weights=(st == K.STATUS_SURE).astype(np.float64), minlength=G)
-                       for st in status]).astype(np.int64)
-        mc = np.stack([np.bincount(gc, weights=(st == K.STATUS_MAYBE).astype(np.float64), minlength=G)
-                       for st in status]).astype(np.int64)
+        sc, mc = K.cluster_counts(status, self.row_cluster, G)
         if self.metric == "ip":
             # inner-product search ranks cells by the inner product with their centroid, as IVF does
             dc = np.ascontiguousarray(-(qrot @ self.cluster_centroids.T), dtype=np.float32)
@@ -380,7 +402,71 @@ class OSQIndex(Index):
         vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, per_cluster, ratio=self.metric != "ip")
         clusters = vcl.reshape(nq, P, self.nclusters)
         visit = clusters.any(axis=2)
-        return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters)
+        return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters, q)
+
+    def _level0_exact(self, q, k, p, expr, allowed, live, rotate_exact) -> Level0 | None:
+        """The exact plan straight from the exact attribute values when they are all in memory (a full index):
+        one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and, when it picks
+        the exact plan, the status; None when the values are not loaded (an allocator's level-0-only load decides
+        on the codes instead) or the planner picks the multi-level search (which runs on the codes: what its
+        processors see)."""
+        names = () if expr is None else filters.attributes(expr)
+        if any(name in self.kinds and self.columns.get(name) is None for name in names):
+            return None
+        nq, P = q.shape[0], self.nparts
+        n = self.ntotal
+        for pred in () if expr is None else filters.leaf_predicates(expr):
+            if pred.attr in self.kinds:
+                try:
+                    filters.check(pred, {pred.attr: self.kinds[pred.attr]})
+                except filters.FilterTypeError as exc:
+                    raise InvalidArgument(str(exc)) from None
+        if expr is None:
+            match = live
+        else:
+            cols = {name: self.columns[name] if name in self.kinds else filters.NumericColumn(np.full(n, np.nan))
+                    for name in names}
+            match = filters.evaluate(expr, cols, n) & live
+        if allowed is None or allowed.ndim == 1:
+            sure = match if allowed is None else match & allowed
+            sidx = np.zeros(nq, dtype=np.int64)
+        else:
+            sure = allowed & match[None, :]
+            sidx = np.arange(nq, dtype=np.int64)
+        status = sure.view(np.uint8).reshape(-1, n)
+        nsure = np.count_nonzero(status, axis=1)
+        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, int(np.count_nonzero(live)), p):
+            return None
+        ns = status.shape[0]
+        qrot = self._rotate_prepared(q) if rotate_exact else None
+        return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(ns, np.int64),
+                      np.ones(ns, bool), np.zeros((nq, P, self.nclusters), bool), q)
+
+    def _rotate_prepared(self, q: np.ndarray) -> np.ndarray:
+        """Rotate already prepared queries float32 (nq, d): one GEMM for the batch."""
+        return np.ascontiguousarray(q @ self.rotation, dtype=np.float32)
+
+    def _exact_cheaper(self, matches: np.ndarray, sidx: np.ndarray, live: int, p: dict) -> bool:
+        """The planner: is an exact scan of the (at most ``matches``) passing rows cheaper than levels 0-3?
+
+        ``exact_below > 0`` keeps a plain threshold (every status row passes at most that fraction of the live
+        rows). Otherwise (the default) a cost model in units of one BLAS multiply-add: the exact scan costs
+        ``sum_s m_s d (nq_s + EXACT_GATHER)`` (the distance GEMM of the ``nq_s`` queries sharing status row ``s``
+        over its ``m_s`` rows, and gathering those rows), the multi-level search ``nq (d^2 + G d + ML_ROW_COST
+        nprobe (n / G) d)`` (query rotation, cluster ranking, and the ``nprobe`` clusters' worth of filter-passing
+        candidates that level 0 collects whatever the selectivity, each costing ``ML_ROW_COST`` multiply-adds per
+        dimension: gathers, Hamming codes, exact keys and bookkeeping in scalar code, measured on this machine).
+        """
+        frac = float(p["exact_below"])
+        if frac > 0:
+            return bool(np.all(matches <= frac * max(1, live)))
+        d, nq = self.d, sidx.shape[0]
+        G = max(1, self.nparts * self.nclusters)
+        nq_s = np.bincount(sidx, minlength=matches.shape[0])
+        exact = float(np.sum(matches.astype(np.float64) * (nq_s + EXACT_GATHER))) * d
+        per_cluster = max(1.0, live / G)
+        multi = nq * (d * d + G * d + ML_ROW_COST * max(1, int(p["nprobe"])) * per_cluster * d)
+        return exact <= multi
 
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
@@ -394,7 +480,7 @@ class OSQIndex(Index):
         expr = None if filter is None else _as_expr(filter)
         p = dict(DEFAULT_PARAMS)
         p.update(params)
-        lv = self.level0(q, k, p, filter=expr, allowed=allowed)
+        lv = self._level0(q, k, p, expr, allowed, False)
         if not float(p["keep_frac"]) and expr is not None and \
                 float((lv.sure + lv.maybe).max()) <= 0.5 * max(1, self.nlive):
             # under a filter the nearest passing rows can lie far from the query, where sign codes rank poorly
@@ -431,17 +517,52 @@ class OSQIndex(Index):
         return "l2" if self.metric == "l2" else "ip"
 
     def _exact_scan(self, lv: Level0, k: int):
-        nq = lv.qrot.shape[0]
+        """Exact top-``k`` over each status row's sure rows: one BLAS product per status row for the queries sharing
+        it, on the unrotated vectors (no query rotation)."""
+        q = lv.q if lv.q is not None else self._unrotate(lv.qrot)
+        nq = q.shape[0]
         D, I = self.empty(nq, k)
-        for s in range(lv.status.shape[0]):
-            qs = np.flatnonzero(lv.sidx == s)
-            rows = np.flatnonzero(lv.status[s] == K.STATUS_SURE)
-            if qs.size == 0 or rows.size == 0:
+        if lv.status.shape[0] == 1:
+            groups = [(0, np.arange(nq))]
+        else:
+            groups = [(s, np.flatnonzero(lv.sidx == s)) for s in range(lv.status.shape[0])]
+        metric = self._key_metric()
+        for s, qs in groups:
+            if qs.size == 0:
                 continue
-            d_, i_ = exact_search(lv.qrot[qs], self._vectors_of(rows), k, self._key_metric(),
-                                  labels=self.row_ids[rows])
-            D[qs], I[qs] = d_, i_
+            rows = np.flatnonzero(lv.status[s] == K.STATUS_SURE)
+            if rows.size == 0:
+                continue
+            if qs.size * rows.size <= _SMALL_SCAN:
+                D[qs], I[qs] = self._small_scan(q[qs], rows, k, metric)
+            else:
+                D[qs], I[qs] = exact_search(q[qs], self.raw[rows], k, metric, labels=self.row_ids[rows],
+                                            x_norms=self.raw_norms[rows] if metric == "l2" else None)
         return D, I
+
+    def _small_scan(self, q: np.ndarray, rows: np.ndarray, k: int, metric: str):
+        """Exact top-``k`` of ``q`` over a few ``rows``: one GEMM into a full key matrix, then a partial sort
+        (cheaper than the tiled heap scan of ``exact_search`` when the matrix is small)."""
+        nq, m = q.shape[0], rows.shape[0]
+        D, I = self.empty(nq, k)
+        keys = q @ self.raw[rows].T
+        if metric == "l2":
+            keys *= -2.0
+            keys += self.raw_norms[rows][None, :]
+            keys += np.einsum("ij,ij->i", q, q)[:, None]
+            np.maximum(keys, 0.0, out=keys)
+        else:
+            np.negative(keys, out=keys)
+        kk = min(k, m)
+        top = np.argpartition(keys, kk - 1, axis=1)[:, :kk] if kk < m else np.broadcast_to(np.arange(m), (nq, m))
+        tk = np.take_along_axis(keys, top, axis=1)
+        o = np.argsort(tk, axis=1, kind="stable")
+        D[:, :kk] = np.take_along_axis(tk, o, axis=1)
+        I[:, :kk] = self.row_ids[rows][np.take_along_axis(top, o, axis=1)]
+        return D, I
+
+    def _unrotate(self, qrot: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(qrot @ self.rotation.T, dtype=np.float32)
 
     def _multilevel(self, lv: Level0, k: int, p: dict, expr):
         nq, P = lv.visit.shape
@@ -483,7 +604,7 @@ class OSQIndex(Index):
             if rows.size:
                 status[s, rows] = np.where(self.exact_rows(expr, rows), K.STATUS_SURE, K.STATUS_NO)
         sub = Level0(lv.qrot[short], status, lv.sidx[short], lv.visit[short], "exact", lv.sure, lv.maybe,
-                     lv.resolved, lv.clusters[short])
+                     lv.resolved, lv.clusters[short], None if lv.q is None else lv.q[short])
         D[short], I[short] = self._exact_scan(sub, k)
         return D, I
 
@@ -544,6 +665,8 @@ class OSQIndex(Index):
         arrays = self.global_arrays()
         for p in range(self.nparts):
             arrays.update(self.partition_arrays(p))
+        # the unrotated vectors serve the full index's exact plan only (neither allocator nor processors read them)
+        arrays["raw_vectors"] = self.raw
         save_arrays(store, prefix, self._meta(), arrays)
 
     @classmethod
@@ -556,7 +679,8 @@ class OSQIndex(Index):
     def load_level0(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":
         """Load only the level-0 (allocator) data; partitions stay unloaded (``parts[p] is None``)."""
         meta = load_meta(store, prefix, kind=cls.kind)
-        names = [n for n in meta["arrays"] if not _PART_RE.match(n) and not n.endswith(("/values", "/missing"))]
+        names = [n for n in meta["arrays"] if not _PART_RE.match(n) and not n.endswith(("/values", "/missing"))
+                 and n != "raw_vectors"]
         _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=names)
         index = cls._from_meta(meta)
         index.rotation = np.array(a["rotation"])
@@ -617,6 +741,11 @@ class OSQIndex(Index):
             part.columns = {}
             index._bind(part)
         index.parts = parts
+        if "raw_vectors" in meta["arrays"]:
+            _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=["raw_vectors"])
+            index._set_raw(a["raw_vectors"] if mmap else np.array(a["raw_vectors"]))
+        else:  # saved before the unrotated copy was kept: undo the rotation
+            index._set_raw(index._vectors_of(np.arange(index.ntotal)) @ index.rotation.T)
         return index
 
     # ------------------------------------------------------------------ accounting
@@ -630,7 +759,7 @@ class OSQIndex(Index):
 
     def _all_arrays(self):
         arrs = [self.rotation, self.centroids, self.row_ids, self.deleted, self.row_part, self.row_pos,
-                self.row_cluster, self.cluster_centroids, *self.codes.values()]
+                self.row_cluster, self.cluster_centroids, self.raw, self.raw_norms, *self.codes.values()]
         for p in self.parts:
             if p is not None:
                 arrs += [p.rows, p.ids, p.segs, p.binary, p.vectors, p.centroids, p.cluster, p.list_rows,

@@ -195,6 +195,9 @@ class Level0:
     sure, maybe : int64 (ns,)    counts over the index
     resolved : bool (ns,)        maybe rows were resolved exactly (status has no maybe)
     clusters : bool (nq, P, C)   clusters each query visits inside each partition
+    q : float32 (nq, d) or None  the prepared (cosine: normalised) unrotated queries; the exact plan scans the
+                                 unrotated vectors with them. ``qrot`` may be None under the exact plan when the
+                                 caller asked level 0 not to rotate.
     """
 
     qrot: np.ndarray
@@ -206,6 +209,7 @@ class Level0:
     maybe: np.ndarray
     resolved: np.ndarray
     clusters: np.ndarray
+    q: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

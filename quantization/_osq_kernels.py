@@ -181,6 +181,33 @@ def balanced_assign(dist, capacity):
 
 
 @njit(cache=True)
+def cluster_counts(status, row_cluster, G):
+    """Sure and maybe rows per cluster for every status row, in one pass.
+
+    Parameters
+    ----------
+    status : uint8 (ns, n)
+    row_cluster : int32 (n,)  global cluster of each row (< G)
+    G : int
+
+    Returns
+    -------
+    sure, maybe : int64 (ns, G)
+    """
+    ns, n = status.shape
+    sure = np.zeros((ns, G), dtype=np.int64)
+    maybe = np.zeros((ns, G), dtype=np.int64)
+    for s in range(ns):
+        for r in range(n):
+            v = status[s, r]
+            if v == STATUS_SURE:
+                sure[s, row_cluster[r]] += 1
+            elif v == STATUS_MAYBE:
+                maybe[s, row_cluster[r]] += 1
+    return sure, maybe
+
+
+@njit(cache=True)
 def bounds_rows(segs, rows, q, bits, dim_byte, dim_shift, dim_two, cell_lo, cell_hi, metric):
     """Per-row lower and upper bounds of the distance key between ``q`` and ``rows``, dimension by dimension.
 

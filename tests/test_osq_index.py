@@ -118,6 +118,30 @@ def test_fewer_sure_than_k_resolves_maybe_rows():
     assert np.all((I >= 0).sum(1) == 10) and np.isin(I, ids[mask]).all()
 
 
+def test_planner_scans_few_matches_exactly_without_rotating():
+    index, x, q, cols, ids = build("cosine")
+    expr = filters.parse("year = 1999 and price < 10")  # a handful of matches
+    D, I = index.search(q, 10, filter=expr)
+    assert index.last_stats["plan"] == "exact"
+    mask = filters.evaluate(expr, cols, N)
+    kd, ki = exact_filtered(x, q, ids, mask, 10, "cosine")
+    assert np.array_equal(I >= 0, ki >= 0) and np.isin(I[I >= 0], ids[mask]).all()
+    np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-4)
+    # the exact plan reads the unrotated copy: a broken rotation does not change its answer
+    R = index.rotation
+    index.rotation = np.zeros_like(R)
+    try:
+        assert np.array_equal(index.search(q, 10, filter=expr)[1], I)
+    finally:
+        index.rotation = R
+    # a positive exact_below replaces the cost model by a plain threshold
+    index.search(q, 10, filter=expr, params={"exact_below": 1e-9})
+    assert index.last_stats["plan"] == "multilevel"
+    # the allocator's level 0 (no exact numbers loaded) plans on the codes and rotates for its processors
+    lv = index.level0(q, 10, {"mode": "exact"}, filter=expr)
+    assert lv.plan == "exact" and lv.qrot is not None and np.allclose(lv.qrot, index.rotate(q), atol=1e-5)
+
+
 def test_allowed_masks_and_remove():
     index, x, q, cols, ids = build("l2")
     expr = filters.parse("price < 50")
@@ -176,7 +200,7 @@ def _roundtrip(index, store, q, cols):
     assert isinstance(loaded, OSQIndex)
     for text in FILTERS[:5]:
         expr = None if text is None else filters.parse(text)
-        for params in ({"mode": "multilevel"}, {"mode": "multilevel", "level2": "bounds"}, MAX):
+        for params in ({"mode": "multilevel"}, {"mode": "multilevel", "level2": "bounds"}, MAX, {"mode": "exact"}):
             a = index.search(q, 10, filter=expr, params=params)
             b = loaded.search(q, 10, filter=expr, params=params)
             assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
