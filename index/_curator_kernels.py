@@ -1,9 +1,10 @@
-"""numba kernels of the Curator index: hash tables, slab pools, Bloom filters, shortlist updates and search.
+"""numba kernels of the Curator index: hash tables, slab pools, Bloom filters and shortlist updates.
 
 Every structure is a handful of flat numpy arrays, so one query's whole traversal and scan runs inside one compiled
-call (see ``docs/curator.md`` for the layout). The update kernels work pair by pair and stop *before* a pair when a
-structure lacks the room a pair may need in the worst case, returning a code; the Python side grows that structure and
-calls again from the same pair, so a pair is never half applied.
+call (the search kernel is in :mod:`._curator_search_kernels`; the layout in ``docs/curator.md``). The update kernels
+work pair by pair and stop *before* a pair when a structure lacks the room a pair may need in the worst case,
+returning a code; the Python side grows that structure and calls again from the same pair, so a pair is never half
+applied.
 
 State tuples (passed as tuples of arrays so signatures stay short):
 
@@ -64,7 +65,6 @@ def _prefetch(typingctx, arr, row, col):
     return sig, codegen
 
 
-PF_AHEAD = 8
 
 
 # ---------------------------------------------------------------------------------------------------- hashing
@@ -663,160 +663,3 @@ def drop_tenant(t, tree, sl, acc, ten):
             _pool_remove(astart, alen, apool, pool[start[s] + j], t)
         _free_slot(tree, sl, ten, s)
     ten[0][t] = 0
-
-
-# ---------------------------------------------------------------------------------------------------- search
-@njit(inline="always")
-def _heap_push(hs, hn, hk, size, score, node, kind):
-    i = size
-    hs[i] = score
-    hn[i] = node
-    hk[i] = kind
-    while i > 0:
-        p = (i - 1) >> 1
-        if hs[p] <= hs[i]:
-            break
-        hs[p], hs[i] = hs[i], hs[p]
-        hn[p], hn[i] = hn[i], hn[p]
-        hk[p], hk[i] = hk[i], hk[p]
-        i = p
-    return size + 1
-
-
-@njit(inline="always")
-def _heap_pop(hs, hn, hk, size):
-    """Remove the root (the caller read it first); returns the new size."""
-    size -= 1
-    hs[0] = hs[size]
-    hn[0] = hn[size]
-    hk[0] = hk[size]
-    i = 0
-    while True:
-        l = 2 * i + 1
-        if l >= size:
-            break
-        m = l
-        if l + 1 < size and hs[l + 1] < hs[l]:
-            m = l + 1
-        if hs[i] <= hs[m]:
-            break
-        hs[m], hs[i] = hs[i], hs[m]
-        hn[m], hn[i] = hn[i], hn[m]
-        hk[m], hk[i] = hk[i], hk[m]
-        i = m
-    return size
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child_lo, child_hi, parent, bidx, bloom, start,
-                 length, pool, keys, vals, vecs, row_ids, allowed, mask_mode, nhash):
-    """Best-first search of each query's tenant tree.
-
-    Parameters
-    ----------
-    Q : float32 (nq, d)
-    tens : int32 (nq,)
-        Tenant of each query.
-    k, budget : int
-        Results wanted; stop opening shortlists once ``budget`` candidates were scored.
-    vboost : float
-        Node score = squared L2 to centroid - ``vboost`` * node variance.
-    use_ip : bool
-        Score candidates by negated inner product instead of squared L2.
-    normalize : bool
-        L2-normalise each query first (cosine).
-    cent, var, child_lo, child_hi, parent, bidx, bloom
-        The tree arrays (see the module docstring); passed one by one, as numba dispatches plain arrays much faster
-        than tuples (this call is on every query's path).
-    start, length, pool, keys, vals
-        The shortlist arrays and the ``(node, tenant) -> shortlist`` table, read only.
-    vecs : float32 (ntotal, d)
-    row_ids : int64 (ntotal,)
-    allowed : bool (m, ntotal)
-        Row masks; used when ``mask_mode`` is 1 (row 0 for every query) or 2 (row i for query i).
-
-    Returns
-    -------
-    D float32 (nq, k), I int64 (nq, k), nscored int64 (nq,)
-    """
-    nq = Q.shape[0]
-    nn = cent.shape[0]
-    D = np.full((nq, k), np.inf, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)
-    nscored = np.zeros(nq, dtype=np.int64)
-    hs = np.empty(nn + 1, dtype=np.float32)
-    hn = np.empty(nn + 1, dtype=np.int64)
-    hk = np.empty(nn + 1, dtype=np.int64)
-    d = Q.shape[1]
-    q = np.empty(d, dtype=np.float32)
-    for qi in range(nq):
-        q[:] = Q[qi]
-        if normalize:
-            nrm = np.float32(0.0)
-            for z in range(d):
-                nrm += q[z] * q[z]
-            if nrm > 0:
-                nrm = np.float32(1.0) / np.sqrt(nrm)
-                for z in range(d):
-                    q[z] *= nrm
-        t = tens[qi]
-        mrow = qi if mask_mode == 2 else 0
-        td = D[qi]
-        ti = I[qi]
-        size = 0
-        p = nt_find(keys, parent, child_lo, 0, t)
-        if p >= 0:
-            size = _heap_push(hs, hn, hk, size, np.float32(0.0), 0, vals[p])
-        elif child_hi[0] > child_lo[0] and bloom_has(bloom, bidx[0], t, nhash):
-            size = _heap_push(hs, hn, hk, size, np.float32(0.0), 0, -1)
-        scored = 0
-        while size > 0 and scored < budget:
-            node = hn[0]
-            slot = hk[0]
-            size = _heap_pop(hs, hn, hk, size)
-            if slot >= 0:
-                s0 = start[slot]
-                ln = length[slot]
-                for j in range(min(ln, PF_AHEAD)):
-                    for z in range(0, d, 16):
-                        _prefetch(vecs, pool[s0 + j], z)
-                for j in range(ln):
-                    if j + PF_AHEAD < ln:
-                        for z in range(0, d, 16):
-                            _prefetch(vecs, pool[s0 + j + PF_AHEAD], z)
-                    r = pool[s0 + j]
-                    if mask_mode != 0 and (r >= allowed.shape[1] or not allowed[mrow, r]):
-                        continue
-                    x = vecs[r]
-                    acc = np.float32(0.0)
-                    if use_ip:
-                        for z in range(d):
-                            acc += q[z] * x[z]
-                        acc = -acc
-                    else:
-                        for z in range(d):
-                            u = q[z] - x[z]
-                            acc += u * u
-                    scored += 1
-                    if acc < td[k - 1]:
-                        pos = k - 1
-                        while pos > 0 and td[pos - 1] > acc:
-                            td[pos] = td[pos - 1]
-                            ti[pos] = ti[pos - 1]
-                            pos -= 1
-                        td[pos] = acc
-                        ti[pos] = row_ids[r]
-                continue
-            for c in range(child_lo[node], child_hi[node]):
-                p = nt_find(keys, parent, child_lo, c, t)
-                kind = -2
-                if p >= 0:
-                    kind = vals[p]
-                elif child_hi[c] > child_lo[c] and bloom_has(bloom, bidx[c], t, nhash):
-                    kind = -1
-                if kind == -2:
-                    continue
-                sc = _l2(q, cent[c]) - vboost * var[c]
-                size = _heap_push(hs, hn, hk, size, sc, c, kind)
-        nscored[qi] = scored
-    return D, I, nscored

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from . import _curator_kernels as K
+from . import _curator_search_kernels as KS
 from .base import Index, array_bytes
 from .factory import Stage, format_stage, take_settings
 from .flat import exact_search
@@ -613,9 +614,9 @@ class CuratorIndex(Index):
 
     def _kernel(self, q, tens, k, budget, vboost, mask, mode):
         cent, var, lo, hi, parent, depth, bidx, bloom = self._tree
-        return K.search_batch(q, tens, k, budget, vboost, self.metric != "l2", self.metric == "cosine", cent, var,
-                              lo, hi, parent, bidx, bloom, self._sstart, self._slen, self._spool, self._hkeys, self._hvals,
-                              self._vecs, self._ids, mask, mode, self.settings["hashes"])
+        return KS.search_batch(q, tens, k, budget, vboost, self.metric != "l2", self.metric == "cosine", cent, var,
+                               lo, hi, parent, bidx, bloom, self._sstart, self._slen, self._spool, self._hkeys, self._hvals,
+                               self._vecs, self._ids, mask, mode, self.settings["hashes"], self.settings["branch"])
 
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """:meth:`search` that also returns the number of candidates scored per query (int64 (nq,))."""
