@@ -163,6 +163,55 @@ def test_save_load_search_bit_identical(tmp_path, mmap):
         assert back.mapped_bytes() == 0
 
 
+@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine", "IVF16,PQ16x4,Refine"])
+def test_precomputed_tables_give_the_direct_path_results(tmp_path, spec):
+    idx = index_factory(D, spec, "l2")
+    idx.train(X[:3000])
+    idx.add(X[:2000], IDS[:2000])
+    idx.add(X[2000:3000], IDS[2000:3000])  # two segments
+    idx.remove(IDS[:40])
+    pre = index_factory(D, spec.replace(",Refine", "(precomputed),Refine"), "l2")
+    assert describe(pre) == spec.replace(",Refine", "(precomputed),Refine")
+    pre.train(X[:3000])  # training is seeded: same centroids and codes
+    pre.add(X[:2000], IDS[:2000])
+    pre.add(X[2000:3000], IDS[2000:3000])
+    pre.remove(IDS[:40])
+    assert np.array_equal(pre.codes, idx.codes)
+    table = pre.list_table()
+    assert table.shape == (16, pre.pq.M, pre.pq.K) and idx.list_table() is None
+    assert pre.memory_bytes() == idx.memory_bytes() + table.nbytes
+    allowed = np.random.default_rng(3).random(idx.ntotal) < 0.5
+    for params, mask in [({"nprobe": 1, "rerank": 0}, None), ({"nprobe": 4, "rerank": 0}, None),
+                         ({"nprobe": 4, "rerank": 30}, None), ({"nprobe": 16, "rerank": 0}, allowed)]:
+        a = idx.search(Q[:50], 10, params=params, allowed=mask)
+        b = pre.search(Q[:50], 10, params=params, allowed=mask)
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
+    # one query at a time uses the per-call terms of just its probed lists: still the same keys
+    one = idx.search(Q[:1], 10, params={"nprobe": 3, "rerank": 0})
+    np.testing.assert_array_equal(one[0], pre.search(Q[:1], 10, params={"nprobe": 3, "rerank": 0})[0])
+    # the table is not stored: rebuilt on load, identical, and switchable on a loaded plain index
+    store = LocalStore(str(tmp_path))
+    pre.save(store, "pre")
+    idx.save(store, "plain")
+    back = load_index(store, "pre", mmap=True)
+    assert back.precomputed and np.array_equal(back.list_table(), table)
+    assert back.memory_bytes() == pre.memory_bytes() - pre.vectors.nbytes
+    plain = load_index(store, "plain")
+    plain.set_precomputed(True)
+    for other in (back, plain):
+        np.testing.assert_array_equal(other.search(Q, 10, params={"nprobe": 4})[0],
+                                      pre.search(Q, 10, params={"nprobe": 4})[0])
+    plain.set_precomputed(False)
+    assert plain.list_table() is None and plain.memory_bytes() == idx.memory_bytes()
+
+
+def test_precomputed_tables_only_for_residual_l2():
+    for spec, metric in [("IVF16,PQ8x8(precomputed)", "ip"), ("IVF16,PQ8x8(precomputed,residual=0)", "l2")]:
+        with pytest.raises(InvalidArgument, match="residual codes with the l2 metric only"):
+            index_factory(D, spec, metric)
+
+
 def _ip_recall_of_codes(idx, x, q):
     gt = exact_search(q, x, 10, "ip")[1]
     return recall(idx.search(q, 10, params={"nprobe": idx.nlist})[1], gt)
