@@ -663,3 +663,27 @@ def drop_tenant(t, tree, sl, acc, ten):
             _pool_remove(astart, alen, apool, pool[start[s] + j], t)
         _free_slot(tree, sl, ten, s)
     ten[0][t] = 0
+
+
+# ---------------------------------------------------------------------------------------------------- 4-bit codes
+def code_stride(d: int) -> int:
+    """Bytes per row of the 4-bit code store: ``ceil(d / 2)`` rounded up to a power of two (at most 64) or to a
+    multiple of 64, so that with a 64-byte aligned store no row straddles more cache lines than it must."""
+    nb = (d + 1) // 2
+    if nb <= 64:
+        return 1 << max(0, (nb - 1).bit_length())
+    return (nb + 63) // 64 * 64
+
+
+@njit(cache=True)
+def sq4_encode(x, lo, step, out):
+    """4-bit scalar codes of ``x`` float32 (n, d) into ``out`` uint8 (n, stride): dimension z gets
+    ``clip(floor((x - lo[z]) / step[z]), 0, 15)``, two dimensions per byte (even z in the low nibble)."""
+    d = x.shape[1]
+    for i in range(x.shape[0]):
+        for b in range(out.shape[1]):
+            out[i, b] = 0
+        for z in range(d):
+            c = np.int64(np.floor((x[i, z] - lo[z]) / step[z]))
+            c = min(15, max(0, c))
+            out[i, z >> 1] |= np.uint8(c << (4 * (z & 1)))

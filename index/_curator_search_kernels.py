@@ -4,7 +4,9 @@ One query's whole search runs in one compiled call, in two alternating phases:
 
 * **gather**: best-first traversal of the tenant's implicit tree (a binary min-heap of nodes keyed by centroid
   distance); each popped shortlist's rows are appended to a row buffer, until the candidate budget is reached;
-* **scan**: the buffered rows are scored exactly in one stream, prefetching a few rows ahead.
+* **scan**: the buffered rows are scored in one stream, prefetching a few rows ahead: exactly (float32), or, when a
+  re-rank depth R is given, first by their 4-bit codes (one 32-byte row instead of a 200-byte one for d=50, scored with
+  a per-query table of byte -> partial distance) keeping the R best, which are then scored exactly.
 
 Splitting them keeps the prefetch pipeline full across shortlist boundaries: a big tenant's shortlists hold a handful
 of rows each, so prefetching inside one shortlist at a time left most memory latencies exposed. The candidate set
@@ -18,7 +20,8 @@ from numba import njit
 
 from ._curator_kernels import EMPTY, _bloom_hashes, _l2, _mix, _prefetch, nt_find
 
-PF_AHEAD = 10      # rows prefetched ahead in the scan (each row is 3-5 cache lines)
+PF_AHEAD = 10      # rows prefetched ahead in the exact scan (each row is 3-5 cache lines)
+PF_CODES = 16      # code rows prefetched ahead (one cache line each)
 GATHER_CAP = 4096  # rows buffered between two scans
 
 
@@ -144,16 +147,74 @@ def _scan(rows, n, q, vecs, row_ids, use_ip, td, ti, k):
             ti[pos] = row_ids[r]
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(inline="always")
+def _build_lut(q, sqlo, sqstep, use_ip, contrib, lut):
+    """``lut[b, v]`` = partial score of code byte value v in byte b (the two dimensions it holds), for query ``q``:
+    squared difference to, or negated product with, each dimension's bucket centre."""
+    d = q.shape[0]
+    for z in range(contrib.shape[0]):
+        for c in range(16):
+            if z >= d:
+                contrib[z, c] = 0.0
+            else:
+                xh = sqlo[z] + (np.float32(c) + np.float32(0.5)) * sqstep[z]
+                if use_ip:
+                    contrib[z, c] = -q[z] * xh
+                else:
+                    u = q[z] - xh
+                    contrib[z, c] = u * u
+    for b in range(lut.shape[0]):
+        for v in range(256):
+            lut[b, v] = contrib[2 * b, v & 15] + contrib[2 * b + 1, v >> 4]
+
+
+@njit(inline="always")
+def _scan_codes(rows, n, codes, lut, rd, rr, R):
+    """Score ``rows[:n]`` by their codes and merge them into the sorted R best (``rd`` scores, ``rr`` rows)."""
+    nb = lut.shape[0]
+    for j in range(min(n, PF_CODES)):
+        _prefetch(codes, rows[j], 0)
+    for j in range(n):
+        if j + PF_CODES < n:
+            _prefetch(codes, rows[j + PF_CODES], 0)
+        r = rows[j]
+        c = codes[r]
+        acc = np.float32(0.0)
+        for b in range(nb):
+            acc += lut[b, c[b]]
+        if acc < rd[R - 1]:
+            pos = R - 1
+            while pos > 0 and rd[pos - 1] > acc:
+                rd[pos] = rd[pos - 1]
+                rr[pos] = rr[pos - 1]
+                pos -= 1
+            rd[pos] = acc
+            rr[pos] = r
+
+
+@njit(inline="always")
+def _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R):
+    if R > 0:
+        _scan_codes(buf, nbuf, codes, lut, rd, rr, R)
+    else:
+        _scan(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k)
+
+
+# fast-math minus the no-NaN / no-Inf assumptions, which would let the compiler drop the finiteness check of the queries
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child_lo, child_hi, parent, bidx, bloom, start,
-                 length, pool, keys, vals, vecs, row_ids, allowed, mask_mode, nhash, branch):
+                 length, pool, keys, vals, vecs, row_ids, allowed, mask_mode, nhash, branch, codes, sqlo, sqstep,
+                 rerank, tenant):
     """Best-first search of each query's tenant tree.
 
     Parameters
     ----------
     Q : float32 (nq, d)
-    tens : int32 (nq,)
-        Tenant of each query.
+    tens : int32 (nq,) or (0,)
+        Tenant of each query; empty: every query searches ``tenant``.
     k, budget : int
         Results wanted; stop opening shortlists once ``budget`` candidates were gathered (the last shortlist opened
         is taken whole).
@@ -177,10 +238,20 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
         Bloom hash functions.
     branch : int
         Most children of any node (the build setting).
+    codes : uint8 (ntotal, >= ceil(d / 2))
+        4-bit codes of the rows (see :func:`._curator_kernels.sq4_encode`), used when ``0 < rerank < budget``.
+    sqlo, sqstep : float32 (d,)
+        The code grid: bucket c of dimension z is centred at ``sqlo[z] + (c + 0.5) * sqstep[z]``.
+    rerank : int
+        Keep the ``rerank`` candidates with the best code scores and score only those exactly; 0 scores every
+        candidate exactly.
+    tenant : int
+        The tenant of every query when ``tens`` is empty.
 
     Returns
     -------
-    D float32 (nq, k), I int64 (nq, k), nscored int64 (nq,)
+    D float32 (nq, k), I int64 (nq, k), nscored int64 (nq,) (-1 for a query with a non-finite entry, which is
+    not searched)
     """
     nq = Q.shape[0]
     nn = cent.shape[0]
@@ -188,15 +259,27 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
     I = np.full((nq, k), -1, dtype=np.int64)
     nscored = np.zeros(nq, dtype=np.int64)
     hs = np.empty(nn + 1, dtype=np.float32)
-    hn = np.empty(nn + 1, dtype=np.int64)
-    hk = np.empty(nn + 1, dtype=np.int64)
+    hn = np.empty(nn + 1, dtype=np.int32)
+    hk = np.empty(nn + 1, dtype=np.int32)
     kids = np.empty(max(1, branch), dtype=np.int64)
     buf = np.empty(GATHER_CAP, dtype=np.int32)
     d = Q.shape[1]
     q = np.empty(d, dtype=np.float32)
     nblk = bloom.shape[0]
+    R = rerank if 0 < rerank < budget else 0
+    nb = (d + 1) // 2
+    lut = np.empty((nb if R > 0 else 1, 256), dtype=np.float32)
+    contrib = np.empty((2 * nb if R > 0 else 1, 16), dtype=np.float32)
+    rd = np.empty(max(R, 1), dtype=np.float32)
+    rr = np.empty(max(R, 1), dtype=np.int32)
     for qi in range(nq):
         q[:] = Q[qi]
+        finite = True
+        for z in range(d):
+            finite &= np.isfinite(q[z])
+        if not finite:
+            nscored[qi] = -1
+            continue
         if normalize:
             nrm = np.float32(0.0)
             for z in range(d):
@@ -205,7 +288,12 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                 nrm = np.float32(1.0) / np.sqrt(nrm)
                 for z in range(d):
                     q[z] *= nrm
-        t = tens[qi]
+        if R > 0:
+            _build_lut(q, sqlo, sqstep, use_ip, contrib, lut)
+            for j in range(R):
+                rd[j] = np.inf
+                rr[j] = -1
+        t = tens[qi] if tens.shape[0] > 0 else tenant
         blk, ha, hb = _bloom_hashes(t, nblk)
         mrow = qi if mask_mode == 2 else 0
         td = D[qi]
@@ -229,7 +317,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                     if mask_mode != 0 and (r >= allowed.shape[1] or not allowed[mrow, r]):
                         continue
                     if nbuf == GATHER_CAP:
-                        _scan(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k)
+                        _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R)
                         nbuf = 0
                     buf[nbuf] = r
                     nbuf += 1
@@ -247,6 +335,11 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                         continue
                 sc = _l2(q, cent[c]) - vboost * var[c]
                 size = _heap_push(hs, hn, hk, size, sc, c, kind)
-        _scan(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k)
+        _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R)
+        if R > 0:
+            m = 0
+            while m < R and rr[m] >= 0:
+                m += 1
+            _scan(rr, m, q, vecs, row_ids, use_ip, td, ti, k)
         nscored[qi] = gathered
     return D, I, nscored

@@ -18,6 +18,7 @@ releases the GIL, so readers run in parallel). Build settings come from the fact
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -36,6 +37,7 @@ BUILD_SETTINGS: dict[str, Any] = {"branch": 16, "leaf": 128, "shortlist": 64, "b
                                   "niter": 20, "seed": 0}
 DEFAULT_GAMMA = 64.0
 DEFAULT_VBOOST = 0.0
+DEFAULT_RERANK = 64
 MAX_TENANT = 2**31 - 1
 
 
@@ -176,7 +178,7 @@ class CuratorIndex(Index):
 
     kind = "Curator"
     supports_tenants = True
-    search_params = ("gamma", "variance_boost")
+    search_params = ("gamma", "variance_boost", "rerank")
 
     def __init__(self, d: int, metric: str = "l2", *, branch: int = 16, leaf: int = 128, shortlist: int = 64,
                  bloom: int = 16384, hashes: int = 4, niter: int = 20, seed: int = 0):
@@ -192,6 +194,7 @@ class CuratorIndex(Index):
                          "hashes": int(hashes), "niter": int(niter), "seed": int(seed)}
         self._lock = _RWLock()
         self._tree = None
+        self._sq = (np.zeros(d, np.float32), np.ones(d, np.float32))  # 4-bit code grid (lo, step), set by training
         self._n = 0
         self._init_rows(0)
         self._init_tenant_state()
@@ -213,6 +216,7 @@ class CuratorIndex(Index):
     # ------------------------------------------------------------------ state
     def _init_rows(self, cap: int) -> None:
         self._vecs = np.empty((cap, self.d), np.float32)
+        self._codes = _aligned_codes(cap, self.d)
         self._ids = np.empty(cap, np.int64)
         self._del = np.zeros(cap, bool)
         self._leaf = np.zeros(cap, np.int32)
@@ -285,6 +289,11 @@ class CuratorIndex(Index):
             raise FailedPrecondition("Curator index is already trained; the tree is built once")
         s = self.settings
         cent, var, lo, hi, parent, depth = build_tree(x, s["branch"], s["leaf"], s["niter"], s["seed"])
+        # 4-bit code grid: 16 equal buckets between each dimension's extremes in the training data (quantile-trimmed
+        # ranges scored worse on GloVe: the ranking needs the tails more than finer buckets in the middle)
+        lo_x = x.min(axis=0)
+        step = (x.max(axis=0) - lo_x) / 16
+        self._sq = (lo_x.astype(np.float32), np.where(step > 0, step, 1.0).astype(np.float32))
         internal = hi > lo
         bidx = np.full(cent.shape[0], -1, np.int32)
         bidx[internal] = np.arange(int(internal.sum()), dtype=np.int32)
@@ -304,6 +313,9 @@ class CuratorIndex(Index):
             return out
 
         self._vecs = grow(self._vecs)
+        codes = _aligned_codes(new, self.d)
+        codes[:self._n] = self._codes[:self._n]
+        self._codes = codes
         self._ids = grow(self._ids)
         self._del = grow(self._del)
         self._leaf = grow(self._leaf)
@@ -466,6 +478,7 @@ class CuratorIndex(Index):
             rows = np.arange(start, start + n, dtype=np.int64)
             self._grow_rows(start + n)
             self._vecs[start:start + n] = x
+            K.sq4_encode(x, self._sq[0], self._sq[1], self._codes[start:start + n])
             self._ids[start:start + n] = ids
             self._del[start:start + n] = False
             self._leaf[start:start + n] = K.route(x, self._tree)
@@ -586,7 +599,9 @@ class CuratorIndex(Index):
         k : int
         params : dict, optional
             ``gamma`` (float, default 64): score at least ``gamma * k`` candidates before stopping;
-            ``variance_boost`` (float, default 0): node score = squared L2 to centroid - boost * node variance.
+            ``variance_boost`` (float, default 0): node score = squared L2 to centroid - boost * node variance;
+            ``rerank`` (int, default 64): rank the candidates by their 4-bit codes and score only the best
+            ``max(k, rerank)`` exactly (0: score every candidate exactly; with a huge ``gamma`` that is exact search).
         allowed : bool (ntotal,) or (nq, ntotal), optional
             Extra row mask (e.g. an attribute filter), applied inside the scan.
         tenant : int or int sequence (nq,), optional
@@ -597,26 +612,35 @@ class CuratorIndex(Index):
         D float32 (nq, k), I int64 (nq, k)
         """
         # Fast path for the common call (one tenant, no mask, a well-formed float32 batch): the same checks as
-        # check_search, minus the conversions, since at ~50 us per query the Python edge is a large share.
+        # check_search, minus the conversions, since at ~100 us per query the Python edge is a large share. The
+        # kernel checks that the queries are finite (it flags a query that is not with nscored -1; the slow path
+        # then raises the usual error) and takes the tenant as a scalar.
         if (allowed is None and filter is None and type(q) is np.ndarray and q.dtype == np.float32 and q.ndim == 2
                 and q.shape[1] == self.d and q.flags.c_contiguous and type(k) is int and k > 0
                 and type(tenant) is int and self._tree is not None and 0 <= tenant < self._talive.shape[0]
-                and self._talive[tenant] and (params is None or type(params) is dict and params.keys() <= _PARAMS)
-                and np.isfinite(q).all()):
-            gamma = float(params.get("gamma", DEFAULT_GAMMA)) if params else DEFAULT_GAMMA
-            vboost = float(params.get("variance_boost", DEFAULT_VBOOST)) if params else DEFAULT_VBOOST
-            if gamma > 0 and np.isfinite(vboost):
-                tens = np.full(q.shape[0], tenant, np.int32)
+                and self._talive[tenant] and (params is None or type(params) is dict and params.keys() <= _PARAMS)):
+            if params:
+                gamma = float(params.get("gamma", DEFAULT_GAMMA))
+                vboost = float(params.get("variance_boost", DEFAULT_VBOOST))
+                rerank = params.get("rerank", DEFAULT_RERANK)
+            else:
+                gamma, vboost, rerank = DEFAULT_GAMMA, DEFAULT_VBOOST, DEFAULT_RERANK
+            if gamma > 0 and math.isfinite(vboost) and type(rerank) is int and rerank >= 0:
                 with self._lock.read:
-                    return self._kernel(q, tens, k, max(k, int(np.ceil(gamma * k))), vboost, _NO_MASK, 0)[:2]
+                    D, I, ns = self._kernel(q, _NO_TENS, k, max(k, math.ceil(gamma * k)), vboost, rerank, _NO_MASK,
+                                            0, tenant)
+                if ns.shape[0] == 0 or (ns[0] >= 0 if ns.shape[0] == 1 else ns.min() >= 0):
+                    return D, I
         D, I, _ = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
         return D, I
 
-    def _kernel(self, q, tens, k, budget, vboost, mask, mode):
+    def _kernel(self, q, tens, k, budget, vboost, rerank, mask, mode, tenant=0):
         cent, var, lo, hi, parent, depth, bidx, bloom = self._tree
+        rerank = max(k, rerank) if rerank else 0
         return KS.search_batch(q, tens, k, budget, vboost, self.metric != "l2", self.metric == "cosine", cent, var,
                                lo, hi, parent, bidx, bloom, self._sstart, self._slen, self._spool, self._hkeys, self._hvals,
-                               self._vecs, self._ids, mask, mode, self.settings["hashes"], self.settings["branch"])
+                               self._vecs, self._ids, mask, mode, self.settings["hashes"], self.settings["branch"],
+                               self._codes, self._sq[0], self._sq[1], rerank, tenant)
 
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """:meth:`search` that also returns the number of candidates scored per query (int64 (nq,))."""
@@ -633,6 +657,9 @@ class CuratorIndex(Index):
         vboost = float(params.get("variance_boost", DEFAULT_VBOOST))
         if not gamma > 0 or not np.isfinite(vboost):
             raise InvalidArgument(f"gamma must be > 0 and variance_boost finite (got {gamma}, {vboost})")
+        rerank = params.get("rerank", DEFAULT_RERANK)
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+            raise InvalidArgument(f"rerank must be an integer >= 0 (got {rerank!r})")
         with self._lock.read:
             if tenant is None:
                 mask = self.live_mask(allowed)
@@ -650,7 +677,7 @@ class CuratorIndex(Index):
                 mask, mode = allowed[None, :], 1
             else:
                 mask, mode = allowed, 2
-            return self._kernel(q, tens, k, max(k, int(np.ceil(gamma * k))), vboost, mask, mode)
+            return self._kernel(q, tens, k, max(k, int(np.ceil(gamma * k))), vboost, int(rerank), mask, mode)
 
     def _query_tenants(self, tenant, nq: int) -> np.ndarray:
         if isinstance(tenant, (int, np.integer)) and not isinstance(tenant, bool):
@@ -728,6 +755,7 @@ class CuratorIndex(Index):
         tree = list(self._tree) if self._tree is not None else []
         return {
             "vectors": [self._vecs],
+            "codes": [self._codes, *self._sq],
             "rows": [self._ids, self._del, self._leaf],
             "id_map": [self._ikeys, self._ivals],
             "access": [self._astart, self._alen, self._acap, self._apool],
@@ -767,7 +795,8 @@ class CuratorIndex(Index):
                 self._compact_acc(slack=1.0)
             n, hw = self._n, int(self._smeta[K.M_HW])
             arrays = {
-                "vectors": self._vecs[:n], "row_ids": self._ids[:n], "deleted": self._del[:n],
+                "vectors": self._vecs[:n], "codes": self._codes[:n], "sq_lo": self._sq[0], "sq_step": self._sq[1],
+                "row_ids": self._ids[:n], "deleted": self._del[:n],
                 "row_leaf": self._leaf[:n], "acc_start": self._astart[:n], "acc_len": self._alen[:n],
                 "acc_cap": self._acap[:n], "acc_pool": self._apool[:int(self._ameta[0])], "acc_meta": self._ameta,
                 "sl_start": self._sstart[:hw], "sl_len": self._slen[:hw], "sl_cap": self._scap[:hw],
@@ -793,6 +822,17 @@ class CuratorIndex(Index):
         own = lambda name: np.array(a[name])  # noqa: E731 - writable in-memory copy
         ix._n = int(meta["ntotal"])
         ix._vecs = a["vectors"] if mmap else own("vectors")
+        if "codes" in a:
+            ix._sq = (own("sq_lo"), own("sq_step"))
+            ix._codes = _aligned_codes(ix._n, ix.d)
+            ix._codes[:] = a["codes"]
+        else:  # saved before the codes existed: grid from the stored vectors
+            ix._codes = _aligned_codes(ix._n, ix.d)
+            if ix._n:
+                v = np.asarray(ix._vecs[:ix._n])
+                step = (v.max(axis=0) - v.min(axis=0)) / 16
+                ix._sq = (v.min(axis=0).astype(np.float32), np.where(step > 0, step, 1.0).astype(np.float32))
+                K.sq4_encode(v, ix._sq[0], ix._sq[1], ix._codes)
         for attr, name in (("_ids", "row_ids"), ("_del", "deleted"), ("_leaf", "row_leaf"), ("_astart", "acc_start"),
                            ("_alen", "acc_len"), ("_acap", "acc_cap"), ("_apool", "acc_pool"),
                            ("_ameta", "acc_meta"), ("_smeta", "sl_meta"), ("_hkeys", "sl_keys"),
@@ -819,8 +859,17 @@ class CuratorIndex(Index):
         raise TypeError("CuratorIndex is saved with save(store, prefix), not pickled")
 
 
+def _aligned_codes(n: int, d: int) -> np.ndarray:
+    """Zeroed uint8 (n, stride) code store starting on a 64-byte boundary (a row never straddles lines needlessly)."""
+    stride = K.code_stride(d)
+    raw = np.zeros(n * stride + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + n * stride].reshape(n, stride)
+
+
 _TREE_NAMES = ("cent", "var", "child_lo", "child_hi", "parent", "depth", "bidx", "bloom")
 _NO_MASK = np.zeros((1, 1), dtype=bool)
+_NO_TENS = np.zeros(0, dtype=np.int32)
 _PARAMS = frozenset(CuratorIndex.search_params)
 
 

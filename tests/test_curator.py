@@ -99,7 +99,7 @@ def test_recall_and_access_at_default_settings(built):
 def test_batch_per_query_tenants_and_exhaustive_budget(built):
     ix, x, ids, members, _, q = built
     tens = np.arange(len(q)) % len(members)
-    D, I = ix.search(q, 5, tenant=tens, params={"gamma": 1e6})
+    D, I = ix.search(q, 5, tenant=tens, params={"gamma": 1e6, "rerank": 0})
     for i, t in enumerate(tens):
         allowed = np.zeros(len(ids), bool)
         allowed[members[t]] = True
@@ -114,7 +114,7 @@ def test_allowed_mask_applies_inside_scan(built):
     ix, x, ids, members, _, q = built
     t = 0
     allowed = (np.arange(len(ids)) % 3) == 0
-    D, I = ix.search(q[:10], 10, tenant=t, allowed=allowed, params={"gamma": 1e6})
+    D, I = ix.search(q[:10], 10, tenant=t, allowed=allowed, params={"gamma": 1e6, "rerank": 0})
     ok = ids[np.intersect1d(members[t], np.flatnonzero(allowed))]
     assert np.isin(I[I >= 0], ok).all()
     mask = np.zeros(len(ids), bool)
@@ -123,8 +123,29 @@ def test_allowed_mask_applies_inside_scan(built):
     np.testing.assert_allclose(D, gD, rtol=1e-5, atol=1e-5)
     per_query = np.zeros((10, len(ids)), bool)
     per_query[np.arange(10), members[t][:10]] = True  # one row each
-    D, I = ix.search(q[:10], 3, tenant=t, allowed=per_query, params={"gamma": 1e6})
+    D, I = ix.search(q[:10], 3, tenant=t, allowed=per_query, params={"gamma": 1e6, "rerank": 0})
     assert (I[:, 0] == ids[members[t][:10]]).all() and (I[:, 1:] == -1).all()
+
+
+def test_code_ranking_with_exact_rerank(built):
+    ix, x, ids, members, _, q = built
+    t = 1
+    allowed = np.zeros(len(ids), bool)
+    allowed[members[t]] = True
+    gD, gI = exact_search(q, x, 10, "l2", labels=ids, allowed=allowed)
+    hits = {}
+    for rerank in (0, 10, 64):
+        D, I = ix.search(q, 10, tenant=t, params={"gamma": 1e6, "rerank": rerank})
+        assert np.isin(I[I >= 0], ids[members[t]]).all()
+        rows = (I - 3) // 5  # returned keys are exact distances whatever ranked the candidates
+        np.testing.assert_allclose(D, ((q[:, None, :] - x[rows]) ** 2).sum(-1), rtol=1e-4, atol=1e-4)
+        hits[rerank] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, gI)])
+    assert hits[0] == 1.0  # exact scoring of every candidate
+    assert hits[64] >= 0.97 and hits[10] >= 0.6 and hits[64] >= hits[10], hits  # 4-bit codes rank well, not exactly
+    with pytest.raises(InvalidArgument, match="rerank"):
+        ix.search(q[:1], 3, tenant=t, params={"rerank": -1})
+    with pytest.raises(InvalidArgument, match="rerank"):
+        ix.search(q[:1], 3, tenant=t, params={"rerank": 2.5})
 
 
 def test_no_tenant_searches_all_live_rows(built):
@@ -189,6 +210,11 @@ def test_errors_unknown_tenant_removed_id_and_bad_input(rng):
         ix.add(x[:2], [500, 501], tenants=(np.array([0, 2, 1]), np.array([1, 1])))
     with pytest.raises(InvalidArgument, match="gamma"):
         ix.search(x[:1], 3, tenant=0, params={"gamma": 0})
+    for bad in (np.nan, np.inf):  # caught by the kernel on the fast path, reported by the checked path
+        q = x[:3].copy()
+        q[2, 5] = bad
+        with pytest.raises(InvalidArgument, match="NaN"):
+            ix.search(q, 3, tenant=0)
     with pytest.raises(InvalidArgument, match="valid"):
         ix.search(x[:1], 3, tenant=0, params={"nprobe": 3})
     ix.drop_tenant(2)
@@ -269,15 +295,16 @@ class CuratorMachine(RuleBasedStateMachine):
             ts.discard(tenant)
 
     @precondition(lambda self: self.alive)
-    @rule(data=st.data(), qi=st.integers(0, len(POOL) - 1), k=st.integers(1, 6), gamma=st.sampled_from([0.5, 4.0, 1e9]))
-    def search(self, data, qi, k, gamma):
+    @rule(data=st.data(), qi=st.integers(0, len(POOL) - 1), k=st.integers(1, 6), gamma=st.sampled_from([0.5, 4.0, 1e9]),
+          rerank=st.sampled_from([0, 1, 64]))
+    def search(self, data, qi, k, gamma, rerank):
         tenant = data.draw(st.sampled_from(sorted(self.alive)))
-        D, I = self.ix.search(POOL[qi], k, tenant=tenant, params={"gamma": gamma})
+        D, I = self.ix.search(POOL[qi], k, tenant=tenant, params={"gamma": gamma, "rerank": rerank})
         visible = {u for u, ts in self.model.items() if tenant in ts}
         got = [int(i) for i in I[0] if i >= 0]
         assert set(got) <= visible, f"tenant {tenant} saw {set(got) - visible}"
         assert len(set(got)) == len(got)
-        if gamma >= 1e9:  # unbounded budget: exactly the k nearest visible vectors
+        if gamma >= 1e9 and rerank == 0:  # unbounded budget, exact scoring: exactly the k nearest visible vectors
             want = sorted(((float(((POOL[qi] - self.vec(u)) ** 2).sum()), u) for u in visible))[:k]
             assert len(got) == len(want)
             np.testing.assert_allclose(D[0, :len(want)], [w[0] for w in want], rtol=1e-4, atol=1e-5)
