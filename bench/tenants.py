@@ -12,7 +12,7 @@ second set, in proportion to tenant size. Ground truth = exact top-k within the 
 
 Methods (single thread, one query per call, latency measured per query):
 
-* ``curator``           shoal ``Curator(branch=16,leaf=128,shortlist=64)``, sweep of ``gamma``
+* ``curator``           shoal ``Curator(branch=16,leaf=128,shortlist=256)``, sweep of ``gamma`` (and ``rerank``)
 * ``tenant-ivf``        one faiss ``IndexIVFFlat`` per tenant (nlist = sqrt(size)), sweep of ``nprobe``
 * ``tenant-hnsw``       one hnswlib index per tenant (M=16, ef_construction=100), sweep of ``ef``
 * ``shared-ivf-bitmap`` one faiss ``IndexIVFFlat`` over everything + ``IDSelectorBitmap`` of the tenant
@@ -25,7 +25,9 @@ vectors, the shared index is charged for its per-tenant bitmaps (``bitmap``), wi
 revoke / delete latencies.
 
 Each configuration appends one JSON line to ``bench/results/tenants.jsonl``; plots go to
-``bench/results/tenants_*.png``.
+``bench/results/tenants_*.png``. The sweeps run each configuration over all queries in one go; the latency
+comparison proper (``kind="search-paired"``) then runs Curator, per-tenant IVF and brute force *in alternation*,
+query by query, in six rounds of one setting each, so load from other processes on a shared box hits them alike.
 
     python -m bench.tenants                         # both data sets, full size (~10-15 min on 2 busy cores)
     python -m bench.tenants --dataset glove-50 --quick
@@ -172,7 +174,9 @@ class Curator:
             self.ix = load_index(store, "curator")
         self.rss = mem["bytes"]
         self.factory = factory
-        self.sweep = [{"gamma": g} for g in (8, 16, 32, 64, 128, 256, 512)] + [{"gamma": 128, "variance_boost": 0.3}]
+        # default rerank (64: candidates ranked by 4-bit codes, the best 64 scored exactly); rerank 0 scores all
+        self.sweep = ([{"gamma": g} for g in (32, 64, 128, 192, 256, 384, 512, 768)]
+                      + [{"gamma": 256, "rerank": 0}, {"gamma": 384, "rerank": 0}])
 
     def memory(self):
         return {"memory_bytes": self.ix.memory_bytes(), "rss_delta_bytes": self.rss,
@@ -376,6 +380,46 @@ def evaluate(method, param, Q, T, gt, top50, ds, draw, out, extra):
     return rec_line
 
 
+def paired(rounds, Q, T, gt, top50, ds, draw, out):
+    """Latencies measured in alternation: in each round, every query is run by each of that round's methods in turn
+    (rotating which goes first), so load from other processes hits them alike and only the ratios are compared.
+
+    ``rounds``: list of ``[(method, params), ...]``; methods in one round must not share data (one Curator setting,
+    one IVF setting, brute force), so none warms the caches for another. Appends ``kind="search-paired"`` lines.
+    """
+    res = []
+    for r, plan in enumerate(rounds):
+        fns = [m.searcher(p) for m, p in plan]
+        nq = Q.shape[0]
+        I = [np.full((nq, K), -1, np.int64) for _ in plan]
+        lat = [np.empty(nq) for _ in plan]
+        for i in range(min(nq, 20)):
+            for fn in fns:
+                fn(Q[i:i + 1], int(T[i]))
+        for i in range(nq):
+            q, t = Q[i:i + 1], int(T[i])
+            for o in range(len(plan)):
+                j = (o + i) % len(plan)
+                t0 = time.perf_counter()
+                ids = fns[j](q, t)
+                lat[j][i] = time.perf_counter() - t0
+                I[j][i, :len(ids)] = ids[:K]
+        big = np.isin(T, top50)
+        for j, (m, p) in enumerate(plan):
+            rec = recall(I[j], gt)
+            line = {"kind": "search-paired", "round": r, "method": m.name, "dataset": ds.key, "draw": draw,
+                    "params": p, "k": K, "nq": int(nq), "recall": float(rec.mean()),
+                    "mean_us": float(1e6 * lat[j].mean()), "p50_us": float(1e6 * np.median(lat[j])),
+                    "top50_nq": int(big.sum()), "top50_recall": float(rec[big].mean()) if big.any() else None,
+                    "top50_mean_us": float(1e6 * lat[j][big].mean()) if big.any() else None}
+            append_result(out, line)
+            res.append(line)
+            print(f"[{ds.key}] paired {draw} r{r} {m.name} {p}: recall {line['recall']:.3f} "
+                  f"mean {line['mean_us']:.0f} us, top-50 {line['top50_recall'] or 0:.3f} "
+                  f"{line['top50_mean_us'] or 0:.0f} us", file=sys.stderr)
+    return res
+
+
 def update_latencies(ix, xq, members, nb, seed, n_ops):
     """Curator insert / grant / revoke / delete latencies (seconds per single-item call)."""
     rng = np.random.default_rng(seed)
@@ -481,10 +525,21 @@ def run_dataset(ds, args, tmpdir):
                         extra["subset"] = f"queries of every {args.hnsw_every}-th tenant"
                         label = draw + "-hnsw-subset"
                         if p is m.sweep[0]:  # Curator on exactly the same queries, for a like-for-like comparison
-                            for cp in cur.sweep[2:7]:  # gamma 32..512
+                            for cp in cur.sweep[2:8]:  # gamma 128..768
                                 lines.append(evaluate(cur, cp, Q, T, gt, top50, ds, label, args.out,
                                                       dict(extra, memory_bytes=cur.memory()["memory_bytes"])))
                     lines.append(evaluate(m, p, Q, T, gt, top50, ds, label, args.out, extra))
+        # the latency comparison proper: Curator settings vs per-tenant IVF vs brute force, in alternation
+        base = {m.name: m for m in methods}
+        if "tenant-ivf" in base and "brute-force" in base:
+            ivf, bf = base["tenant-ivf"], base["brute-force"]
+            # each Curator setting next to the IVF setting of about its recall (uniform: 192~24, 256~32;
+            # size-proportional: 320~24, 512~32), so a round's ratio compares like with like
+            cps = [{"gamma": g} for g in (192, 256, 320, 384, 512, 768)]
+            ips = [{"nprobe": p} for p in (24, 32, 24, 32, 32, 32)]
+            rounds = [[(cur, c), (ivf, i), (bf, {})] for c, i in zip(cps, ips)]
+            for draw, (qr, tt) in draws.items():
+                paired(rounds, xq[qr], tt, gts[draw], top50, ds, draw, args.out)
         # memory as the number of tenants grows (prefixes of the rank order); Curator by dropping tenants
         grow = []
         base = {m.name: m for m in methods}
@@ -561,7 +616,7 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=2000, help="(query, tenant) pairs per draw")
     p.add_argument("--tenants", type=int, default=1000, help="tenants of the GloVe set-up")
     p.add_argument("--per-vector", type=float, default=10.0, help="average tenants per vector (GloVe)")
-    p.add_argument("--factory", default="Curator(branch=16,leaf=128,shortlist=64)")
+    p.add_argument("--factory", default="Curator(branch=16,leaf=128,shortlist=256)")
     p.add_argument("--skip", action="append", default=[], help="baseline to leave out (repeatable)")
     p.add_argument("--update-ops", type=int, default=500, help="single-item calls per update kind")
     p.add_argument("--hnsw-every", type=int, default=None,

@@ -12,7 +12,7 @@ traversal and scan runs in one numba call (:mod:`._curator_kernels`). Updates ne
 
 Concurrency: mutations hold the write side of a readers-writer lock, searches the read side (the search kernel
 releases the GIL, so readers run in parallel). Build settings come from the factory string
-``Curator(branch=16,leaf=128,shortlist=64,bloom=16384,hashes=4,niter=20,seed=0)``; per-query settings are
+``Curator(branch=16,leaf=128,shortlist=256,bloom=16384,hashes=4,niter=20,seed=0)``; per-query settings are
 ``gamma`` (candidate budget as a multiple of k) and ``variance_boost``.
 """
 
@@ -33,7 +33,7 @@ from .flat import exact_search
 from .persist import load_arrays, save_arrays
 from .validate import as_allowed, as_ids, as_params, as_vectors, check_k, normalize_rows
 
-BUILD_SETTINGS: dict[str, Any] = {"branch": 16, "leaf": 128, "shortlist": 64, "bloom": 16384, "hashes": 4,
+BUILD_SETTINGS: dict[str, Any] = {"branch": 16, "leaf": 128, "shortlist": 256, "bloom": 16384, "hashes": 4,
                                   "niter": 20, "seed": 0}
 DEFAULT_GAMMA = 64.0
 DEFAULT_VBOOST = 0.0
@@ -157,7 +157,7 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
 
 
 class CuratorIndex(Index):
-    """Multi-tenant clustering tree. Factory: ``Curator(branch=16,leaf=128,shortlist=64)``.
+    """Multi-tenant clustering tree. Factory: ``Curator(branch=16,leaf=128,shortlist=256)``.
 
     Parameters
     ----------
@@ -180,7 +180,7 @@ class CuratorIndex(Index):
     supports_tenants = True
     search_params = ("gamma", "variance_boost", "rerank")
 
-    def __init__(self, d: int, metric: str = "l2", *, branch: int = 16, leaf: int = 128, shortlist: int = 64,
+    def __init__(self, d: int, metric: str = "l2", *, branch: int = 16, leaf: int = 128, shortlist: int = 256,
                  bloom: int = 16384, hashes: int = 4, niter: int = 20, seed: int = 0):
         super().__init__(d, metric)
         if branch < 2 or leaf < 1 or shortlist < 2:
