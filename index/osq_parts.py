@@ -20,8 +20,10 @@ from .base import array_bytes
 SETTINGS = {"partitions": 16, "clusters": 0, "bits": 0, "attr_bits": 8, "binary": 256, "lloyd": 25,
             "balance": 0.1, "kmeans_iters": 10}
 
+HEAD_DIMS = 64  # leading rotated dimensions copied contiguously per partition (``OSQPartition.head``)
+
 DEFAULT_PARAMS = {"nprobe": 16, "visit_ratio": 1.0, "max_visit": 0, "keep_frac": 0.0, "keep_min": 100,
-                  "rerank": 30, "mode": "auto", "exact_below": 0.05, "level2": "auto"}
+                  "rerank": 50, "mode": "auto", "exact_below": 0.0, "level2": "auto"}
 
 
 # ---------------------------------------------------------------------------------------------------- partitions
@@ -56,12 +58,19 @@ class OSQPartition:
     cluster: np.ndarray
     exact: Callable[[Any, np.ndarray], np.ndarray] | None = None
     columns: dict = field(default_factory=dict)
+    abandon: bool = True  # early-abandoned exact L2 keys at level 2 (same results; False only to compare)
 
     def __post_init__(self):
         self.reindex()
 
     def reindex(self) -> None:
-        """Rebuild the inverted lists (positions grouped by cluster) from ``cluster``."""
+        """Rebuild the inverted lists (positions grouped by cluster) from ``cluster``, and ``head``: a contiguous
+        copy of the first ``HEAD_DIMS`` rotated dimensions of every vector (early-abandoned level-2 keys stream it
+        instead of touching one cache line per 4 d-byte row: measured 78 ns a candidate on Fashion-MNIST, mostly
+        memory latency)."""
+        self.head = np.ascontiguousarray(self.vectors[:, :HEAD_DIMS], dtype=np.float32)
+        tail = np.asarray(self.vectors[:, HEAD_DIMS:], dtype=np.float32)
+        self.tail_norms = np.sqrt(np.einsum("ij,ij->i", tail, tail)).astype(np.float32)
         C = int(self.centroids.shape[0])
         order = np.argsort(self.cluster, kind="stable").astype(np.int64)
         self.list_rows = order
@@ -81,7 +90,7 @@ class OSQPartition:
         (where signs say little), and exact level-2 keys in at most 64 dimensions (as cheap as a Hamming distance)
         keep everything."""
         nbin = int(self.book.thresholds.shape[0])
-        if nbin < 32 or self.metric == "ip" or (level2 == "exact" and self.vectors.shape[1] <= 64):
+        if nbin < 32 or self.metric == "ip" or level2 == "head" or (level2 == "exact" and self.vectors.shape[1] <= 64):
             return 1.0
         return min(1.0, 4.0 / np.sqrt(nbin))
 
@@ -139,15 +148,18 @@ class OSQPartition:
         qcl = np.ones((nq, self.nclusters), np.uint8) if clusters is None else \
             np.ascontiguousarray(clusters, dtype=np.uint8)
         level2 = p["level2"]
-        if level2 not in ("auto", "bounds", "exact"):
-            raise InvalidArgument(f"level2 must be auto, bounds or exact, got {level2!r}")
+        if level2 not in ("auto", "bounds", "exact", "head"):
+            raise InvalidArgument(f"level2 must be auto, bounds, exact or head, got {level2!r}")
         if level2 == "auto":
-            # bounds save reading vectors; with the vectors already in memory exact keys are cheaper on a CPU
-            level2 = "bounds" if _is_mapped(self.vectors) else "exact"
+            # bounds save reading vectors; with the vectors already in memory exact keys are cheaper on a CPU, and
+            # above HEAD_DIMS dimensions head keys (a contiguous stream) cheaper still
+            level2 = "bounds" if _is_mapped(self.vectors) else \
+                "head" if self.vectors.shape[1] > HEAD_DIMS else "exact"
         keep_frac = float(p["keep_frac"]) or self.auto_keep_frac(level2)
         K.levels12(status, sidx, qcl, self.list_indptr, self.list_rows, qrot, qbin, self.binary, self.segs, b.bits,
                    b.dim_byte, b.dim_shift, b.dim_two, b.cell_lo, b.cell_hi, metric, k, keep_frac,
-                   keep_min, rerank, out_rows, counts, self.vectors, level2 == "bounds")
+                   keep_min, rerank, out_rows, counts, self.vectors, self.head, self.tail_norms,
+                   _LEVEL2[level2], self.abandon)
         # level 3 needs the exact truth of maybe survivors; evaluate each distinct one once for the batch
         valid = out_rows >= 0
         safe = np.where(valid, out_rows, 0)
@@ -165,9 +177,21 @@ class OSQPartition:
         stats = {"candidates": int(counts[:, 0].sum()), "hamming": int(counts[:, 0].sum()),
                  "bounds": int(counts[:, 1].sum()), "rerank": int(counts[:, 3].sum()), "maybe_checked": nmaybe,
                  "bytes": int(counts[:, 0].sum() * self.binary.shape[1] * 8
-                              + counts[:, 1].sum() * (b.nseg if level2 == "bounds" else 4 * self.vectors.shape[1])
+                              + counts[:, 1].sum() * _row_bytes(level2, b.nseg, self.vectors.shape[1])
                               + counts[:, 3].sum() * 4 * self.vectors.shape[1])}
         return D, I, stats
+
+
+_LEVEL2 = {"exact": K.LEVEL2_EXACT, "bounds": K.LEVEL2_BOUNDS, "head": K.LEVEL2_HEAD}
+
+
+def _row_bytes(level2: str, nseg: int, d: int) -> int:
+    """Bytes level 2 reads per row."""
+    if level2 == "bounds":
+        return nseg
+    if level2 == "head":
+        return 4 * min(d, HEAD_DIMS) + 4
+    return 4 * d
 
 
 def _take_columns(columns: dict, names, rows: np.ndarray) -> dict:

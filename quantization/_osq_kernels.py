@@ -19,6 +19,11 @@ from numba import njit
 METRIC_L2 = 0
 METRIC_IP = 1
 
+#: level-2 modes of :func:`levels12`
+LEVEL2_EXACT = 0
+LEVEL2_BOUNDS = 1
+LEVEL2_HEAD = 2
+
 STATUS_NO = 0
 STATUS_SURE = 1
 STATUS_MAYBE = 2
@@ -369,10 +374,125 @@ def exact_keys_rows(vectors, rows, q, metric, out):
         out[i] = acc
 
 
+@njit(cache=True, fastmath=True)
+def _sq_dist_range(vectors, r, q, j0, j1):
+    acc = np.float32(0.0)
+    for j in range(j0, j1):
+        diff = q[j] - vectors[r, j]
+        acc += diff * diff
+    return acc
+
+
+@njit(cache=True)
+def exact_keys_abandon(vectors, head_vecs, rows, q, st, k, out, best, seeded, hs):
+    """Squared L2 keys of ``rows`` (into ``out[:m]``) with early abandoning.
+
+    A row's sum over its first dimensions is a lower bound of its key; once it exceeds ``tau``, the ``k``-th smallest
+    key of the *sure* rows computed so far, the row cannot enter the top ``k`` and that partial sum (greater than
+    every later ``tau``, so level 2 drops it) is stored instead. The rotated dimensions come in decreasing variance,
+    so most rows stop early. Pass 1 sums the first ``head`` dimensions of every row; the sure rows with the ``k``
+    smallest head sums get full keys first, which makes ``tau`` tight before pass 2 continues the other rows.
+    ``head_vecs`` float32 (n, head) is ``vectors[:, :head]`` stored contiguously (pass 1 streams it).
+    ``best`` float32 (k,), ``seeded`` bool (>= m,) and ``hs`` float32 (>= m,) are scratch.
+    """
+    d = q.shape[0]
+    m = rows.shape[0]
+    head = head_vecs.shape[1]
+    block = 64
+    nsure = 0
+    for i in range(m):
+        out[i] = _sq_dist_range(head_vecs, rows[i], q, 0, head)
+        if st[rows[i]] == STATUS_SURE:
+            nsure += 1
+    best[:] = np.inf  # the k smallest sure keys so far (unordered)
+    tau = np.float32(np.inf)
+    seeded[:m] = False
+    if nsure > k:
+        u = 0
+        for i in range(m):
+            if st[rows[i]] == STATUS_SURE:
+                hs[u] = out[i]
+                u += 1
+        cut = np.partition(hs[:nsure], k - 1)[k - 1]
+        seeds = 0
+        for i in range(m):
+            if seeds < 2 * k and out[i] <= cut and st[rows[i]] == STATUS_SURE:
+                full = out[i] + _sq_dist_range(vectors, rows[i], q, head, d)
+                out[i] = full
+                seeded[i] = True
+                seeds += 1
+                w = 0
+                for t in range(1, k):
+                    if best[t] > best[w]:
+                        w = t
+                if full < best[w]:
+                    best[w] = full
+        mx = best[0]
+        for t in range(1, k):
+            if best[t] > mx:
+                mx = best[t]
+        tau = _slack(mx)
+    for i in range(m):
+        if seeded[i]:
+            continue  # full key already in out[i] and counted in best
+        r = rows[i]
+        acc = out[i]
+        j = head
+        while j < d and acc <= tau:
+            je = min(j + block, d)
+            acc += _sq_dist_range(vectors, r, q, j, je)
+            j = je
+        out[i] = acc
+        if j >= d and acc <= tau and st[r] == STATUS_SURE:
+            w = 0
+            for t in range(1, k):
+                if best[t] > best[w]:
+                    w = t
+            if acc < best[w]:
+                best[w] = acc
+                mx = best[0]
+                for t in range(1, k):
+                    if best[t] > mx:
+                        mx = best[t]
+                tau = _slack(mx)
+
+
+@njit(cache=True, fastmath=True)
+def head_bounds(head, tail_norms, rows, q, metric, L, U):
+    """Bounds of the distance key from the head dimensions (exact) and the tail norms (Cauchy-Schwarz).
+
+    With ``h`` the exact squared L2 (or inner product) over the ``H = head.shape[1]`` first dimensions and
+    ``a = |q_tail|``, ``b = |x_tail|``: L2 ``h + (a - b)^2 <= key <= h + (a + b)^2``; inner product (key = -ip)
+    ``-h - a b <= key <= -h + a b``. Fills ``L[:m]``, ``U[:m]``.
+    """
+    H = head.shape[1]
+    d = q.shape[0]
+    qt = np.float32(0.0)
+    for j in range(H, d):
+        qt += q[j] * q[j]
+    a = np.float32(np.sqrt(qt))
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        acc = np.float32(0.0)
+        if metric == METRIC_L2:
+            for j in range(H):
+                diff = q[j] - head[r, j]
+                acc += diff * diff
+            b = tail_norms[r]
+            L[i] = acc + (a - b) * (a - b)
+            U[i] = acc + (a + b) * (a + b)
+        else:
+            for j in range(H):
+                acc += q[j] * head[r, j]
+            ab = a * tail_norms[r]
+            L[i] = -acc - ab
+            U[i] = -acc + ab
+
+
 @njit(cache=True)
 def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs, bits, dim_byte, dim_shift,
-             dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts, vectors,
-             use_bounds):
+             dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts, vectors, head,
+             tail_norms, level2, abandon):
     """Levels 1 and 2 of one partition for a batch of queries: Hamming prune, then bound prune.
 
     Parameters
@@ -393,10 +513,16 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
         ``rerank`` sure rows are kept.
     out_rows : int64 (nq, cap)
         Survivors (partition positions), padded with -1.
-    vectors : float32 (n, d), use_bounds : bool
-        With ``use_bounds`` False, level 2 uses exact distances from ``vectors`` in place of the bounds (lower =
-        upper = exact): cheaper on a CPU with the vectors in memory and low ``d``; the bounds read only ``nseg``
-        bytes per row instead of ``4 d``.
+    vectors : float32 (n, d)
+    head : float32 (n, H), tail_norms : float32 (n,)
+        ``vectors[:, :H]`` stored contiguously, and the norm of each row's other ``d - H`` dimensions.
+    level2 : int
+        ``LEVEL2_BOUNDS``: bounds from the packed codes (reads ``nseg`` bytes per row); ``LEVEL2_EXACT``: exact keys
+        from ``vectors`` (lower = upper = exact; reads ``4 d`` bytes per row); ``LEVEL2_HEAD``: the exact key over
+        the ``H`` head dimensions plus Cauchy-Schwarz bounds of the rest from the two tail norms (reads ``4 H + 4``
+        contiguous bytes per row; for ``d > H`` in memory, where full rows cost a memory stream each).
+    abandon : bool
+        Exact L2 keys with early abandoning (:func:`exact_keys_abandon`); same results, fewer bytes read.
     counts : int64 (nq, 4)
         Filled with ``(candidates, level-1 kept, level-2 survivors, survivors written)``.
     """
@@ -411,9 +537,13 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
     Ub = np.empty(n, dtype=np.float32)
     key = np.empty(n, dtype=np.float32)
     hist = np.zeros(maxh, dtype=np.int64)
+    best = np.empty(k, dtype=np.float32)  # scratch of exact_keys_abandon
+    seeded = np.empty(n, dtype=np.bool_)
+    hs = np.empty(n, dtype=np.float32)
     d = bits.shape[0]
-    tab_l = np.zeros((d, 256), dtype=np.float32)
-    tab_u = np.zeros((d, 256), dtype=np.float32)
+    use_bounds = level2 == LEVEL2_BOUNDS
+    tab_l = np.zeros((d, 256), dtype=np.float32) if use_bounds else np.zeros((1, 1), dtype=np.float32)
+    tab_u = np.zeros((d, 256), dtype=np.float32) if use_bounds else np.zeros((1, 1), dtype=np.float32)
     # building the per-query tables costs one entry per cell; below that many (row, dimension) pairs it is
     # cheaper to compute each row's bounds from the cell ranges directly
     table_cells = 0
@@ -443,35 +573,44 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
             counts[qi, 2] = 0
             counts[qi, 3] = 0
             continue
-        qc = qbin[qi]
-        hist[:] = 0
-        for t in range(nc):
-            r = cand[t]
-            h = 0
-            for w in range(W):
-                h += popcount64(binary[r, w] ^ qc[w])
-            ham[t] = h
-            if st[r] == STATUS_SURE:
-                hist[h] += 1
         target = max(int(np.ceil(keep_frac * nc)), keep_min)
-        hcut = maxh
+        m = nc
         if nsure > target:
+            # Hamming codes only when they prune: with every candidate kept they would be pure overhead
+            qc = qbin[qi]
+            hist[:] = 0
+            for t in range(nc):
+                r = cand[t]
+                h = 0
+                for w in range(W):
+                    h += popcount64(binary[r, w] ^ qc[w])
+                ham[t] = h
+                if st[r] == STATUS_SURE:
+                    hist[h] += 1
+            hcut = maxh
             acc = 0
             for h in range(maxh):
                 acc += hist[h]
                 if acc >= target:
                     hcut = h
                     break
-        m = 0
-        for t in range(nc):
-            if ham[t] <= hcut:
-                cand[m] = cand[t]
-                m += 1
+            m = 0
+            for t in range(nc):
+                if ham[t] <= hcut:
+                    cand[m] = cand[t]
+                    m += 1
         counts[qi, 1] = m
         kept = cand[:m]
         # ---- level 2: bounds from the segments
-        if not use_bounds:
-            exact_keys_rows(vectors, kept, qrot[qi], metric, Lb)
+        if level2 == LEVEL2_HEAD:
+            head_bounds(head, tail_norms, kept, qrot[qi], metric, Lb, Ub)
+            L = Lb[:m]
+            U = Ub[:m]
+        elif not use_bounds:
+            if metric == METRIC_L2 and abandon:
+                exact_keys_abandon(vectors, head, kept, qrot[qi], st, k, Lb, best, seeded, hs)
+            else:
+                exact_keys_rows(vectors, kept, qrot[qi], metric, Lb)
             L = Lb[:m]
             U = Lb[:m]
         elif m * d < table_cells:

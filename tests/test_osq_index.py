@@ -264,3 +264,31 @@ def test_incremental_add_keeps_attributes():
     assert np.array_equal(np.sort(I, 1), np.sort(ki, 1))
     # rows added without tags have none
     assert not index.exact_rows(filters.parse('tags contains "a"'), rest).any()
+
+
+def test_high_dimensional_level2_modes_are_exact_at_maximal_settings():
+    # d > HEAD_DIMS: "head" keys (head dimensions + tail-norm bounds) and early-abandoned exact L2 keys
+    rng = np.random.default_rng(5)
+    d, n = 80, 1500
+    x = (rng.normal(size=(n, d)) * np.linspace(3, 0.2, d)).astype(np.float32)
+    q = (x[rng.integers(n, size=12)] + 0.3 * rng.normal(size=(12, d))).astype(np.float32)
+    price = rng.uniform(0, 100, n)
+    index = OSQIndex(d, "l2", partitions=3)
+    index.train(x)
+    index.add(x, np.arange(n), attrs={"price": price})
+    assert index.parts[0].head.shape[1] < d
+    expr = filters.parse("price < 40")
+    mask = price < 40
+    kd, ki = exact_filtered(x, q, np.arange(n), mask, 10, "l2")
+    for level2 in ("head", "exact", "bounds"):
+        D, I = index.search(q, 10, filter=expr, params={**MAX, "level2": level2})
+        np.testing.assert_allclose(D, kd, rtol=1e-4, atol=1e-3)
+    # early abandoning changes no result at default settings, and head keys keep recall
+    D1, I1 = index.search(q, 10, filter=expr, params={"mode": "multilevel", "level2": "exact"})
+    for part in index.parts:
+        part.abandon = False
+    D2, I2 = index.search(q, 10, filter=expr, params={"mode": "multilevel", "level2": "exact"})
+    assert np.array_equal(I1, I2)
+    _, Ih = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
+    assert np.isin(Ih, np.flatnonzero(mask)).all()
+    assert sum(len(set(Ih[i]) & set(ki[i])) for i in range(len(q))) >= 0.9 * ki.size
