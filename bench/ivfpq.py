@@ -2,6 +2,9 @@
 ``IndexIVFPQ`` (same nlist, M, nbits), ``IndexIVFPQ`` + ``IndexRefineFlat``, ``IndexIVFPQFastScan`` (4-bit) +
 ``IndexRefineFlat`` and ``IndexHNSWFlat``, all searched single-threaded in one run, timed in alternation.
 
+On L2 data sets the plain index is also searched with precomputed residual list tables (``PQ..(precomputed)``:
+the same codes, ``nlist * M * K`` more floats in memory; faiss ``IndexIVFPQ`` keeps such a table by default).
+
 For every data set: build each method (training on the same seeded sample), then sweep ``nprobe`` (HNSW: efSearch)
 and the re-rank depth; every point appends a line to ``bench/results/ivfpq.jsonl`` (recall@k, QPS, bytes/vector,
 build time, codeword-usage entropy per sub-space) and a summary line per data set gives each method's best
@@ -11,10 +14,13 @@ bench/results/ivfpq.jsonl --mode curve`` draws recall vs QPS.
     python -m bench.ivfpq                         # Fashion-MNIST and GloVe-50d, 2,000 queries, k=10
     python -m bench.ivfpq --dataset glove-50 --nq 2000
     python -m bench.ivfpq --quick                 # smoke run
+    python -m bench.ivfpq --dataset fashion-mnist --nprobes 4,8,16 --reranks 0,40,100 --plain-only --no-hnsw
+                                                  # reduced run: points around recall 0.9, plain index vs faiss
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import tempfile
@@ -153,6 +159,9 @@ def run_dataset(args, name):
         "shoal-balanced": (f"IVF{nlist}(balanced),PQ{M}x8(balanced),Refine", False),
         "shoal-balanced-tuned": (f"IVF{nlist}(balanced),PQ{M}x8(balanced),Refine", True),
     }
+    if args.plain_only:
+        del ours_specs["shoal-balanced"], ours_specs["shoal-balanced-tuned"]
+    faiss_kinds = ("ivfpq", "ivfpq-refine", "ivfpq-fs-refine") + (() if args.no_hnsw else ("hnsw",))
     methods, infos = {}, {}
     build_threads = args.build_threads
     with thread_limit(build_threads):
@@ -164,7 +173,17 @@ def run_dataset(args, name):
             else:
                 methods[label], infos[label] = build_ours(label, spec, ds, xb, xt, tune)
             print(f"[ivfpq]   {infos[label]}", file=sys.stderr)
-        for kind in ("ivfpq", "ivfpq-refine", "ivfpq-fs-refine", "hnsw"):
+        if ds.metric == "l2":
+            # the same trained index with precomputed residual list tables (a shallow copy shares codes and vectors)
+            pre = copy.copy(methods["shoal-ivfpq"])
+            t0 = time.perf_counter()
+            pre.set_precomputed(True)
+            info = dict(infos["shoal-ivfpq"], factory=pre.factory_string(), memory_bytes=pre.memory_bytes(),
+                        bytes_per_vector=pre.memory_bytes() / xb.shape[0], table_bytes=pre.list_table().nbytes)
+            info["build_s"] += time.perf_counter() - t0
+            methods["shoal-ivfpq-precomputed"], infos["shoal-ivfpq-precomputed"] = pre, info
+            ours_specs["shoal-ivfpq-precomputed"] = (info["factory"], False)
+        for kind in faiss_kinds:
             print(f"[ivfpq] building faiss {kind}", file=sys.stderr)
             methods["faiss-" + kind], infos["faiss-" + kind] = build_faiss(kind, ds, xb, xt, c)
             print(f"[ivfpq]   {infos['faiss-' + kind]}", file=sys.stderr)
@@ -176,14 +195,20 @@ def run_dataset(args, name):
         from shoal.index import load_index
 
         store = LocalStore(tmp)
-        ref = methods["shoal-balanced"]
+        ref = methods.get("shoal-balanced", methods["shoal-ivfpq"])
         ref.save(store, "ix")
         with rss_delta() as m:
             loaded = load_index(store, "ix", mmap=True)
         core = loaded.codes.nbytes + loaded.row_ids.nbytes + loaded.coarse.nbytes + loaded.pq.nbytes()
-        mem = {"memory_bytes": loaded.memory_bytes(), "mapped_bytes": loaded.mapped_bytes(),
+        mem = {"method": "shoal-balanced" if "shoal-balanced" in methods else "shoal-ivfpq",
+               "memory_bytes": loaded.memory_bytes(), "mapped_bytes": loaded.mapped_bytes(),
                "rss_delta_bytes": m["bytes"], "codes_ids_centroids_bytes": core,
                "ratio_memory_to_core": loaded.memory_bytes() / core, "ratio_rss_to_core": m["bytes"] / core}
+        if loaded.residual and loaded.metric == "l2":
+            loaded.set_precomputed(True)  # what the loaded index would hold with PQ..(precomputed)
+            mem["memory_bytes_precomputed"] = loaded.memory_bytes()
+            mem["ratio_memory_precomputed_to_core"] = loaded.memory_bytes() / core
+            loaded.set_precomputed(False)
         mem.update(_rss_in_child(tmp, xq[:200], k))
         D1, I1 = ref.search(xq[:200], k, params={"nprobe": 8, "rerank": 40})
         D2, I2 = loaded.search(xq[:200], k, params={"nprobe": 8, "rerank": 40})
@@ -201,12 +226,12 @@ def run_dataset(args, name):
         points.append(rec)
         append_result(args.out, rec, echo=False)
 
-    for nprobe in NPROBES:
+    for nprobe in args.nprobes:
         if nprobe > nlist // 2:
             continue
         searches, labels = {}, {}
         for label in ours_specs:
-            for rr in RERANKS:
+            for rr in args.reranks:
                 key = f"{label}|{rr}"
                 idx = methods[label]
                 searches[key] = (lambda idx, p: (lambda q: idx.search(q, k, params=p)))(
@@ -215,7 +240,7 @@ def run_dataset(args, name):
         searches["faiss-ivfpq"] = (lambda f: (lambda q: f(q, k)))(faiss_search(methods["faiss-ivfpq"], "ivf", nprobe))
         labels["faiss-ivfpq"] = ("faiss-ivfpq", {"nprobe": nprobe, "rerank": 0})
         for kind in ("ivfpq-refine", "ivfpq-fs-refine"):
-            for kf in (4, 10, 20):
+            for kf in sorted({max(1, rr // k) for rr in args.reranks if rr} or {4}):
                 key = f"faiss-{kind}|{kf}"
                 f = faiss_search(methods["faiss-" + kind], "ivf", nprobe, k_factor=kf)
                 searches[key] = (lambda f: (lambda q: f(q, k)))(f)
@@ -226,9 +251,11 @@ def run_dataset(args, name):
             record(label, params, t)
         best = max((p for p in points if p["params"].get("nprobe") == nprobe), key=lambda p: p["recall"])
         print(f"[ivfpq] nprobe={nprobe}: best recall {best['recall']:.3f} ({best['method']})", file=sys.stderr)
-    hn = {f"ef{ef}": (lambda f: (lambda q: f(q, k)))(faiss_search(methods["faiss-hnsw"], "hnsw", ef=ef)) for ef in EF}
-    for key, t in measure_interleaved(hn, xq, threads=1, rounds=args.rounds).items():
-        record("faiss-hnsw", {"efSearch": int(key[2:])}, t)
+    if "faiss-hnsw" in methods:
+        hn = {f"ef{ef}": (lambda f: (lambda q: f(q, k)))(faiss_search(methods["faiss-hnsw"], "hnsw", ef=ef))
+              for ef in EF}
+        for key, t in measure_interleaved(hn, xq, threads=1, rounds=args.rounds).items():
+            record("faiss-hnsw", {"efSearch": int(key[2:])}, t)
 
     # summary: best single-thread QPS at recall@k >= target, ratios to faiss IVFPQ + Refine
     target = args.target
@@ -245,12 +272,12 @@ def run_dataset(args, name):
             "qps_at_target": b["qps"] if b else None, "params": b["params"] if b else None,
             "recall": b["recall"] if b else None,
             "ratio_to_faiss_ivfpq_refine": (b["qps"] / ref_qps) if b and ref_qps else None,
-            "max_recall": max(p["recall"] for p in points if p["method"] == label),
+            "max_recall": max((p["recall"] for p in points if p["method"] == label), default=None),
             **{kk: infos[label].get(kk) for kk in ("code_bytes", "bytes_per_vector", "build_s", "entropy_mean",
                                                    "tune")}}
     # codes alone (no re-rank) at equal nprobe: ours vs faiss IndexIVFPQ
     codes_only = {}
-    for nprobe in NPROBES:
+    for nprobe in args.nprobes:
         row = {p["method"]: p["recall"] for p in points
                if p["params"].get("nprobe") == nprobe and p["params"].get("rerank") == 0}
         if row:
@@ -311,12 +338,21 @@ def _print_summary(s):
     print(f"loaded index (mmap): {s['loaded_memory']}")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
 def main(argv=None) -> int:
     p = bench_parser("IVF-PQ: shoal vs faiss IVFPQ / fast-scan / refine / HNSW", default_nq=2000, name="ivfpq")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per configuration (best kept)")
     p.add_argument("--target", type=float, default=0.9, help="recall@k at which QPS is compared")
     p.add_argument("--build-threads", type=int, default=1,
                    help="threads for building (default 1: on a shared machine OpenMP spinning makes more slower)")
+    p.add_argument("--nprobes", type=_int_list, default=NPROBES, help="comma-separated nprobe values to sweep")
+    p.add_argument("--reranks", type=_int_list, default=RERANKS,
+                   help="comma-separated shoal re-rank depths (faiss k_factor: each non-zero depth / k)")
+    p.add_argument("--plain-only", action="store_true", help="skip the balanced and tuned shoal indexes")
+    p.add_argument("--no-hnsw", action="store_true", help="skip faiss HNSW")
     args = p.parse_args(argv)
     try:
         import faiss  # noqa: F401
