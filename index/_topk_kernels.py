@@ -14,27 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-
-@njit(cache=True, nogil=True)
-def _replace_top(hd, hi, k, key, col):
-    """Replace the root of the max-heap ``hd[:k]``/``hi[:k]`` with ``(key, col)`` and sift it down."""
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= k:
-            break
-        c = left
-        right = left + 1
-        if right < k and (hd[right] > hd[left] or (hd[right] == hd[left] and hi[right] > hi[left])):
-            c = right
-        if hd[c] > key or (hd[c] == key and hi[c] > col):
-            hd[i] = hd[c]
-            hi[i] = hi[c]
-            i = c
-        else:
-            break
-    hd[i] = key
-    hi[i] = col
+from ..quantization._heap_kernels import heap_replace_top
 
 
 def use_parallel(nq: int) -> bool:
@@ -69,7 +49,7 @@ def _walk_keys(keys_row, j0, j1, col0, hdr, hir):
     for j in range(j0, j1):
         v = keys_row[j]
         if v < hdr[0]:
-            _replace_top(hdr, hir, k, v, col0 + j)
+            heap_replace_top(hdr, hir, k, v, col0 + j)
 
 
 @njit(cache=True, nogil=True)
@@ -99,7 +79,7 @@ def _walk_dots(dots_row, j0, j1, metric_l2, qn, x_norms, col0, mask_row, use_mas
         else:
             v = -dots_row[j]
         if v < hdr[0] and (not use_mask or mask_row[j]):
-            _replace_top(hdr, hir, k, v, col0 + j)
+            heap_replace_top(hdr, hir, k, v, col0 + j)
 
 
 @njit(cache=True, nogil=True)
@@ -129,7 +109,7 @@ def _sort_heap(hdr, hir):
         kc = hir[end]
         hdr[end] = hdr[0]
         hir[end] = hir[0]
-        _replace_top(hdr, hir, end, kd, kc)
+        heap_replace_top(hdr, hir, end, kd, kc)
 
 
 # Each entry point comes in a parallel (prange over queries) and a serial form; the caller picks one (see

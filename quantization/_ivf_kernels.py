@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._pq_kernels import heap_replace_top, heap_sort, heap_worse
+from ._heap_kernels import heap_replace_top, heap_sort, heap_worse
 
 _NO_ROW = np.iinfo(np.int64).max
 
