@@ -39,9 +39,9 @@ from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
 from .base import Index, array_bytes
 from .factory import Stage, take_settings
 from .flat import exact_search
-from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition, _as_expr, _choose_clusters,  # noqa: F401
-                        _col_nbytes, _column_arrays, _column_from_arrays, _concat_columns, _kmeans, _missing_like,
-                        _sq_dists)
+from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition,  # noqa: F401
+                        _as_expr, _choose_clusters, _col_nbytes, _column_arrays, _column_from_arrays,
+                        _concat_columns, _kmeans, _missing_like, _sq_dists)
 from .persist import load_arrays, load_meta, save_arrays
 
 _BIG = 1 << 53
@@ -414,7 +414,15 @@ class OSQIndex(Index):
             # inner-product search ranks cells by the inner product with their centroid, as IVF does
             dc = np.ascontiguousarray(-(qrot @ self.cluster_centroids.T), dtype=np.float32)
         else:
-            dc = _sq_dists(qrot, self.cluster_centroids)
+            # squared distances with the centroid norms cached: recomputing them cost as much as the product
+            cc = self.cluster_centroids
+            if getattr(self, "_cc_src", None) is not cc:
+                self._cc_src, self._cc_norms = cc, np.einsum("ij,ij->i", cc, cc)
+            dc = qrot @ cc.T
+            dc *= -2.0
+            dc += self._cc_norms[None, :]
+            dc += np.einsum("ij,ij->i", qrot, qrot)[:, None]
+            np.maximum(dc, 0.0, out=dc)
         per_cluster = max(1.0, float(np.count_nonzero(live)) / G)
         vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, per_cluster, ratio=self.metric != "ip")
         clusters = vcl.reshape(nq, P, self.nclusters)

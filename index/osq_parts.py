@@ -74,6 +74,8 @@ class OSQPartition:
         C = int(self.centroids.shape[0])
         order = np.argsort(self.cluster, kind="stable").astype(np.int64)
         self.list_rows = order
+        # positions already ordered by cluster (OSQIndex keeps them so): lists are ranges
+        self.contiguous = bool(np.array_equal(order, np.arange(order.size)))
         self.list_indptr = np.concatenate([[0], np.cumsum(np.bincount(self.cluster, minlength=C))]).astype(np.int64)
 
     @property
@@ -143,7 +145,6 @@ class OSQPartition:
         out_rows = np.full((nq, cap), -1, dtype=np.int64)
         counts = np.zeros((nq, 4), dtype=np.int64)
         metric = K.METRIC_L2 if self.metric == "l2" else K.METRIC_IP
-        qbin = self.book.binary(qrot)
         b = self.book
         qcl = np.ones((nq, self.nclusters), np.uint8) if clusters is None else \
             np.ascontiguousarray(clusters, dtype=np.uint8)
@@ -156,10 +157,17 @@ class OSQPartition:
             level2 = "bounds" if _is_mapped(self.vectors) else \
                 "head" if self.vectors.shape[1] > HEAD_DIMS else "exact"
         keep_frac = float(p["keep_frac"]) or self.auto_keep_frac(level2)
-        K.levels12(status, sidx, qcl, self.list_indptr, self.list_rows, qrot, qbin, self.binary, self.segs, b.bits,
-                   b.dim_byte, b.dim_shift, b.dim_two, b.cell_lo, b.cell_hi, metric, k, keep_frac,
-                   keep_min, rerank, out_rows, counts, self.vectors, self.head, self.tail_norms,
-                   _LEVEL2[level2], self.abandon)
+        if keep_frac >= 1.0 and self.contiguous and (level2 == "head" or (level2 == "exact" and not (
+                metric == K.METRIC_L2 and self.abandon and self.vectors.shape[1] > HEAD_DIMS))):
+            # no level-1 pruning: one BLAS product per visited cluster for all its queries
+            K.levels12_cluster_major(status, sidx, qcl, self.list_indptr, qrot, self.vectors, self.head,
+                                     self.tail_norms, metric, k, rerank, out_rows, counts, _LEVEL2[level2])
+        else:
+            qbin = self.book.binary(qrot)
+            K.levels12(status, sidx, qcl, self.list_indptr, self.list_rows, qrot, qbin, self.binary, self.segs,
+                       b.bits, b.dim_byte, b.dim_shift, b.dim_two, b.cell_lo, b.cell_hi, metric, k, keep_frac,
+                       keep_min, rerank, out_rows, counts, self.vectors, self.head, self.tail_norms,
+                       _LEVEL2[level2], self.abandon)
         # level 3 needs the exact truth of maybe survivors; evaluate each distinct one once for the batch
         valid = out_rows >= 0
         safe = np.where(valid, out_rows, 0)
@@ -174,11 +182,10 @@ class OSQPartition:
         R = np.empty((nq, k), dtype=np.int64)
         K.level3(out_rows, ok, qrot, self.vectors, metric, k, D, R)
         I = np.where(R >= 0, self.ids[np.maximum(R, 0)], -1)
-        stats = {"candidates": int(counts[:, 0].sum()), "hamming": int(counts[:, 0].sum()),
-                 "bounds": int(counts[:, 1].sum()), "rerank": int(counts[:, 3].sum()), "maybe_checked": nmaybe,
-                 "bytes": int(counts[:, 0].sum() * self.binary.shape[1] * 8
-                              + counts[:, 1].sum() * _row_bytes(level2, b.nseg, self.vectors.shape[1])
-                              + counts[:, 3].sum() * 4 * self.vectors.shape[1])}
+        c = counts.sum(axis=0).tolist()
+        stats = {"candidates": c[0], "hamming": c[0], "bounds": c[1], "rerank": c[3], "maybe_checked": nmaybe,
+                 "bytes": int(c[0] * self.binary.shape[1] * 8 + c[1] * _row_bytes(level2, b.nseg, self.vectors.shape[1])
+                              + c[3] * 4 * self.vectors.shape[1])}
         return D, I, stats
 
 
@@ -298,9 +305,8 @@ def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: n
     enough = (np.take_along_axis(sure[sidx], order, axis=1).sum(1) >= k) & \
         (np.take_along_axis(cand[sidx], order, axis=1).sum(1) >= target)
     if T < G and not enough.all():
-        full = np.argsort(dc, axis=1, kind="stable")
         order = np.concatenate([order, np.zeros((nq, G - T), order.dtype)], axis=1)
-        order[~enough] = full[~enough]
+        order[~enough] = np.argsort(dc[~enough], axis=1, kind="stable")  # only the queries that need all
         valid = np.zeros((nq, G), bool)
         valid[:, :T] = True
         valid[~enough] = True

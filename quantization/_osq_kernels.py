@@ -490,6 +490,173 @@ def head_bounds(head, tail_norms, rows, q, metric, L, U):
 
 
 @njit(cache=True)
+def _select(kept, L, U, st, k, rerank, cand, key, out_row, cnt):
+    """Level 2's selection for one query over its ``m`` kept rows with bounds ``L``/``U``: drop rows whose lower
+    bound exceeds the ``k``-th smallest upper bound of a sure row, rank the rest by the middle of their bounds, and
+    write them to ``out_row`` (at most its length) until ``rerank`` sure rows are taken. ``cand``/``key`` are
+    scratch (>= m); ``cnt[2]``/``cnt[3]`` receive the survivors and the rows written."""
+    m = kept.shape[0]
+    cap = out_row.shape[0]
+    # tau: the k-th smallest upper bound of a sure row, from a sorted array of the k smallest seen (one compare per
+    # row once it is full; np.partition over a copy cost 3x the level-2 keys of low-dimensional rows)
+    topk = np.full(k, np.inf, dtype=np.float32)
+    for t in range(m):
+        u_ = U[t]
+        if u_ < topk[k - 1] and st[kept[t]] == STATUS_SURE:
+            i = k - 1
+            while i > 0 and topk[i - 1] > u_:
+                topk[i] = topk[i - 1]
+                i -= 1
+            topk[i] = u_
+    tau = _slack(topk[k - 1]) if np.isfinite(topk[k - 1]) else np.float32(np.inf)
+    # rows whose lower bound exceeds tau cannot enter the top k; the rest are ranked by the middle of their
+    # bounds (a better estimate of the distance than either bound alone)
+    alive = 0
+    for t in range(m):
+        if L[t] <= tau:
+            key[alive] = L[t] + U[t]
+            cand[alive] = kept[t]
+            alive += 1
+    if alive > cap:
+        # only the best ``cap`` keys can be taken: select them before sorting
+        thr = np.partition(key[:alive], cap - 1)[cap - 1]
+        a2 = 0
+        for t in range(alive):
+            if key[t] <= thr:
+                key[a2] = key[t]
+                cand[a2] = cand[t]
+                a2 += 1
+        cnt[2] = alive
+        alive = a2
+    else:
+        cnt[2] = alive
+    order = np.argsort(key[:alive])
+    taken = 0
+    sure_taken = 0
+    for t in range(alive):
+        if sure_taken >= rerank or taken >= cap:
+            break
+        r = cand[order[t]]
+        out_row[taken] = r
+        taken += 1
+        if st[r] == STATUS_SURE:
+            sure_taken += 1
+    cnt[3] = taken
+
+
+@njit(cache=True, fastmath=True)
+def levels12_cluster_major(status, sidx, qcl, list_indptr, qrot, vectors, head, tail_norms, metric, k, rerank,
+                           out_rows, counts, level2):
+    """:func:`levels12` without level-1 pruning (every candidate kept), cluster by cluster instead of query by query.
+
+    Requires positions ordered by cluster (cluster ``c`` is positions ``list_indptr[c]:list_indptr[c + 1]``). Each
+    visited cluster's rows are compared with all the batch's queries that visit it while they are in cache, so
+    they are read from memory once per batch instead of once per query. ``level2`` is ``LEVEL2_EXACT`` (exact
+    keys from ``vectors``) or ``LEVEL2_HEAD`` (bounds from ``head`` and ``tail_norms``, as in
+    :func:`head_bounds`). Candidates of each query come in the same order as in :func:`levels12` (cluster, then
+    position); the other arguments and outputs are as there.
+    """
+    nq = qrot.shape[0]
+    C = qcl.shape[1]
+    n = vectors.shape[0]
+    d = qrot.shape[1]
+    H = head.shape[1]
+    ns = status.shape[0]
+    use_head = level2 == LEVEL2_HEAD
+    A = head if use_head else vectors
+    dA = H if use_head else d
+    # candidates per query from per-cluster counts of passing rows
+    cl_cnt = np.zeros((ns, C), dtype=np.int64)
+    for s_ in range(ns):
+        st = status[s_]
+        for c in range(C):
+            for r in range(list_indptr[c], list_indptr[c + 1]):
+                if st[r] != STATUS_NO:
+                    cl_cnt[s_, c] += 1
+    off = np.zeros(nq + 1, dtype=np.int64)
+    for qi in range(nq):
+        tot = 0
+        for c in range(C):
+            if qcl[qi, c] != 0:
+                tot += cl_cnt[sidx[qi], c]
+        off[qi + 1] = off[qi] + tot
+    total = off[nq]
+    crow = np.empty(total, dtype=np.int64)
+    cL = np.empty(total, dtype=np.float32)
+    cU = np.empty(total, dtype=np.float32)
+    wp = off[:nq].copy()
+    qt = np.zeros(nq, dtype=np.float32)  # tail norms of the queries (head mode)
+    for qi in range(nq):
+        acc = np.float32(0.0)
+        for j in range(H, d):
+            acc += qrot[qi, j] * qrot[qi, j]
+        qt[qi] = np.sqrt(acc)
+    qs = np.empty(nq, dtype=np.int64)
+    Qs = np.empty((nq, dA), dtype=np.float32)
+    for c in range(C):
+        lo = list_indptr[c]
+        hi = list_indptr[c + 1]
+        if hi == lo:
+            continue
+        nv = 0
+        for qi in range(nq):
+            if qcl[qi, c] != 0 and cl_cnt[sidx[qi], c] > 0:
+                qs[nv] = qi
+                for j in range(dA):
+                    Qs[nv, j] = qrot[qi, j]
+                nv += 1
+        if nv == 0:
+            continue
+        for u in range(nv):
+            qi = qs[u]
+            st = status[sidx[qi]]
+            qv = Qs[u]
+            w = wp[qi]
+            for r in range(lo, hi):
+                if st[r] == STATUS_NO:
+                    continue
+                xv = A[r]
+                acc = np.float32(0.0)
+                if metric == METRIC_L2:
+                    for j in range(dA):
+                        diff = qv[j] - xv[j]
+                        acc += diff * diff
+                else:
+                    for j in range(dA):
+                        acc += qv[j] * xv[j]
+                if use_head:
+                    b = tail_norms[r]
+                    a = qt[qi]
+                    if metric == METRIC_L2:
+                        cL[w] = acc + (a - b) * (a - b)
+                        cU[w] = acc + (a + b) * (a + b)
+                    else:
+                        cL[w] = -acc - a * b
+                        cU[w] = -acc + a * b
+                else:
+                    key = acc if metric == METRIC_L2 else -acc
+                    cL[w] = key
+                    cU[w] = key
+                crow[w] = r
+                w += 1
+            wp[qi] = w
+    cand = np.empty(n, dtype=np.int64)
+    key_s = np.empty(n, dtype=np.float32)
+    for qi in range(nq):
+        for w in range(out_rows.shape[1]):
+            out_rows[qi, w] = -1
+        m = off[qi + 1] - off[qi]
+        counts[qi, 0] = m
+        counts[qi, 1] = m
+        if m == 0:
+            counts[qi, 2] = 0
+            counts[qi, 3] = 0
+            continue
+        _select(crow[off[qi]:off[qi + 1]], cL[off[qi]:off[qi + 1]], cU[off[qi]:off[qi + 1]], status[sidx[qi]], k,
+                rerank, cand, key_s, out_rows[qi], counts[qi])
+
+
+@njit(cache=True)
 def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs, bits, dim_byte, dim_shift,
              dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts, vectors, head,
              tail_norms, level2, abandon):
@@ -620,52 +787,7 @@ def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs
             bounds_lut(segs, kept, bits, dim_byte, dim_shift, dim_two, tab_l, tab_u, const_l, const_u, Lb, Ub)
             L = Lb[:m]
             U = Ub[:m]
-        tau = np.float32(np.inf)
-        ns_k = 0
-        for t in range(m):
-            if st[kept[t]] == STATUS_SURE:
-                ns_k += 1
-        if ns_k >= k:
-            us = np.empty(ns_k, dtype=np.float32)
-            u = 0
-            for t in range(m):
-                if st[kept[t]] == STATUS_SURE:
-                    us[u] = U[t]
-                    u += 1
-            tau = _slack(np.partition(us, k - 1)[k - 1])
-        # rows whose lower bound exceeds tau cannot enter the top k; the rest are ranked by the middle of their
-        # bounds (a better estimate of the distance than either bound alone)
-        alive = 0
-        for t in range(m):
-            if L[t] <= tau:
-                key[alive] = L[t] + U[t]
-                cand[alive] = kept[t]
-                alive += 1
-        if alive > cap:
-            # only the best ``cap`` keys can be taken: select them before sorting
-            thr = np.partition(key[:alive], cap - 1)[cap - 1]
-            a2 = 0
-            for t in range(alive):
-                if key[t] <= thr:
-                    key[a2] = key[t]
-                    cand[a2] = cand[t]
-                    a2 += 1
-            counts[qi, 2] = alive
-            alive = a2
-        else:
-            counts[qi, 2] = alive
-        order = np.argsort(key[:alive])
-        taken = 0
-        sure_taken = 0
-        for t in range(alive):
-            if sure_taken >= rerank or taken >= cap:
-                break
-            r = cand[order[t]]
-            out_rows[qi, taken] = r
-            taken += 1
-            if st[r] == STATUS_SURE:
-                sure_taken += 1
-        counts[qi, 3] = taken
+        _select(kept, L, U, st, k, rerank, cand, key, out_rows[qi], counts[qi])
 
 
 @njit(cache=True, fastmath=True)
