@@ -2,10 +2,13 @@
 
 Every error is a subclass of a builtin (``ValueError``, ``KeyError``, ...) so callers that catch the builtin keep
 working, and of :class:`ShoalError` so the gRPC servicer and Lambda handlers can map them to status codes in one place
-(``status`` names the gRPC code).
+(``status`` names the gRPC code). :func:`backoff_delay` is the one retry policy for the errors that are worth
+retrying (UNAVAILABLE from the server, throttled or failed Lambda invocations).
 """
 
 from __future__ import annotations
+
+import random
 
 
 class ShoalError(Exception):
@@ -67,3 +70,9 @@ class DeadlineExceeded(ShoalError, TimeoutError):
 
 class Cancelled(ShoalError, RuntimeError):
     status = "CANCELLED"
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry ``attempt + 1``: full-jitter exponential backoff, uniform in
+    ``[0, min(cap, base * 2**attempt)]``, so that many clients retrying at once spread out."""
+    return (rng or random).uniform(0.0, min(cap, base * (2 ** attempt)))

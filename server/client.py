@@ -15,7 +15,6 @@ Failures raise the typed errors of :mod:`shoal.errors` (``NotFound``, ``InvalidA
 from __future__ import annotations
 
 import json
-import random
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -23,7 +22,7 @@ import grpc
 import numpy as np
 
 from ..engine.results import SearchResult, SearchStats
-from ..errors import DeadlineExceeded, InvalidArgument
+from ..errors import DeadlineExceeded, InvalidArgument, backoff_delay
 from . import codec
 from .errors import Unavailable, error_from_rpc
 from .proto.shoal.v1 import shoal_pb2 as pb
@@ -102,7 +101,7 @@ class Client:
                 exc = error_from_rpc(err)
                 if not (retry and isinstance(exc, Unavailable) and attempt < self.retries):
                     raise exc from None
-            delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * (0.5 + random.random() / 2)
+            delay = backoff_delay(attempt, self.backoff, self.max_backoff)
             attempt += 1
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
 

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ShoalError
+from ..errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ShoalError, backoff_delay
 
 THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded",
                   "EC2ThrottledException"}
@@ -42,11 +42,6 @@ class RemoteError(ShoalError, RuntimeError):
         self.remote_message = remote_message
         self.function_error = function_error
         super().__init__(f"{function}: {error_type}: {remote_message}")
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**attempt)]``."""
-    return (rng or random).uniform(0.0, min(cap, base * (2 ** attempt)))
 
 
 def remote_error_from_payload(function: str, body: bytes, function_error: str = "Unhandled") -> RemoteError:
