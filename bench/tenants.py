@@ -471,7 +471,7 @@ def run_dataset(ds, args, tmpdir):
         members = [np.flatnonzero(labels == c).astype(np.int64) for c in range(int(labels.max()) + 1)]
         draws = {"uniform": draw_pairs(xq.shape[0], np.array([m.size for m in members]), args.pairs, "uniform", 1),
                  "own-label": None}
-        qrows = np.random.default_rng(2).choice(xq.shape[0], args.pairs, replace=False)
+        qrows = np.random.default_rng(2).choice(xq.shape[0], args.pairs, replace=args.pairs > xq.shape[0])
         draws["own-label"] = (qrows, ds.query_attributes()["label"][qrows].astype(np.int64))
         nlist = 256
         setup = {"tenants": "class labels", "ntenants": len(members)}

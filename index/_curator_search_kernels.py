@@ -238,8 +238,9 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
         Bloom hash functions.
     branch : int
         Most children of any node (the build setting).
-    codes : uint8 (ntotal, >= ceil(d / 2))
-        4-bit codes of the rows (see :func:`._curator_kernels.sq4_encode`), used when ``0 < rerank < budget``.
+    codes : uint8 (ntotal, >= ceil(d / 2)) or (ntotal, 0)
+        4-bit codes of the rows (see :func:`._curator_kernels.sq4_encode`), used when ``0 < rerank < budget``;
+        with no code columns (d > 128) every candidate is scored exactly.
     sqlo, sqstep : float32 (d,)
         The code grid: bucket c of dimension z is centred at ``sqlo[z] + (c + 0.5) * sqstep[z]``.
     rerank : int
@@ -266,7 +267,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
     d = Q.shape[1]
     q = np.empty(d, dtype=np.float32)
     nblk = bloom.shape[0]
-    R = rerank if 0 < rerank < budget else 0
+    R = rerank if 0 < rerank < budget and codes.shape[1] > 0 else 0
     nb = (d + 1) // 2
     lut = np.empty((nb if R > 0 else 1, 256), dtype=np.float32)
     contrib = np.empty((2 * nb if R > 0 else 1, 16), dtype=np.float32)

@@ -602,6 +602,7 @@ class CuratorIndex(Index):
             ``variance_boost`` (float, default 0): node score = squared L2 to centroid - boost * node variance;
             ``rerank`` (int, default 64): rank the candidates by their 4-bit codes and score only the best
             ``max(k, rerank)`` exactly (0: score every candidate exactly; with a huge ``gamma`` that is exact search).
+            Codes are kept only for d <= 128; above, every candidate is scored exactly whatever ``rerank`` says.
         allowed : bool (ntotal,) or (nq, ntotal), optional
             Extra row mask (e.g. an attribute filter), applied inside the scan.
         tenant : int or int sequence (nq,), optional

@@ -148,6 +148,19 @@ def test_code_ranking_with_exact_rerank(built):
         ix.search(q[:1], 3, tenant=t, params={"rerank": 2.5})
 
 
+def test_high_dimensional_index_keeps_no_codes_and_scores_exactly(rng, tmp_path):
+    x = rng.standard_normal((600, 130)).astype(np.float32)  # d > 128: no code store
+    ix = index_factory(130, "Curator(branch=4,leaf=32,shortlist=16)")
+    ix.add(x, np.arange(600), tenants=csr([[i % 2] for i in range(600)]))
+    assert ix.memory_breakdown()["codes"] == 2 * 4 * 130  # only the (unused) grid, no per-row codes
+    D1, I1 = ix.search(x[:5], 4, tenant=1, params={"gamma": 8})
+    D0, I0 = ix.search(x[:5], 4, tenant=1, params={"gamma": 8, "rerank": 0})
+    np.testing.assert_array_equal(I1, I0)
+    ix.save(LocalStore(tmp_path), "hd")
+    back = load_index(LocalStore(tmp_path), "hd", mmap=True)
+    np.testing.assert_array_equal(back.search(x[:5], 4, tenant=1, params={"gamma": 8})[1], I1)
+
+
 def test_no_tenant_searches_all_live_rows(built):
     ix, x, ids, _, _, q = built
     D, I = ix.search(q[:5], 4)
