@@ -5,6 +5,9 @@ running emulator can be reconfigured::
 
     [{"role": "processor", "partition": 2, "mode": "raise" | "sleep" | "malformed", "seconds": 5, "times": 1}]
 
+Roles: ``processor`` (optionally one ``partition``), ``allocator`` (optionally one ``node``), ``coordinator`` (raise
+or sleep: e.g. to hold a container busy). Work an allocator runs inline (after a refused invocation) is never faulted.
+
 ``times`` (optional) limits how often a spec fires, counted across processes in a side file next to the spec file,
 so "fail once, then succeed" can be expressed. Never set the variable in production.
 """

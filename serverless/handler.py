@@ -371,6 +371,7 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
 def run_coordinator(event: dict, context) -> dict:
     """Resolve the version, build the context, run the tree from node 0, check every partition is covered."""
     t0 = time.perf_counter()
+    faults.before(faults.matching("coordinator"))
     index = event.get("index") or os.environ.get("SHOAL_INDEX")
     if not isinstance(index, str) or not index:
         raise InvalidArgument("coordinator payload needs 'index' (the index's store URI), or set $SHOAL_INDEX")

@@ -340,7 +340,7 @@ def test_processor_timeout_is_retried_then_named(emulator, s3_index, faults):
         run_search(emulator, store, q, b=2, L=1, retries=0)
 
 
-def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index):
+def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tmp_path):
     from shoal.serverless.emulator import Emulator
 
     store, x, ids, q = s3_index
@@ -353,8 +353,11 @@ def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index):
         done = {k: r.stats["invocations"].get(k, 0) + r.stats["inline"].get(k, 0)
                 for k in ("coordinator", "allocator", "processor")}
         assert done == {"coordinator": 1, "allocator": 6, "processor": P}
-        # two clients at once on one container: the second is refused (429) and retried with backoff
-        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint}) as one:
+        # two clients at once on one container: the second is refused (429) and retried with backoff; each
+        # coordinator call holds the container for 0.5 s so that the two calls overlap however fast a search is
+        slow = tmp_path / "slow-coordinator.json"
+        slow.write_text(json.dumps([{"role": "coordinator", "mode": "sleep", "seconds": 0.5}]))
+        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint, "SHOAL_FAULTS_FILE": str(slow)}) as one:
             invokers = [LambdaInvoker(one.url, seed=i, base_delay=0.2, max_attempts=12) for i in range(2)]
             client.search(q, 10, index=store.uri, function="shoal", invoker=invokers[0], b=2, L=1)  # warm it
             results = [None, None]
