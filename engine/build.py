@@ -77,7 +77,7 @@ def run_build(col, job, train_kwargs, progress) -> None:
     tail is added to the copy (falling back to a rebuild when the index cannot be extended).
     """
     rec = col.records
-    with col._rw.read():
+    with col._rw.read:
         n0 = rec.n
         old = col._index
         extend = not job.full and _extendable(old) and old.factory_string() == \
@@ -137,7 +137,7 @@ def run_build(col, job, train_kwargs, progress) -> None:
         mapped = np.full(new_rows.shape, -1, np.int64)
     row_slot = np.concatenate([base_row_slot, mapped])
     job.stage = "swap"
-    with col._rw.write():
+    with col._rw.write:
         from .collection import _replay_one
 
         for op, op_ids, tid in col._oplog:
@@ -170,7 +170,7 @@ def write_snapshot(col) -> None:
         rs = col._row_slot
         row_slot = np.where(rs >= 0, old_to_new[np.where(rs >= 0, rs, rec.n)], -1)
         boundary = int(np.count_nonzero(rec.alive[:col._boundary]))
-        with col._rw.write():
+        with col._rw.write:
             col.records, col._row_slot, col._boundary = new_rec, row_slot, boundary
         rec = new_rec
     gen = col._generation + 1

@@ -42,7 +42,7 @@ from ..index.factory import index_factory
 from ..index.persist import load_arrays
 from ..index.validate import as_ids, as_vectors, check_metric
 from .records import Records
-from .rwlock import RWLock
+from ..index.rwlock import RWLock
 from .schema import Schema, TenantRegistry, batch_from_wal, batch_to_wal
 from .wal import WriteAheadLog
 
@@ -299,7 +299,7 @@ class Collection:
         with self._wlock:
             self._check_open(write=True)
             self.wal.append("upsert", {"attrs": fields, "tenants": names}, arrays)
-            with self._rw.write():
+            with self._rw.write:
                 self._apply_upsert(ids, vectors, batch, names)
         self.counters["upserted"] += n
         self._maybe_autobuild()
@@ -315,7 +315,7 @@ class Collection:
             if live.size == 0:
                 return 0
             self.wal.append("delete", {}, {"ids": live})
-            with self._rw.write():
+            with self._rw.write:
                 self._apply_delete(live)
         self.counters["deleted"] += int(live.size)
         return int(live.size)
@@ -353,7 +353,7 @@ class Collection:
             if ids.size == 0:
                 return 0
             self.wal.append(op, {"tenant": tenant}, {"ids": ids})
-            with self._rw.write():
+            with self._rw.write:
                 self._apply_tenant_op(op, ids, tenant)
         return int(ids.size)
 
@@ -366,7 +366,7 @@ class Collection:
             tid = self.tenants.lookup(tenant)
             n = len(self.records.tenant_slots.get(tid, ()))
             self.wal.append("drop_tenant", {"tenant": tenant}, {})
-            with self._rw.write():
+            with self._rw.write:
                 self._apply_drop_tenant(tenant)
         return n
 
@@ -427,7 +427,7 @@ class Collection:
         self._check_open()
         ids = as_ids(ids, allow_duplicates=True)
         out = []
-        with self._rw.read():
+        with self._rw.read:
             tid = self._tenant_id(tenant)
             rec = self.records
             for uid in ids.tolist():
@@ -448,7 +448,7 @@ class Collection:
         """Live records (visible to ``tenant``, matching ``filter``)."""
         self._check_open()
         expr = parse_filter(filter, self.schema)
-        with self._rw.read():
+        with self._rw.read:
             tid = self._tenant_id(tenant)
             if expr is None and tid is None:
                 return self.records.nlive
@@ -460,20 +460,20 @@ class Collection:
         """Ids (int64, in slot order) of the live records matching ``filter`` that ``tenant`` can see."""
         self._check_open()
         expr = parse_filter(filter, self.schema)
-        with self._rw.read():
+        with self._rw.read:
             mask = self._slot_mask(expr, self._tenant_id(tenant), self.records.n)
             return self.records.ids[np.flatnonzero(mask)].copy()
 
     def list_tenants(self) -> list[str]:
         self._check_open()
-        with self._rw.read():
+        with self._rw.read:
             return self.tenants.list()
 
     def tenants_of(self, id) -> list[str]:
         """Tenant names of one record; NotFound if the id is not in the collection."""
         self._check_open()
         uid = int(as_ids([id])[0])
-        with self._rw.read():
+        with self._rw.read:
             slot = self.records.slot_of.get(uid)
             if slot is None:
                 raise NotFound(f"id {uid} not found in collection {self.name!r}")
@@ -643,7 +643,7 @@ class Collection:
     # ------------------------------------------------------------------ introspection
     def info(self) -> dict[str, Any]:
         """Configuration and sizes."""
-        with self._rw.read():
+        with self._rw.read:
             index = self._index
             tail = int(np.count_nonzero(self.records.alive[self._boundary:self.records.n]))
             return {
@@ -659,7 +659,7 @@ class Collection:
     def stats(self) -> dict[str, Any]:
         """Counts, memory, storage bytes, build progress and counters."""
         info = self.info()
-        with self._rw.read():
+        with self._rw.read:
             index = self._index
             info["memory_bytes"] = {"records": self.records.memory_bytes(),
                                     "index": int(index.memory_bytes()) if index is not None else 0,

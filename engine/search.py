@@ -62,7 +62,7 @@ def run_search(col, queries, k, flt, tenant, params, include_attrs) -> SearchRes
     k = check_k(k)
     expr = parse_filter(flt, col.schema)
     nq = q.shape[0]
-    with col._rw.read():
+    with col._rw.read:
         tid = col._tenant_id(tenant)
         index = col._index
         params = as_params(params, _search_params(col, index))

@@ -19,7 +19,6 @@ releases the GIL, so readers run in parallel). Build settings come from the fact
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from .base import Index, array_bytes
 from .factory import Stage, format_stage, take_settings
 from .flat import exact_search
 from .persist import load_arrays, save_arrays
+from .rwlock import RWLock
 from .validate import as_allowed, as_ids, as_params, as_vectors, check_k, normalize_rows
 
 BUILD_SETTINGS: dict[str, Any] = {"branch": 16, "leaf": 128, "shortlist": 256, "bloom": 16384, "hashes": 4,
@@ -39,58 +39,6 @@ DEFAULT_GAMMA = 64.0
 DEFAULT_VBOOST = 0.0
 DEFAULT_RERANK = 64
 MAX_TENANT = 2**31 - 1
-
-
-class _RWLock:
-    """Readers-writer lock that prefers a waiting writer (so a stream of searches cannot starve updates)."""
-
-    def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-        self.read = _Side(self._acquire_read, self._release_read)
-        self.write = _Side(self._acquire_write, self._release_write)
-
-    def _acquire_read(self):
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def _release_read(self):
-        with self._cond:
-            self._readers -= 1
-            if self._readers == 0:
-                self._cond.notify_all()
-
-    def _acquire_write(self):
-        with self._cond:
-            self._waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting -= 1
-            self._writer = True
-
-    def _release_write(self):
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
-
-
-class _Side:
-    __slots__ = ("_acquire", "_release")
-
-    def __init__(self, acquire, release):
-        self._acquire = acquire
-        self._release = release
-
-    def __enter__(self):
-        self._acquire()
-
-    def __exit__(self, *exc):
-        self._release()
-        return False
 
 
 def _pow2(n: int) -> int:
@@ -192,7 +140,7 @@ class CuratorIndex(Index):
             raise InvalidArgument(f"Curator: need 1 <= hashes <= 16 and niter >= 1 (got {hashes}, {niter})")
         self.settings = {"branch": int(branch), "leaf": int(leaf), "shortlist": int(shortlist), "bloom": int(bloom),
                          "hashes": int(hashes), "niter": int(niter), "seed": int(seed)}
-        self._lock = _RWLock()
+        self._lock = RWLock()
         self._tree = None
         self._sq = (np.zeros(d, np.float32), np.ones(d, np.float32))  # 4-bit code grid (lo, step), set by training
         self._n = 0
