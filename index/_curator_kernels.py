@@ -301,6 +301,12 @@ def bloom_has(bloom, row, tenant, nhash):
     rows) is contiguous and expanding a node reads its children's blocks in one sweep.
     """
     blk, a, b = _bloom_hashes(tenant, bloom.shape[0])
+    return bloom_test_hashed(bloom, row, blk, a, b, nhash)
+
+
+@njit(inline="always")
+def bloom_test_hashed(bloom, row, blk, a, b, nhash):
+    """:func:`bloom_has` with the tenant's block and probe seeds already computed (once per query, by the search)."""
     for i in range(nhash):
         p = (a + i * b) & 511
         if (bloom[blk, row, p >> 3] >> (p & 7)) & 1 == 0:

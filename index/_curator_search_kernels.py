@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._curator_kernels import EMPTY, _bloom_hashes, _l2, _mix, _prefetch, nt_find
+from ._curator_kernels import EMPTY, _bloom_hashes, _l2, _mix, _prefetch, bloom_test_hashed, nt_find
 
 PF_AHEAD = 10      # rows prefetched ahead in the exact scan (each row is 3-5 cache lines)
 PF_CODES = 16      # code rows prefetched ahead (one cache line each)
@@ -64,16 +64,6 @@ def _heap_pop(hs, hn, hk, size):
         hk[m], hk[i] = hk[i], hk[m]
         i = m
     return size
-
-
-@njit(inline="always")
-def _bloom_test(bloom, row, blk, a, b, nhash):
-    """:func:`._curator_kernels.bloom_has` with the tenant's hashes computed once per query."""
-    for i in range(nhash):
-        p = (a + i * b) & 511
-        if (bloom[blk, row, p >> 3] >> (p & 7)) & 1 == 0:
-            return False
-    return True
 
 
 @njit(inline="always")
@@ -303,7 +293,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
         p = nt_find(keys, parent, child_lo, 0, t)
         if p >= 0:
             size = _heap_push(hs, hn, hk, size, np.float32(0.0), 0, vals[p])
-        elif child_hi[0] > child_lo[0] and _bloom_test(bloom, bidx[0], blk, ha, hb, nhash):
+        elif child_hi[0] > child_lo[0] and bloom_test_hashed(bloom, bidx[0], blk, ha, hb, nhash):
             size = _heap_push(hs, hn, hk, size, np.float32(0.0), 0, -1)
         gathered = 0
         nbuf = 0
@@ -330,7 +320,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                 kind = kids[j]
                 c = lo + j
                 if kind == -2:
-                    if child_hi[c] > child_lo[c] and _bloom_test(bloom, bidx[c], blk, ha, hb, nhash):
+                    if child_hi[c] > child_lo[c] and bloom_test_hashed(bloom, bidx[c], blk, ha, hb, nhash):
                         kind = -1
                     else:
                         continue
