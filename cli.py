@@ -176,6 +176,8 @@ def add_build(sub) -> None:
                                            "tuning; needs --train-positives (see docs/ivfpq.md)")
     p.add_argument("--train-positives", help="IVF: relevant ids of each training query, a TSV with lines "
                                              "'QUERY_ROW<TAB>ID' (or TREC qrels 'QUERY_ROW 0 ID REL', REL > 0 kept)")
+    p.add_argument("--gpu", action="store_true", help="IVF: run k-means training on the GPU (needs faiss-gpu-cu12 "
+                                                      "in place of faiss-cpu: `make gpu`; an error if no GPU is seen)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
     p.add_argument("--out", help="also copy the finished collection to this store URI (s3://bucket/prefix or a "
                                  "directory)")
@@ -244,14 +246,15 @@ def read_qrels(path: str, ids: np.ndarray, nq: int) -> list[np.ndarray]:
     return [np.array(r, dtype=np.int64) for r in out]
 
 
-def _train_reports_progress(spec: str, dim: int) -> bool:
-    """Whether the index kind ``spec`` names takes a ``progress`` callable in ``train`` (IVF-PQ reports its stages)."""
+def _train_accepts(spec: str, dim: int, name: str) -> bool:
+    """Whether the index kind ``spec`` names takes the keyword ``name`` in ``train`` (IVF-PQ takes ``progress``, a
+    callable it reports its stages to, and ``gpu``)."""
     import inspect
 
     from .index.factory import index_factory
 
     try:
-        return "progress" in inspect.signature(index_factory(dim, spec).train).parameters
+        return name in inspect.signature(index_factory(dim, spec).train).parameters
     except ShoalError:      # a bad spec is reported by create_collection, with the collection's context
         return False
 
@@ -294,8 +297,15 @@ def cmd_build(args) -> int:
         train_kwargs["train_positives"] = read_qrels(args.train_positives, ids, tq.shape[0])
     if args.batch < 1:
         raise InvalidArgument("--batch must be positive")
-    if not args.quiet and _train_reports_progress(args.index, dim):
+    if not args.quiet and _train_accepts(args.index, dim, "progress"):
         train_kwargs = {"progress": prog.note, **(train_kwargs or {})}
+    if args.gpu:
+        from .quantization.kmeans import require_gpu
+
+        if not _train_accepts(args.index, dim, "gpu"):
+            raise InvalidArgument(f"--gpu: the {args.index} index does no GPU training (IVF-PQ's k-means does)")
+        require_gpu("--gpu")
+        train_kwargs = {**(train_kwargs or {}), "gpu": True}
     db = Database(args.data)
     try:
         if args.overwrite and args.name in db.list_collections():

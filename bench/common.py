@@ -570,7 +570,8 @@ def bench_parser(description: str, *, datasets: Iterable[str] = ("fashion-mnist"
 
     Options: ``--dataset`` (repeatable, or ``all``; ``synthetic:n=...,d=...`` accepted), ``--nq``, ``--nb``, ``--k``,
     ``--out`` (results name or path), ``--quick`` (small nq/nb for a smoke run), ``--threads`` (threads for the
-    multi-thread measurements; QPS is also measured single-threaded).
+    multi-thread measurements; QPS is also measured single-threaded), ``--gpu`` (ground truth and k-means training
+    on the GPU).
     """
     datasets = list(datasets)
     p = argparse.ArgumentParser(description=description,
@@ -586,6 +587,8 @@ def bench_parser(description: str, *, datasets: Iterable[str] = ("fashion-mnist"
     o.add_argument("--out", default=name, help="results: a name under bench/results/ (NAME.jsonl) or a path")
     o.add_argument("--quick", action="store_true", help="small smoke run (nq <= 200, nb <= 20000)")
     o.add_argument("--threads", type=int, default=None, help="threads for the multi-thread runs (default: all)")
+    o.add_argument("--gpu", action="store_true", help="exact ground truth (and IVF-PQ k-means training) on the GPU: "
+                                                     "needs faiss-gpu-cu12 (`make gpu`); timed searches stay on CPU")
     p.set_defaults(_all_datasets=datasets)
     return p
 
@@ -609,4 +612,6 @@ def dataset_from_args(args: argparse.Namespace, name: str | None = None):
         nb = min(nb or 20000, 20000)
         if name.startswith("synthetic"):
             nb = None  # synthetic sizes come from the spec
-    return load_dataset(name, nb=nb, nq=nq, force_nq=args.quick)
+    ds = load_dataset(name, nb=nb, nq=nq, force_nq=args.quick)
+    ds.gpu = bool(getattr(args, "gpu", False))
+    return ds

@@ -97,6 +97,8 @@ class Dataset:
         self._nb_req, self._nq_req = nb, nq
         self._xb: np.ndarray | None = None
         self._xq: np.ndarray | None = None
+        #: compute missing ground truth on the GPU (``--gpu``); the float64 re-rank keeps it exact either way
+        self.gpu = False
 
     # ------------------------------------------------------------------ to implement
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +239,7 @@ class Dataset:
                     return z["D"][:self.nq], z["I"][:self.nq]
         kk = min(max(k, _GT_MIN_K), self.nb)
         D, I = compute_groundtruth(self.get_database(), self.get_queries(), kk, self.metric,
-                                   desc=f"ground truth {self.key} k={kk}" if verbose else None)
+                                   desc=f"ground truth {self.key} k={kk}" if verbose else None, gpu=self.gpu)
         path = self.groundtruth_path(kk)
         tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
         np.savez(tmp, D=D, I=I, fp_base=np.array(fp_base), fp_queries=np.array(fp_q),
@@ -259,8 +261,9 @@ class Dataset:
 
 
 def compute_groundtruth(xb: np.ndarray, xq: np.ndarray, k: int, metric: str, *, desc: str | None = None,
-                        block: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` with faiss ``IndexFlat`` (all threads) followed by a float64 re-rank.
+                        block: int = 1000, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` with faiss ``IndexFlat`` (all threads, or every GPU with ``gpu``) followed by a float64
+    re-rank.
 
     Parameters
     ----------
@@ -270,6 +273,8 @@ def compute_groundtruth(xb: np.ndarray, xq: np.ndarray, k: int, metric: str, *, 
     metric : {"l2", "ip", "cosine"}; cosine expects normalised inputs.
     desc : str, optional
         Label of a progress message on stderr.
+    gpu : bool
+        Take the candidates from faiss on the GPU(s) (needs faiss-gpu; an error naming the fix when none is seen).
 
     Returns
     -------
@@ -283,6 +288,11 @@ def compute_groundtruth(xb: np.ndarray, xq: np.ndarray, k: int, metric: str, *, 
     k = min(k, nb)
     kc = min(k + _GT_MARGIN, nb)
     index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+    if gpu:
+        from shoal.quantization.kmeans import require_gpu
+
+        require_gpu("ground truth on the GPU (--gpu)")
+        index = faiss.index_cpu_to_all_gpus(index)
     index.add(xb)
     old = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(os.cpu_count() or 1)

@@ -53,7 +53,7 @@ def build_ours(name, spec, ds, xb, xt, tune=False):
 
     idx = index_factory(ds.d, spec, metric=ds.metric)
     t0 = time.perf_counter()
-    idx.train(xt, tune={"epochs": 3} if tune else None)
+    idx.train(xt, tune={"epochs": 3} if tune else None, gpu=ds.gpu)
     t_train = time.perf_counter() - t0
     idx.add(xb, np.arange(xb.shape[0], dtype=np.int64))
     build = time.perf_counter() - t0

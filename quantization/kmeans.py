@@ -33,6 +33,17 @@ def gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+def require_gpu(what: str) -> None:
+    """Raise :class:`InvalidArgument` naming ``what`` when faiss sees no GPU (asked-for GPU work never falls back
+    silently)."""
+    if not gpu_available():
+        import faiss
+
+        build = "faiss-cpu is installed" if not hasattr(faiss, "get_num_gpus") else "faiss sees no GPU"
+        raise InvalidArgument(f"{what}: {build}; on a machine with an NVIDIA GPU, swap in faiss-gpu-cu12 "
+                              f"(`make gpu`)")
+
+
 def kmeans(x, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256,
            gpu: bool = False) -> np.ndarray:
     """Plain k-means with faiss (seeded, reproducible for a given faiss build and thread count).

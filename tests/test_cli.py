@@ -253,3 +253,21 @@ def test_build_ivfpq_with_supervised_tuning(tmp_path, rng, capsys):
     assert code == 2 and "go together" in err
     with Database(data) as db:
         assert db.list_collections() == ["t"]
+
+
+def test_build_gpu_flag_is_checked_before_anything_is_written(tmp_path, vecs, capsys):
+    """--gpu never falls back silently: without a GPU (or for an index with no GPU training) it is a clear error."""
+    from shoal.quantization.kmeans import gpu_available
+
+    x, path = vecs
+    data = tmp_path / "data"
+    code, _, err = run(capsys, "build", path, "--data", data, "--name", "g", "--index", "Flat", "--gpu")
+    assert code == 2 and "--gpu: the Flat index does no GPU training" in err
+    code, out, err = run(capsys, "build", path, "--data", data, "--name", "g", "--index", "IVF4,PQ4x8", "--gpu",
+                         "--json")
+    if gpu_available():  # the faiss-gpu swap (make gpu) on a GPU machine
+        assert code == 0, err
+        assert json.loads(out)["count"] == 200
+    else:
+        assert code == 2 and "faiss-gpu-cu12" in err and "make gpu" in err
+        assert not os.path.exists(data / "g")

@@ -83,3 +83,25 @@ def test_usage_entropy_bounds():
     assert usage_entropy(np.zeros((100, 2), np.uint8), 16).tolist() == [0.0, 0.0]
     codes = np.tile(np.arange(16, dtype=np.uint8), 10)[:, None]
     assert usage_entropy(codes, 16)[0] == pytest.approx(4.0)
+
+
+def test_gpu_kmeans_and_ground_truth_match_the_cpu():
+    """With faiss-gpu and a GPU (``make gpu``), k-means and bench ground truth run there and agree with the CPU;
+    without one, asking for the GPU is an error that names the fix."""
+    from bench.datasets import compute_groundtruth
+    from shoal.errors import InvalidArgument
+    from shoal.quantization.kmeans import gpu_available, kmeans
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(c, 0.05, (300, 8)) for c in rng.uniform(-3, 3, (8, 8))]).astype(np.float32)
+    q = rng.standard_normal((20, 8)).astype(np.float32)
+    if not gpu_available():
+        with pytest.raises(InvalidArgument, match="faiss-gpu-cu12"):
+            compute_groundtruth(x, q, 5, "l2", gpu=True)
+        return
+    D0, I0 = compute_groundtruth(x, q, 5, "l2")
+    D1, I1 = compute_groundtruth(x, q, 5, "l2", gpu=True)
+    np.testing.assert_array_equal(I0, I1)  # the float64 re-rank makes both exact
+    c_cpu = np.sort(kmeans(x, 8, seed=1), axis=0)
+    c_gpu = np.sort(kmeans(x, 8, seed=1, gpu=True), axis=0)
+    np.testing.assert_allclose(c_gpu, c_cpu, atol=0.05)  # eight well-separated blobs: same centres
