@@ -68,7 +68,9 @@ class OSQPartition:
         copy of the first ``HEAD_DIMS`` rotated dimensions of every vector (early-abandoned level-2 keys stream it
         instead of touching one cache line per 4 d-byte row: measured 78 ns a candidate on Fashion-MNIST, mostly
         memory latency)."""
-        self.head = np.ascontiguousarray(self.vectors[:, :HEAD_DIMS], dtype=np.float32)
+        # up to HEAD_DIMS dimensions the head is the vectors themselves (a view: no copy)
+        self.head = self.vectors if self.vectors.shape[1] <= HEAD_DIMS else \
+            np.ascontiguousarray(self.vectors[:, :HEAD_DIMS], dtype=np.float32)
         tail = np.asarray(self.vectors[:, HEAD_DIMS:], dtype=np.float32)
         self.tail_norms = np.sqrt(np.einsum("ij,ij->i", tail, tail)).astype(np.float32)
         C = int(self.centroids.shape[0])
