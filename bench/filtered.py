@@ -361,7 +361,7 @@ def summarize(path, out_png):
         wk = (r["dataset"], r["family"], r["selectivity"])
         newest[wk] = max(newest.get(wk, ""), r.get("timestamp", ""))
     rows = [r for r in rows if _minutes_before(r.get("timestamp", ""), newest[(r["dataset"], r["family"],
-                                                                               r["selectivity"])]) <= 30]
+                                                                               r["selectivity"])]) <= 5]
     latest = {}
     for r in rows:
         latest.setdefault((r["dataset"], r["family"], r["selectivity"], r["method"]), []).append(r)
