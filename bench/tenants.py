@@ -27,7 +27,8 @@ revoke / delete latencies.
 Each configuration appends one JSON line to ``bench/results/tenants.jsonl``; plots go to
 ``bench/results/tenants_*.png``. The sweeps run each configuration over all queries in one go; the latency
 comparison proper (``kind="search-paired"``) then runs Curator, per-tenant IVF and brute force *in alternation*,
-query by query, in six rounds of one setting each, so load from other processes on a shared box hits them alike.
+query by query, in rounds of one setting each (six on GloVe, three on Fashion-MNIST), so load from other processes on
+a shared box hits them alike (``--paired-only`` runs just these rounds).
 
     python -m bench.tenants                         # both data sets, full size (~10-15 min on 2 busy cores)
     python -m bench.tenants --dataset glove-50 --quick
@@ -512,7 +513,7 @@ def run_dataset(ds, args, tmpdir):
             mem = m.memory()
             append_result(args.out, {"method": m.name, "dataset": ds.key, "kind": "memory", "build_s": m.build_s,
                                      **mem, "setup": setup})
-            for p in m.sweep:
+            for p in (m.sweep if not args.paired_only else []):
                 for draw, (qr, tt) in draws.items():
                     Q, T, gt = xq[qr], tt, gts[draw]
                     extra = {"kind": "search", "memory_bytes": mem["memory_bytes"]}
@@ -533,15 +534,39 @@ def run_dataset(ds, args, tmpdir):
         base = {m.name: m for m in methods}
         if "tenant-ivf" in base and "brute-force" in base:
             ivf, bf = base["tenant-ivf"], base["brute-force"]
-            # each Curator setting next to the IVF setting of about its recall (uniform: 192~24, 256~32;
-            # size-proportional: 320~24, 512~32), so a round's ratio compares like with like
-            cps = [{"gamma": g} for g in (192, 256, 320, 384, 512, 768)]
-            ips = [{"nprobe": p} for p in (24, 32, 24, 32, 32, 32)]
+            # each Curator setting next to the IVF setting of about its recall (GloVe uniform: 192~24, 256~32;
+            # size-proportional: 320~24, 512~32; Fashion-MNIST: 64~6, 96~8, 128~12), so a round's ratio compares
+            # like with like
+            if ds.name == "fashion-mnist":
+                cps = [{"gamma": g} for g in (64, 96, 128)]
+                ips = [{"nprobe": p} for p in (6, 8, 12)]
+            else:
+                cps = [{"gamma": g} for g in (192, 256, 320, 384, 512, 768)]
+                ips = [{"nprobe": p} for p in (24, 32, 24, 32, 32, 32)]
             rounds = [[(cur, c), (ivf, i), (bf, {})] for c, i in zip(cps, ips)]
             for draw, (qr, tt) in draws.items():
                 paired(rounds, xq[qr], tt, gts[draw], top50, ds, draw, args.out)
-        # memory as the number of tenants grows (prefixes of the rank order); Curator by dropping tenants
+        # Curator against the other two baselines, also in alternation (settings of about equal recall)
+        fashion = ds.name == "fashion-mnist"
+        if "tenant-hnsw" in base:
+            hn = base["tenant-hnsw"]
+            rounds = [[(cur, {"gamma": g}), (hn, {"ef": e})]
+                      for g, e in (((64, 20), (128, 40)) if fashion else ((256, 80), (384, 80), (512, 160)))]
+            for draw, (qr, tt) in draws.items():
+                sel = np.array([hn.covers(int(t)) for t in tt], bool)
+                label = draw + ("-hnsw-subset" if args.hnsw_every > 1 else "")
+                paired(rounds, xq[qr][sel], tt[sel], gts[draw][sel], top50, ds, label, args.out)
+        if "shared-ivf-bitmap" in base:
+            sh = base["shared-ivf-bitmap"]
+            rounds = [[(cur, {"gamma": g}), (sh, {"nprobe": p})]
+                      for g, p in (((64, 128),) if fashion else ((256, 512), (512, 512)))]
+            m = args.pairs // 4  # the shared index needs thousands of microseconds per query at this recall
+            for draw, (qr, tt) in draws.items():
+                paired(rounds, xq[qr][:m], tt[:m], gts[draw][:m], top50, ds, draw, args.out)
         grow = []
+        if args.paired_only:
+            return lines, grow
+        # memory as the number of tenants grows (prefixes of the rank order); Curator by dropping tenants
         base = {m.name: m for m in methods}
         counts = [c for c in (1000, 500, 250, 100, 10, 5, 1) if c <= len(members)]
         for c in counts:
@@ -621,6 +646,8 @@ def main(argv=None):
     p.add_argument("--update-ops", type=int, default=500, help="single-item calls per update kind")
     p.add_argument("--hnsw-every", type=int, default=None,
                    help="build per-tenant HNSW for every n-th tenant only (default: 5 for GloVe, 1 otherwise)")
+    p.add_argument("--paired-only", action="store_true",
+                   help="only the paired (alternated) rounds: no sweeps, memory-growth or update runs, no plots")
     args = p.parse_args(argv)
     if args.quick:
         args.pairs = min(args.pairs, 300)
@@ -638,8 +665,9 @@ def main(argv=None):
         gc.collect()
     from .common import results_path
 
-    prefix = str(results_path(args.out)).rsplit(".", 1)[0]
-    plot(lines, grows, prefix)
+    if not args.paired_only:
+        prefix = str(results_path(args.out)).rsplit(".", 1)[0]
+        plot(lines, grows, prefix)
 
 
 if __name__ == "__main__":
