@@ -243,7 +243,7 @@ def run_method(name, knob, groups, xq, k, ctx):
 def sweeps(ds_name, nparts):
     probes = (4, 8, 16, 32, 64, 128)
     return {
-        "osq": [{"nprobe": p, "rerank": 50} for p in probes],
+        "osq": [{"nprobe": p, "rerank": 50} for p in (1, 2) + probes],  # from 1, as IVFFlat's sweep
         "osq-bounds": [{"nprobe": p, "rerank": 40, "level2": "bounds"} for p in probes],
         "ivfflat-bitmap": [1, 2, 4, 8, 16, 32, 64, 128],
         "hnsw-bitmap": [16, 32, 64, 128, 256, 512],
