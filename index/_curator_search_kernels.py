@@ -263,6 +263,8 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
     contrib = np.empty((2 * nb if R > 0 else 1, 16), dtype=np.float32)
     rd = np.empty(max(R, 1), dtype=np.float32)
     rr = np.empty(max(R, 1), dtype=np.int32)
+    pool2 = pool.reshape((1, pool.shape[0]))  # 2-d views for _prefetch
+    len2 = length.reshape((1, length.shape[0]))
     for qi in range(nq):
         q[:] = Q[qi]
         finite = True
@@ -324,6 +326,13 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                         kind = -1
                     else:
                         continue
+                if kind >= 0:
+                    # Start the shortlist's memory reads now: its header and first pool lines would otherwise be a
+                    # chain of dependent misses when it is popped; here the children's misses overlap.
+                    s0 = start[kind]
+                    _prefetch(pool2, 0, s0)
+                    _prefetch(pool2, 0, s0 + 16)
+                    _prefetch(len2, 0, kind)
                 sc = _l2(q, cent[c]) - vboost * var[c]
                 size = _heap_push(hs, hn, hk, size, sc, c, kind)
         _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R)
