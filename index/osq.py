@@ -704,13 +704,24 @@ class OSQIndex(Index):
             raise InvalidArgument(f"not an OSQ index: kind {meta.get('kind')!r}")
         return cls(meta["d"], meta["metric"], **meta["settings"])
 
+    @staticmethod
+    def level0_array_names(names: list[str]) -> list[str]:
+        """Of the saved array ``names``, those :meth:`load_level0` reads: everything outside the partitions but the
+        exact attribute values (read on demand) and the unrotated vectors (the full index's exact plan)."""
+        return [n for n in names if not _PART_RE.match(n) and not n.endswith(("/values", "/missing"))
+                and n != "raw_vectors"]
+
+    @staticmethod
+    def partition_array_names(names: list[str], p: int, *, attrs: bool = True) -> list[str]:
+        """Of the saved array ``names``, those :meth:`load_partition` reads for partition ``p``."""
+        pre = f"p{p:04d}/"
+        return [n for n in names if n.startswith(pre) and (attrs or not n.startswith(pre + "attr/"))]
+
     @classmethod
     def load_level0(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":
         """Load only the level-0 (allocator) data; partitions stay unloaded (``parts[p] is None``)."""
         meta = load_meta(store, prefix, kind=cls.kind)
-        names = [n for n in meta["arrays"] if not _PART_RE.match(n) and not n.endswith(("/values", "/missing"))
-                 and n != "raw_vectors"]
-        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=names)
+        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=cls.level0_array_names(meta["arrays"]))
         index = cls._from_meta(meta)
         index.rotation = np.array(a["rotation"])
         index.centroids = np.array(a["centroids"])
@@ -744,8 +755,8 @@ class OSQIndex(Index):
         if not 0 <= p < int(meta["partitions"]):
             raise InvalidArgument(f"partition {p} out of range 0..{int(meta['partitions']) - 1}")
         pre = f"p{p:04d}/"
-        names = [n for n in meta["arrays"] if n.startswith(pre) and (attrs or not n.startswith(pre + "attr/"))]
-        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=names)
+        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=cls.partition_array_names(meta["arrays"], p,
+                                                                                                attrs=attrs))
         a = {n[len(pre):]: v for n, v in a.items()}
         book = OSQCodebook.from_arrays({k_[5:]: v for k_, v in a.items() if k_.startswith("book/")})
         nseg = int(meta["nseg"][p])

@@ -16,7 +16,6 @@ sure rows. Results are merged with ``merge_topk`` up the tree.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -157,8 +156,7 @@ class OSQBackend:
 
         def load():
             prefix = reader.key("osq")
-            store = _prefetch(reader, prefix, lambda n: not re.match(r"^p\d{4}/", n)
-                              and not n.endswith(("/values", "/missing")))
+            store = _prefetch(reader, prefix, OSQIndex.level0_array_names)
             index = OSQIndex.load_level0(store, prefix)
             # exact numeric values are read on demand (maybe rows at level 0) from the store itself, not from the
             # prefetched blobs, which must not stay referenced by the cached router
@@ -172,16 +170,17 @@ class OSQBackend:
 
         def load():
             prefix = reader.key("osq")
-            store = _prefetch(reader, prefix, lambda n: n.startswith(f"p{p:04d}/"))
+            store = _prefetch(reader, prefix, lambda names: OSQIndex.partition_array_names(names, p, attrs=True))
             return OSQProcessor(OSQIndex.load_partition(store, prefix, p, attrs=True))
         return reader.cached(f"p{p}", load)
 
 
-def _prefetch(reader: Reader, prefix: str, want) -> PrefetchedStore:
-    """The objects of ``prefix`` whose array names satisfy ``want``, fetched concurrently (plus ``meta.json``)."""
+def _prefetch(reader: Reader, prefix: str, wanted) -> PrefetchedStore:
+    """The objects of ``prefix`` whose array names ``wanted(names)`` returns (the loader's own choice, so nothing
+    is fetched that it will not read), fetched concurrently, plus ``meta.json``."""
     import json
 
     meta_key = f"{prefix}/meta.json"
     blob = reader.store.get(meta_key)
-    keys = [f"{prefix}/{n}.npy" for n in json.loads(blob).get("arrays", []) if want(n)]
+    keys = [f"{prefix}/{n}.npy" for n in wanted(json.loads(blob).get("arrays", []))]
     return PrefetchedStore(reader.store, keys, preloaded={meta_key: blob})

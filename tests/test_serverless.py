@@ -487,6 +487,35 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
     assert r.stats["invocations"]["processor"] == 5
 
 
+def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
+    """A cold tree fetches level 0 (once per allocator) and each partition, never the full index's unrotated copy."""
+    from shoal.index.osq import OSQIndex
+    from shoal.index.persist import load_meta
+    from shoal.serverless import handler
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2000, D_DIM)).astype(np.float32)
+    index = OSQIndex(D_DIM, "l2", partitions=3)
+    index.train(x)
+    index.add(x, np.arange(2000, dtype=np.int64), attrs={"u": rng.random(2000)})
+    store = LocalStore(tmp_path / "osq")
+    OSQBackend.publish(store, index)
+    handler.CACHE.clear()
+    fetched = []
+    get = LocalStore.get
+    monkeypatch.setattr(LocalStore, "get", lambda self, key: fetched.append(key) or get(self, key))
+    q = rng.standard_normal((4, D_DIM)).astype(np.float32)
+    client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, filter=None)
+    names = sorted({k.split("/osq/", 1)[1][:-4] for k in fetched if k.endswith(".npy")})
+    assert "raw_vectors" not in names
+    arrays = load_meta(store, f"versions/{current_version(store)}/osq")["arrays"]
+    expected = set(OSQIndex.level0_array_names(arrays))
+    for p in range(3):
+        expected |= set(OSQIndex.partition_array_names(arrays, p))
+    assert set(names) == expected
+
+
 def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys):
     import socket
     import subprocess
