@@ -357,6 +357,23 @@ def _slack(t):
     return t + np.float32(1e-4) * abs(t) + np.float32(1e-5)
 
 
+@njit(cache=True)
+def _offer_worst(best, k, v):
+    """Put ``v`` in place of the largest of the ``k`` unordered keys ``best`` if it is smaller; return the largest
+    key after that (the k-th smallest so far)."""
+    w = 0
+    for t in range(1, k):
+        if best[t] > best[w]:
+            w = t
+    if v < best[w]:
+        best[w] = v
+    mx = best[0]
+    for t in range(1, k):
+        if best[t] > mx:
+            mx = best[t]
+    return mx
+
+
 @njit(cache=True, fastmath=True)
 def exact_keys_rows(vectors, rows, q, metric, out):
     """Exact distance keys of ``rows`` (float32 into ``out[:m]``)."""
@@ -415,22 +432,14 @@ def exact_keys_abandon(vectors, head_vecs, rows, q, st, k, out, best, seeded, hs
                 u += 1
         cut = np.partition(hs[:nsure], k - 1)[k - 1]
         seeds = 0
+        mx = np.float32(np.inf)
         for i in range(m):
             if seeds < 2 * k and out[i] <= cut and st[rows[i]] == STATUS_SURE:
                 full = out[i] + _sq_dist_range(vectors, rows[i], q, head, d)
                 out[i] = full
                 seeded[i] = True
                 seeds += 1
-                w = 0
-                for t in range(1, k):
-                    if best[t] > best[w]:
-                        w = t
-                if full < best[w]:
-                    best[w] = full
-        mx = best[0]
-        for t in range(1, k):
-            if best[t] > mx:
-                mx = best[t]
+                mx = _offer_worst(best, k, full)
         tau = _slack(mx)
     for i in range(m):
         if seeded[i]:
@@ -444,17 +453,7 @@ def exact_keys_abandon(vectors, head_vecs, rows, q, st, k, out, best, seeded, hs
             j = je
         out[i] = acc
         if j >= d and acc <= tau and st[r] == STATUS_SURE:
-            w = 0
-            for t in range(1, k):
-                if best[t] > best[w]:
-                    w = t
-            if acc < best[w]:
-                best[w] = acc
-                mx = best[0]
-                for t in range(1, k):
-                    if best[t] > mx:
-                        mx = best[t]
-                tau = _slack(mx)
+            tau = _slack(_offer_worst(best, k, acc))
 
 
 @njit(cache=True, fastmath=True)
