@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     from shoal import filters
     from shoal.engine.store import S3Store
     from shoal.index.osq import OSQIndex
+    from shoal.index.persist import load_meta
     from shoal.serverless.emulator import Emulator, start_moto_server
     from shoal.serverless.osq_backend import OSQBackend
     from shoal.serverless.partitioned import search_inprocess
@@ -210,8 +211,14 @@ def main(argv=None) -> int:
         manifest = OSQBackend.publish(store, index)
         objs = s3.list_objects_v2(Bucket=bucket, Prefix="glove/")["Contents"]
         sizes = {o["Key"]: o["Size"] for o in objs}
-        part_bytes = [sum(v for kk, v in sizes.items() if f"/osq/p{pp:04d}/" in kk) for pp in range(args.partitions)]
-        l0_bytes = sum(v for kk, v in sizes.items() if "/osq/" in kk and "/osq/p0" not in kk)
+        # what each role fetches, by the loaders' own lists (the full index's unrotated copy is neither)
+        arrays = load_meta(store, f"versions/{manifest['version']}/osq")["arrays"]
+        osq_prefix = f"glove/versions/{manifest['version']}/osq/"
+
+        def nbytes(names):
+            return sum(sizes[f"{osq_prefix}{n}.npy"] for n in names)
+        part_bytes = [nbytes(OSQIndex.partition_array_names(arrays, pp)) for pp in range(args.partitions)]
+        l0_bytes = nbytes(OSQIndex.level0_array_names(arrays))
         print(f"published version {manifest['version']}: {sum(sizes.values()) / 1e6:.1f} MB in S3 "
               f"({np.mean(part_bytes) / 1e6:.2f} MB per partition, level 0 {l0_bytes / 1e6:.2f} MB)", flush=True)
         # in-process reference: the same index, one process
