@@ -128,13 +128,20 @@ def _scan(rows, n, q, vecs, row_ids, use_ip, td, ti, k):
                 u = q[z] - x[z]
                 acc += u * u
         if acc < td[k - 1]:
-            pos = k - 1
-            while pos > 0 and td[pos - 1] > acc:
-                td[pos] = td[pos - 1]
-                ti[pos] = ti[pos - 1]
-                pos -= 1
-            td[pos] = acc
-            ti[pos] = row_ids[r]
+            _insert_sorted(td, ti, k, acc, row_ids[r])
+
+
+@njit(inline="always")
+def _insert_sorted(keys, vals, n, key, val):
+    """Insert ``(key, val)`` into the ascending ``keys[:n]`` / ``vals[:n]``, dropping the last entry (the caller has
+    checked ``key < keys[n - 1]``)."""
+    pos = n - 1
+    while pos > 0 and keys[pos - 1] > key:
+        keys[pos] = keys[pos - 1]
+        vals[pos] = vals[pos - 1]
+        pos -= 1
+    keys[pos] = key
+    vals[pos] = val
 
 
 @njit(inline="always")
@@ -173,13 +180,7 @@ def _scan_codes(rows, n, codes, lut, rd, rr, R):
         for b in range(nb):
             acc += lut[b, c[b]]
         if acc < rd[R - 1]:
-            pos = R - 1
-            while pos > 0 and rd[pos - 1] > acc:
-                rd[pos] = rd[pos - 1]
-                rr[pos] = rr[pos - 1]
-                pos -= 1
-            rd[pos] = acc
-            rr[pos] = r
+            _insert_sorted(rd, rr, R, acc, r)
 
 
 @njit(inline="always")
