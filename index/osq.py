@@ -48,7 +48,7 @@ _BIG = 1 << 53
 #: planner cost model (see ``OSQIndex._exact_cheaper``), in BLAS multiply-adds per row-dimension
 EXACT_FACTOR = 1.1
 ML_ROW_COST = 12.0
-_SMALL_SCAN = 1 << 20  # query x row pairs up to which the exact plan builds the full key matrix
+_SMALL_SCAN = 1 << 16  # query x row pairs up to which the exact plan builds the full key matrix
 _PART_RE = re.compile(r"^p\d{4}/")
 
 
@@ -459,7 +459,7 @@ class OSQIndex(Index):
             sure = allowed & match[None, :]
             sidx = np.arange(nq, dtype=np.int64)
         status = sure.view(np.uint8).reshape(-1, n)
-        nsure = np.count_nonzero(status, axis=1)
+        nsure = np.count_nonzero(sure.reshape(-1, n), axis=1)
         if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, int(np.count_nonzero(live)), p):
             return None
         ns = status.shape[0]
@@ -559,7 +559,7 @@ class OSQIndex(Index):
             if qs.size == 0:
                 continue
             # an exact plan's status has no maybe rows left (resolved at level 0): every non-zero row passes
-            rows = np.flatnonzero(lv.status[s])
+            rows = np.flatnonzero(lv.status[s] != 0)  # on a bool array: ~5x faster than on the uint8 status
             if rows.size == 0:
                 continue
             if qs.size * rows.size <= _SMALL_SCAN:
