@@ -1074,7 +1074,9 @@ def _numeric_cmp(col: NumericColumn, op: str, v: Value) -> np.ndarray:
             else:
                 return ~col.missing
         if v > _INT64_MAX or v < _INT64_MIN:
-            everything = (op in ("<", "<=", "!=")) == (v > _INT64_MAX)
+            # beyond the int64 range every value is below (or above) v: only the matching inequalities hold, and
+            # "=" never does
+            everything = op in (("<", "<=", "!=") if v > _INT64_MAX else (">", ">=", "!="))
             m = np.full(n, everything, dtype=bool)
         else:
             m = _OPS[op](x, np.int64(v))

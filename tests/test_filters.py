@@ -552,3 +552,14 @@ def test_fuzz_only_filter_errors(text):
         assert err.attribute
     else:
         assert F.parse(F.to_text(e)) == e
+
+
+def test_int_column_against_numbers_beyond_int64():
+    """A literal beyond the int64 range is below (or above) every value: only the matching inequalities hold
+    (hypothesis found ``i = -1e300`` true on an int column)."""
+    col = {"i": F.NumericColumn(np.array([-1, 0, 7], dtype=np.int64))}
+    for lit, holds in (("-1e300", {">", ">=", "!="}), ("1e300", {"<", "<=", "!="}),
+                       ("-1e20", {">", ">=", "!="}), ("1e20", {"<", "<=", "!="})):
+        for op in ("=", "!=", "<", "<=", ">", ">="):
+            got = F.evaluate(F.parse(f"i {op} {lit}"), col, 3)
+            assert got.tolist() == [op in holds] * 3, (op, lit)
