@@ -7,6 +7,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI (.ci/run sets SHOAL_HYPOTHESIS_PROFILE=ci) draws each property test's examples from a fixed seed, so whether a
+# change lands never depends on the luck of the draw; `make test` elsewhere keeps exploring new examples.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("SHOAL_HYPOTHESIS_PROFILE", "default"))
 
 # Tests never reach real AWS: fake credentials, a fixed region, no instance metadata look-ups.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
