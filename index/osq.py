@@ -35,13 +35,14 @@ import numpy as np
 from .. import filters
 from ..errors import FailedPrecondition, InvalidArgument
 from ..quantization import _osq_kernels as K
+from ..quantization.kmeans import sq_distances
 from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
 from .base import Index, array_bytes
 from .factory import Stage, take_settings
 from .flat import exact_search
 from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition,  # noqa: F401
                         _as_expr, _choose_clusters, _col_nbytes, _column_arrays, _column_from_arrays,
-                        _concat_columns, _kmeans, _missing_like, _sq_dists)
+                        _concat_columns, _kmeans, _missing_like)
 from .persist import load_arrays, load_meta, save_arrays
 
 _BIG = 1 << 53
@@ -146,7 +147,7 @@ class OSQIndex(Index):
         cap = np.full(P, int(np.ceil(n / P * (1 + self.settings["balance"]))), dtype=np.int64)
         assign = np.zeros(n, dtype=np.int64)
         for it in range(max(1, int(self.settings["kmeans_iters"]))):
-            dist = _sq_dists(y, cent)
+            dist = sq_distances(y, cent)
             # plain Lloyd steps first, the size-limited assignment for the last ones
             assign = K.balanced_assign(dist, cap) if it >= self.settings["kmeans_iters"] // 2 else dist.argmin(1)
             for p in range(P):
@@ -155,7 +156,7 @@ class OSQIndex(Index):
                     cent[p] = y[sel].mean(axis=0)
                 else:
                     cent[p] = y[rng.integers(n)]
-        assign = K.balanced_assign(_sq_dists(y, cent), cap)
+        assign = K.balanced_assign(sq_distances(y, cent), cap)
         sizes = np.bincount(assign, minlength=P)
         C = int(self.settings["clusters"]) or max(1, int(round(np.sqrt(n / P))))
         C = max(1, min(C, int(sizes.min())))
@@ -197,7 +198,7 @@ class OSQIndex(Index):
         cap = np.maximum(int(np.ceil(total / P * (1 + self.settings["balance"]))) - sizes, 0)
         if cap.sum() < n:
             cap += int(np.ceil((n - cap.sum()) / P))
-        assign = K.balanced_assign(_sq_dists(y, self.centroids), cap) if n else np.empty(0, np.int64)
+        assign = K.balanced_assign(sq_distances(y, self.centroids), cap) if n else np.empty(0, np.int64)
         row_part = np.empty(n, dtype=np.int32)
         row_pos = np.empty(n, dtype=np.int64)
         row_cluster = np.empty(n, dtype=np.int32)
@@ -215,7 +216,7 @@ class OSQIndex(Index):
             part.vectors = np.concatenate([part.vectors, yp])
             part.rows = np.concatenate([part.rows, rows[sel]])
             part.ids = np.concatenate([part.ids, ids[sel]])
-            cl = _sq_dists(yp, part.centroids).argmin(1).astype(np.int32)
+            cl = sq_distances(yp, part.centroids).argmin(1).astype(np.int32)
             part.cluster = np.concatenate([part.cluster, cl])
             row_cluster[sel] = p * self.nclusters + cl
         self.row_part = np.concatenate([self.row_part, row_part])
@@ -281,6 +282,13 @@ class OSQIndex(Index):
             self.kinds[name] = self.columns[name].kind
 
     # ------------------------------------------------------------------ filters
+    def _check_pred(self, pred) -> None:
+        """A predicate on a known attribute must fit its type (InvalidArgument naming both otherwise)."""
+        try:
+            filters.check(pred, {pred.attr: self.kinds[pred.attr]})
+        except filters.FilterTypeError as exc:
+            raise InvalidArgument(str(exc)) from None
+
     def _leaf(self, pred):
         """(sure, maybe) of one predicate over all rows from the attribute codes (exact for keywords and tags).
 
@@ -290,10 +298,7 @@ class OSQIndex(Index):
         kind = self.kinds.get(pred.attr)
         if kind is None:
             return np.zeros(n, bool), np.zeros(n, bool)
-        try:
-            filters.check(pred, {pred.attr: kind})
-        except filters.FilterTypeError as exc:
-            raise InvalidArgument(str(exc)) from None
+        self._check_pred(pred)
         if kind in ("int", "float"):
             cells = self.cells[pred.attr]
             lo, hi = cells.lo.copy(), cells.hi.copy()
@@ -418,11 +423,7 @@ class OSQIndex(Index):
             cc = self.cluster_centroids
             if getattr(self, "_cc_src", None) is not cc:
                 self._cc_src, self._cc_norms = cc, np.einsum("ij,ij->i", cc, cc)
-            dc = qrot @ cc.T
-            dc *= -2.0
-            dc += self._cc_norms[None, :]
-            dc += np.einsum("ij,ij->i", qrot, qrot)[:, None]
-            np.maximum(dc, 0.0, out=dc)
+            dc = sq_distances(qrot, cc, self._cc_norms)
         per_cluster = max(1.0, float(np.count_nonzero(live)) / G)
         vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, per_cluster, ratio=self.metric != "ip")
         clusters = vcl.reshape(nq, P, self.nclusters)
@@ -442,10 +443,7 @@ class OSQIndex(Index):
         n = self.ntotal
         for pred in () if expr is None else filters.leaf_predicates(expr):
             if pred.attr in self.kinds:
-                try:
-                    filters.check(pred, {pred.attr: self.kinds[pred.attr]})
-                except filters.FilterTypeError as exc:
-                    raise InvalidArgument(str(exc)) from None
+                self._check_pred(pred)
         if expr is None:
             match = live
         else:

@@ -14,6 +14,7 @@ import numpy as np
 from .. import filters
 from ..errors import InvalidArgument
 from ..quantization import _osq_kernels as K
+from ..quantization.kmeans import sq_distances
 from ..quantization.osq import OSQCodebook
 from .base import array_bytes
 
@@ -258,7 +259,7 @@ def _kmeans(y: np.ndarray, C: int, *, iters: int = 8, seed: int = 0) -> np.ndarr
         return np.zeros((C, y.shape[1]), np.float32)
     cent = y[rng.choice(n, C, replace=n < C)].astype(np.float32).copy()
     for _ in range(iters):
-        a = _sq_dists(y, cent).argmin(1)
+        a = sq_distances(y, cent).argmin(1)
         cnt = np.bincount(a, minlength=C)
         sums = np.zeros_like(cent, dtype=np.float64)
         np.add.at(sums, a, y)
@@ -329,12 +330,6 @@ def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: n
     out = np.zeros((nq, G), dtype=bool)
     np.put_along_axis(out, order, want & nonempty, axis=1)
     return out
-
-
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared L2 distances float32 (len(a), len(b))."""
-    d = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
-    return np.maximum(d, 0.0).astype(np.float32)
 
 
 def _as_expr(expr):

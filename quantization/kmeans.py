@@ -86,14 +86,18 @@ def kmeans(x, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid
     return faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
 
 
-def sq_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Squared L2 distances float32 (n, k) between ``x`` (n, d) and ``centroids`` (k, d), via BLAS."""
+def sq_distances(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray | None = None) -> np.ndarray:
+    """Squared L2 distances float32 (n, k) between ``x`` (n, d) and ``centroids`` (k, d), via BLAS.
+
+    ``centroid_norms`` (k,), the centroids' squared norms, may be passed by callers that keep them (for a few
+    queries against many centroids computing them costs as much as the product).
+    """
     d = x @ centroids.T
     d *= -2.0
     d += np.einsum("ij,ij->i", x, x)[:, None]
-    d += np.einsum("ij,ij->i", centroids, centroids)[None, :]
+    d += (np.einsum("ij,ij->i", centroids, centroids) if centroid_norms is None else centroid_norms)[None, :]
     np.maximum(d, 0.0, out=d)
-    return d
+    return d.astype(np.float32, copy=False)
 
 
 def assign(x, centroids: np.ndarray, bias: np.ndarray | None = None, *, block: int = 16384) -> np.ndarray:
