@@ -46,13 +46,15 @@ class Client:
         Default deadline of each call in seconds (retries included).
     tls : bool
         Use TLS; ``root_certificates`` (PEM bytes or a path) to trust a private CA or self-signed certificate.
-    retries : int
-        Attempts after the first on UNAVAILABLE, for calls safe to repeat.
+    retries : int or None
+        Attempts after the first on UNAVAILABLE, for calls safe to repeat. None (the default) retries until the
+        call's deadline, so a call made while the server starts or loads its collections waits for it instead of
+        failing after a fixed number of jittered sleeps (whose total is luck); 0 fails fast.
     """
 
     def __init__(self, address: str, *, api_key: str | None = None, timeout: float = 30.0, tls: bool = False,
                  root_certificates: bytes | str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-                 retries: int = 8, backoff: float = 0.05, max_backoff: float = 2.0):
+                 retries: int | None = None, backoff: float = 0.05, max_backoff: float = 2.0):
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         if tls or root_certificates is not None:
@@ -99,7 +101,7 @@ class Client:
                               metadata=self._metadata)
             except grpc.RpcError as err:
                 exc = error_from_rpc(err)
-                if not (retry and isinstance(exc, Unavailable) and attempt < self.retries):
+                if not (retry and isinstance(exc, Unavailable) and (self.retries is None or attempt < self.retries)):
                     raise exc from None
             delay = backoff_delay(attempt, self.backoff, self.max_backoff)
             attempt += 1
