@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--trees", default="1x1,2x1,4x1,2x2", help="b x L settings to measure (split=partitions)")
     p.add_argument("--query-split-trees", default="2x1,2x2", help="b x L settings measured with split=queries")
     p.add_argument("--warm-batches", type=int, default=3)
+    p.add_argument("--cold-small", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 10, 50],
+                   help="sizes of cold batches whose processor fetches are reported (vector rows by range)")
     p.add_argument("--max-workers", type=int, default=24, help="emulator concurrency")
     p.add_argument("--selectivity", type=float, default=0.1, help="filter u < S on a uniform attribute")
     p.add_argument("--model-n", type=int, default=1_000_000, help="collection size for the model")
@@ -256,6 +258,28 @@ def main(argv=None) -> int:
                                                 "equal_inprocess", "bytes_fetched", "usd_per_1000q")}
                 print(short, flush=True)
                 append_result(args.out, rec, echo=False)
+        # cold small batches: what fresh processors fetch when they re-rank few queries. Their codes are read
+        # whole, their vectors only as the row blocks level 3 needs (ranged GETs)
+        code_bytes = [nbytes(OSQIndex.partition_array_names(arrays, pp, vectors=False))
+                      for pp in range(args.partitions)]
+        for nsmall in args.cold_small:
+            sub = q[:nsmall]
+            emu.kill_idle()
+            emu.reset_stats()
+            r = run_batch(emu, store, sub, k, 1, 1, None)
+            procs = [m_ for m_ in r.metrics if m_["role"] == "processor"]
+            visited_p = sorted({m_["partition"] for m_ in procs})
+            got = sum(m_.get("bytes_fetched", 0) for m_ in procs)
+            rec = {"phase": "cold-small", "b": 1, "L": 1, "filter": "none", "nq": nsmall, "dataset": ds.key, "n": n,
+                   "partitions": args.partitions, "partitions_loaded": len(visited_p),
+                   "processor_bytes": got, "processor_gets": sum(m_.get("get_requests", 0) for m_ in procs),
+                   "whole_partition_bytes": sum(part_bytes[pp] for pp in visited_p),
+                   "code_bytes": sum(code_bytes[pp] for pp in visited_p),
+                   **summarize_run(r, nsmall, k, cases["none"][1][:nsmall], inproc["none"][:nsmall])}
+            print({kk: rec[kk] for kk in ("phase", "nq", "partitions_loaded", "processor_bytes", "code_bytes",
+                                          "whole_partition_bytes", "processor_gets", "elapsed_ms",
+                                          "equal_inprocess")}, flush=True)
+            append_result(args.out, rec, echo=False)
         # warm batches of other sizes on one tree: processor time vs routed queries for the calibration
         flt, gt = cases["none"]
         for frac in (4, 2):

@@ -42,7 +42,7 @@ from .factory import Stage, take_settings
 from .flat import exact_search
 from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition,  # noqa: F401
                         _as_expr, _choose_clusters, _col_nbytes, _column_arrays, _column_from_arrays,
-                        _concat_columns, _kmeans, _missing_like)
+                        _concat_columns, _kmeans, _missing_like, row_counts)
 from .persist import load_arrays, load_meta, save_arrays
 
 _BIG = 1 << 53
@@ -283,11 +283,24 @@ class OSQIndex(Index):
 
     # ------------------------------------------------------------------ filters
     def _check_pred(self, pred) -> None:
-        """A predicate on a known attribute must fit its type (InvalidArgument naming both otherwise)."""
+        """A predicate on a known attribute must fit its type (InvalidArgument naming both otherwise). Predicates
+        already found valid for the attribute's kind are remembered: the check cost ~10 us a predicate, a tenth of
+        a whole very selective search."""
+        kind = self.kinds[pred.attr]
+        checked = self.__dict__.setdefault("_checked_preds", set())
         try:
-            filters.check(pred, {pred.attr: self.kinds[pred.attr]})
+            if (pred, kind) in checked:
+                return
+        except TypeError:  # an unhashable literal: check every time
+            checked = None
+        try:
+            filters.check(pred, {pred.attr: kind})
         except filters.FilterTypeError as exc:
             raise InvalidArgument(str(exc)) from None
+        if checked is not None:
+            if len(checked) >= 4096:
+                checked.clear()
+            checked.add((pred, kind))
 
     def _leaf(self, pred):
         """(sure, maybe) of one predicate over all rows from the attribute codes (exact for keywords and tags).
@@ -374,10 +387,11 @@ class OSQIndex(Index):
         nq, P = q.shape[0], self.nparts
         expr = None if filter is None else _as_expr(filter)
         live = ~self.deleted
+        nlive = int(self.ntotal - np.count_nonzero(self.deleted))
         mode = p["mode"]
         if mode not in ("auto", "exact", "multilevel"):
             raise InvalidArgument(f"mode must be auto, exact or multilevel, got {mode!r}")
-        lv = self._level0_exact(q, k, p, expr, allowed, live, rotate_exact) if mode != "multilevel" else None
+        lv = self._level0_exact(q, k, p, expr, allowed, live, nlive, rotate_exact) if mode != "multilevel" else None
         if lv is not None:
             return lv
         sure, maybe = self.filter_status(expr)
@@ -394,11 +408,11 @@ class OSQIndex(Index):
         # sure wins where both are set (evaluate3 resolves overlap that way): status 1 sure, 2 maybe, 0 no
         status = np.where(sure, np.uint8(K.STATUS_SURE), maybe.view(np.uint8) << 1).reshape(-1, self.ntotal)
         ns = status.shape[0]
-        nsure = np.count_nonzero(sure.reshape(ns, -1), axis=1)
-        nmaybe = np.count_nonzero(status == K.STATUS_MAYBE, axis=1)
+        nsure = row_counts(sure.reshape(ns, -1))
+        nmaybe = row_counts(status == K.STATUS_MAYBE)
         resolved = np.zeros(ns, dtype=bool)
         exact = mode == "exact" or (mode == "auto" and P > 0 and
-                                    self._exact_cheaper(nsure + nmaybe, sidx, int(np.count_nonzero(live)), p))
+                                    self._exact_cheaper(nsure + nmaybe, sidx, nlive, p))
         for s in range(ns):
             if (exact or nsure[s] < k) and nmaybe[s]:
                 rows = np.flatnonzero(status[s] == K.STATUS_MAYBE)
@@ -424,13 +438,13 @@ class OSQIndex(Index):
             if getattr(self, "_cc_src", None) is not cc:
                 self._cc_src, self._cc_norms = cc, np.einsum("ij,ij->i", cc, cc)
             dc = sq_distances(qrot, cc, self._cc_norms)
-        per_cluster = max(1.0, float(np.count_nonzero(live)) / G)
+        per_cluster = max(1.0, float(nlive) / G)
         vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, per_cluster, ratio=self.metric != "ip")
         clusters = vcl.reshape(nq, P, self.nclusters)
         visit = clusters.any(axis=2)
         return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters, q)
 
-    def _level0_exact(self, q, k, p, expr, allowed, live, rotate_exact) -> Level0 | None:
+    def _level0_exact(self, q, k, p, expr, allowed, live, nlive, rotate_exact) -> Level0 | None:
         """The exact plan straight from the exact attribute values when they are all in memory (a full index):
         one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and, when it picks
         the exact plan, the status; None when the values are not loaded (an allocator's level-0-only load decides
@@ -449,7 +463,9 @@ class OSQIndex(Index):
         else:
             cols = {name: self.columns[name] if name in self.kinds else filters.NumericColumn(np.full(n, np.nan))
                     for name in names}
-            match = filters.evaluate(expr, cols, n) & live
+            match = filters.evaluate(expr, cols, n)
+            if nlive < n:
+                match = match & live  # (evaluate may hand back an array it shares)
         if allowed is None or allowed.ndim == 1:
             sure = match if allowed is None else match & allowed
             sidx = np.zeros(nq, dtype=np.int64)
@@ -457,8 +473,8 @@ class OSQIndex(Index):
             sure = allowed & match[None, :]
             sidx = np.arange(nq, dtype=np.int64)
         status = sure.view(np.uint8).reshape(-1, n)
-        nsure = np.count_nonzero(sure.reshape(-1, n), axis=1)
-        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, int(np.count_nonzero(live)), p):
+        nsure = row_counts(sure.reshape(-1, n))
+        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
             return None
         ns = status.shape[0]
         qrot = self._rotate_prepared(q) if rotate_exact else None
@@ -487,8 +503,11 @@ class OSQIndex(Index):
             return bool(np.all(matches <= frac * max(1, live)))
         d, nq = self.d, sidx.shape[0]
         G = max(1, self.nparts * self.nclusters)
-        nq_s = np.bincount(sidx, minlength=matches.shape[0])
-        exact = float(np.sum(matches.astype(np.float64) * nq_s)) * d * EXACT_FACTOR
+        if matches.shape[0] == 1:  # one status row shared by the batch (the common case: no per-query masks)
+            exact = float(matches[0]) * nq * d * EXACT_FACTOR
+        else:
+            nq_s = np.bincount(sidx, minlength=matches.shape[0])
+            exact = float(np.sum(matches.astype(np.float64) * nq_s)) * d * EXACT_FACTOR
         per_cluster = max(1.0, live / G)
         cand = max(1, int(p["nprobe"])) * per_cluster
         multi = nq * (d * d + G * d + ML_ROW_COST * cand * min(d, 2 * HEAD_DIMS))
@@ -710,10 +729,17 @@ class OSQIndex(Index):
                 and n != "raw_vectors"]
 
     @staticmethod
-    def partition_array_names(names: list[str], p: int, *, attrs: bool = True) -> list[str]:
-        """Of the saved array ``names``, those :meth:`load_partition` reads for partition ``p``."""
+    def partition_array_names(names: list[str], p: int, *, attrs: bool = True, vectors: bool = True) -> list[str]:
+        """Of the saved array ``names``, those :meth:`load_partition` reads for partition ``p`` (``vectors=False``:
+        all but the rotated vectors, which a processor reads by row)."""
         pre = f"p{p:04d}/"
-        return [n for n in names if n.startswith(pre) and (attrs or not n.startswith(pre + "attr/"))]
+        return [n for n in names if n.startswith(pre) and (attrs or not n.startswith(pre + "attr/"))
+                and (vectors or n != pre + "vectors")]
+
+    @staticmethod
+    def partition_vectors_name(p: int) -> str:
+        """The saved array of partition ``p``'s rotated vectors, float32 (size, d) in position order."""
+        return f"p{p:04d}/vectors"
 
     @classmethod
     def load_level0(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":
@@ -744,17 +770,20 @@ class OSQIndex(Index):
         return index
 
     @classmethod
-    def load_partition(cls, store, prefix: str, p: int, *, mmap: bool = False, attrs: bool = True) -> OSQPartition:
+    def load_partition(cls, store, prefix: str, p: int, *, mmap: bool = False, attrs: bool = True,
+                       fetch_rows=None) -> OSQPartition:
         """Load partition ``p`` alone (a processor's share): segments, binary codes, vectors, exact attributes.
 
         ``attrs=False`` skips the partition's exact attribute slices (the full :meth:`load` has them globally).
+        ``fetch_rows`` (callable(positions int64 (m,)) -> float32 (m, d)) leaves the vectors unread: the partition
+        asks it for the rows it re-ranks (see :attr:`OSQPartition.fetch_rows`).
         """
         meta = load_meta(store, prefix, kind=cls.kind)
         if not 0 <= p < int(meta["partitions"]):
             raise InvalidArgument(f"partition {p} out of range 0..{int(meta['partitions']) - 1}")
         pre = f"p{p:04d}/"
-        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=cls.partition_array_names(meta["arrays"], p,
-                                                                                                attrs=attrs))
+        names = cls.partition_array_names(meta["arrays"], p, attrs=attrs, vectors=fetch_rows is None)
+        _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=names)
         a = {n[len(pre):]: v for n, v in a.items()}
         book = OSQCodebook.from_arrays({k_[5:]: v for k_, v in a.items() if k_.startswith("book/")})
         nseg = int(meta["nseg"][p])
@@ -764,9 +793,13 @@ class OSQIndex(Index):
             segs[s] = a[f"seg{s:04d}"]
         columns = {name: _column_from_arrays(f"attr/{name}", entry, a)
                    for name, entry in meta["attributes"].items()} if attrs else {}
+        if fetch_rows is not None:
+            vectors = np.empty((0, int(meta["d"])), dtype=np.float32)
+        else:
+            vectors = a["vectors"] if mmap else np.array(a["vectors"])
         return OSQPartition(p, np.array(a["rows"]), np.array(a["ids"]), book, segs, np.array(a["binary"]),
-                            a["vectors"] if mmap else np.array(a["vectors"]), meta["metric"],
-                            np.array(a["centroids"]), np.array(a["cluster"]), None, columns)
+                            vectors, meta["metric"], np.array(a["centroids"]), np.array(a["cluster"]), None, columns,
+                            fetch_rows=fetch_rows)
 
     @classmethod
     def load(cls, store, prefix: str, *, mmap: bool = False) -> "OSQIndex":

@@ -40,11 +40,14 @@ class OSQPartition:
     book : OSQCodebook
     segs : uint8 (nseg, n) segment-major packed codes
     binary : uint64 (n, W) sign codes
-    vectors : float32 (n, d) rotated vectors (exact re-rank)
+    vectors : float32 (n, d) rotated vectors (exact re-rank); (0, d) when ``fetch_rows`` reads them on demand
     centroids : float32 (C, d) the partition's clusters (rotated space)
     cluster : int32 (n,)   cluster of each position
     exact : callable(expr, positions int64) -> bool (m,)
         Exact filter evaluation for some positions (the maybe re-check).
+    fetch_rows : callable(positions int64 (m,)) -> float32 (m, d), optional
+        Where the vectors are not in memory (a serverless processor reads them with ranged GETs): the rows level 3
+        and the exact plan need. Level 2 then ranks by code bounds, as it does over a memory-mapped partition.
     """
 
     number: int
@@ -60,6 +63,7 @@ class OSQPartition:
     exact: Callable[[Any, np.ndarray], np.ndarray] | None = None
     columns: dict = field(default_factory=dict)
     abandon: bool = True  # early-abandoned exact L2 keys at level 2 (same results; False only to compare)
+    fetch_rows: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self):
         self.reindex()
@@ -98,6 +102,17 @@ class OSQPartition:
         if nbin < 32 or self.metric == "ip" or level2 == "head" or (level2 == "exact" and self.vectors.shape[1] <= 64):
             return 1.0
         return min(1.0, 4.0 / np.sqrt(nbin))
+
+    @property
+    def remote(self) -> bool:
+        """The vectors are read on demand (``fetch_rows``), not held."""
+        return self.fetch_rows is not None
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """float32 (m, d) rotated vectors of ``positions`` (int64 (m,)), from memory or ``fetch_rows``."""
+        if self.remote:
+            return np.ascontiguousarray(self.fetch_rows(np.asarray(positions, dtype=np.int64)), dtype=np.float32)
+        return np.ascontiguousarray(self.vectors[positions])
 
     def exact_match(self, expr, positions: np.ndarray) -> np.ndarray:
         """Exact truth of ``expr`` for partition ``positions`` (bool (m,))."""
@@ -157,8 +172,11 @@ class OSQPartition:
         if level2 == "auto":
             # bounds save reading vectors; with the vectors already in memory exact keys are cheaper on a CPU, and
             # above HEAD_DIMS dimensions head keys (a contiguous stream) cheaper still
-            level2 = "bounds" if _is_mapped(self.vectors) else \
+            level2 = "bounds" if self.remote or _is_mapped(self.vectors) else \
                 "head" if self.vectors.shape[1] > HEAD_DIMS else "exact"
+        elif self.remote and level2 != "bounds":
+            raise InvalidArgument(f"level2={level2!r} reads every candidate's vector, but partition {self.number} "
+                                  "reads its vectors by row on demand; use 'bounds' or 'auto'")
         keep_frac = float(p["keep_frac"]) or self.auto_keep_frac(level2)
         if keep_frac >= 1.0 and self.contiguous and (level2 == "head" or (level2 == "exact" and not (
                 metric == K.METRIC_L2 and self.abandon and self.vectors.shape[1] > HEAD_DIMS))):
@@ -183,7 +201,17 @@ class OSQPartition:
             ok[maybe] = self.exact_match(expr, uniq)[inv]
         D = np.empty((nq, k), dtype=np.float32)
         R = np.empty((nq, k), dtype=np.int64)
-        K.level3(out_rows, ok, qrot, self.vectors, metric, k, D, R)
+        if self.remote:
+            # only the survivors that passed the re-check are read, each distinct row once for the batch; level 3
+            # then runs over that compact matrix (rows that failed the re-check point at row 0 and are never read)
+            need = valid & ok
+            fetched, inv = np.unique(out_rows[need], return_inverse=True)
+            local = np.where(valid, 0, -1)
+            local[need] = inv
+            K.level3(local, ok, qrot, self.vectors_at(fetched), metric, k, D, R)
+            R = np.where(R >= 0, fetched[np.maximum(R, 0)], -1) if fetched.size else np.full_like(R, -1)
+        else:
+            K.level3(out_rows, ok, qrot, self.vectors, metric, k, D, R)
         I = np.where(R >= 0, self.ids[np.maximum(R, 0)], -1)
         c = counts.sum(axis=0).tolist()
         stats = {"candidates": c[0], "hamming": c[0], "bounds": c[1], "rerank": c[3], "maybe_checked": nmaybe,
@@ -247,6 +275,14 @@ class Level0:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def row_counts(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a bool (ns, n) array, int64 (ns,). ``count_nonzero(axis=1)`` sums the bools as
+    integers (56 us for one row of 60,000); per row it counts bytes (6 us)."""
+    if mask.shape[0] == 1:
+        return np.array([np.count_nonzero(mask)], dtype=np.int64)
+    return np.fromiter((np.count_nonzero(r) for r in mask), dtype=np.int64, count=mask.shape[0])
+
+
 def _is_mapped(a) -> bool:
     return array_bytes(a)[1] > 0
 

@@ -92,6 +92,16 @@ class LRUCache:
                         self.evictions += 1
             return value, False
 
+    def peek(self, key: tuple):
+        """The cached value of ``key`` (counted as a hit and made most recent), or None; never loads."""
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
@@ -226,6 +236,116 @@ class Reader:
                 self.misses += 1
         return value
 
+    def peek(self, name: str) -> Any:
+        """The value cached under ``name`` or None (a hit is counted; nothing is loaded)."""
+        value = self.cache.peek((self.store.uri, self.version, name))
+        if value is not None:
+            with self._lock:
+                self.hits += 1
+        return value
+
     def metrics(self) -> dict:
         return {"cache_hits": self.hits, "cache_misses": self.misses, "bytes_fetched": self.store.bytes_fetched,
                 "get_requests": self.store.requests}
+
+
+def row_read_settings() -> tuple[int, int]:
+    """``(block_bytes, max_gap_bytes)`` of :class:`RemoteRows`: ``$SHOAL_ROW_BLOCK_KB`` (default 16) and
+    ``$SHOAL_ROW_GAP_KB`` (default 256) KiB."""
+    return (int(float(os.environ.get("SHOAL_ROW_BLOCK_KB", "16")) * 1024),
+            int(float(os.environ.get("SHOAL_ROW_GAP_KB", "256")) * 1024))
+
+
+class RemoteRows:
+    """Rows of a saved ``.npy`` array (axis 0) read on demand with ranged GETs, in fixed blocks kept in the cache.
+
+    A processor re-ranks a few hundred candidates per query out of a partition of up to millions of rows: fetching
+    the whole float32 vector object (most of a partition's bytes) for that is the cold start's main cost. Rows are
+    grouped in blocks of about ``block_bytes`` (the partition's positions are ordered by cluster, so one query's
+    candidates share blocks); missing blocks close to each other are read with one ranged GET (a big batch that
+    needs most blocks reads the object in a few large GETs), runs in parallel, and each block is a cache entry of
+    its own (bounded and evicted like the rest), so a warm container fetches nothing for blocks it has already read.
+
+    Parameters
+    ----------
+    reader : Reader
+        The invocation's reader (its store counts the bytes, its cache keeps the blocks).
+    key : str
+        The ``.npy`` object, relative to the reader's store.
+    header : (dtype, shape, data_offset)
+        From :func:`shoal.index.persist.npy_header` (read once and cached with the partition).
+    block_bytes, max_gap_bytes : int, optional
+        Block size, and the most unneeded bytes read to join two runs of missing blocks into one GET (on S3 a
+        request waits ~20 ms for its first byte, in which ~1.6 MB would stream). Defaults: :func:`row_read_settings`.
+    """
+
+    MAX_GET_BYTES = 8 << 20  # one ranged GET reads at most this much (parallel GETs beat one huge one)
+
+    def __init__(self, reader: Reader, key: str, header, *, block_bytes: int | None = None,
+                 max_gap_bytes: int | None = None, threads: int = 16):
+        self.reader = reader
+        self.key = key
+        self.dtype, self.shape, self.offset = np.dtype(header[0]), tuple(header[1]), int(header[2])
+        self.n = int(self.shape[0])
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        block, gap = row_read_settings()
+        block = block if block_bytes is None else int(block_bytes)
+        self.max_gap_bytes = gap if max_gap_bytes is None else int(max_gap_bytes)
+        if block <= 0 or self.max_gap_bytes < 0:
+            raise InvalidArgument(f"row reads need a block > 0 and a gap >= 0 bytes, got {block}, {self.max_gap_bytes}")
+        self.block_rows = max(1, block // max(1, self.row_bytes))
+        self.threads = threads
+
+    def _name(self, b: int) -> str:
+        return f"{self.key}@{self.block_rows}:{b}"
+
+    def _fetch_run(self, lo: int, hi: int) -> list[tuple[int, np.ndarray]]:
+        """Blocks ``lo..hi-1`` with one ranged GET."""
+        r0, r1 = lo * self.block_rows, min(hi * self.block_rows, self.n)
+        data = self.reader.store.get_range(self.key, self.offset + r0 * self.row_bytes, self.offset + r1 * self.row_bytes)
+        rows = np.frombuffer(data, dtype=self.dtype).reshape(r1 - r0, *self.shape[1:])
+        return [(b, rows[(b - lo) * self.block_rows:(b - lo + 1) * self.block_rows].copy()) for b in range(lo, hi)]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (int64 (m,), each in ``[0, n)``) as an array of shape ``(m, *shape[1:])``."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        out = np.empty((rows.size, *self.shape[1:]), dtype=self.dtype)
+        if rows.size == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= self.n:
+            raise InvalidArgument(f"{self.key}: rows must be in 0..{self.n - 1}")
+        blk = rows // self.block_rows
+        need = np.unique(blk).tolist()
+        blocks = {b: self.reader.peek(self._name(b)) for b in need}
+        missing = [b for b in need if blocks[b] is None]
+        if missing:
+            block_bytes = self.block_rows * self.row_bytes
+            per_get = max(1, self.MAX_GET_BYTES // block_bytes)
+            # a short gap between two missing blocks is read along (and cached) rather than paying another request
+            max_gap = self.max_gap_bytes // block_bytes
+            runs = []
+            lo = prev = missing[0]
+            for b in missing[1:] + [None]:
+                if b is None or b - prev - 1 > max_gap or b + 1 - lo > per_get:
+                    runs.append((lo, prev + 1))
+                    lo = b
+                prev = b
+            if len(runs) == 1:
+                fetched = [self._fetch_run(*runs[0])]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=min(self.threads, len(runs))) as pool:
+                    fetched = list(pool.map(lambda run: self._fetch_run(*run), runs))
+            for got in fetched:
+                for b, arr in got:
+                    value = self.reader.cached(self._name(b), lambda arr=arr: arr)
+                    if b in blocks:
+                        blocks[b] = value
+        order = np.argsort(blk, kind="stable")
+        sorted_blk = blk[order]
+        bounds = np.searchsorted(sorted_blk, need + [need[-1] + 1])
+        for i, b in enumerate(need):
+            sel = order[bounds[i]:bounds[i + 1]]
+            out[sel] = blocks[b][rows[sel] - b * self.block_rows]
+        return out

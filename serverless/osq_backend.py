@@ -3,8 +3,12 @@
 Layout: the OSQ index is saved by :meth:`OSQIndex.save` under ``versions/VERSION/osq`` (one ``.npy`` object per
 array: level-0 arrays at the top, each partition's segments, binary codes, vectors, codebook and exact attributes
 under ``pNNNN/``). An allocator loads only the level-0 arrays (:meth:`OSQIndex.load_level0`: rotation, centroids,
-row maps, attribute codes); a processor loads only its partition's objects (:meth:`OSQIndex.load_partition`), so a
-cold processor fetches ``1/P`` of the index. Both stay in the container cache.
+row maps, attribute codes); a processor loads only its partition's objects (:meth:`OSQIndex.load_partition`) but its
+float32 vectors, the bulk of them (200 of 281 bytes a row on GloVe-50), of which it reads only the rows it
+re-ranks, in blocks, with ranged GETs (:class:`~shoal.serverless.cache.RemoteRows`). So a cold processor fetches the
+codes of ``1/P`` of the index and a few blocks of vectors. All of it stays in the container cache. Without the
+vectors in memory, level 2 ranks by code bounds (``level2="bounds"``, the choice ``auto`` makes for a memory-mapped
+index too); ``exact`` and ``head`` keys, which read every candidate's vector, are refused there.
 
 Per batch an allocator runs :meth:`OSQIndex.level0` (rotation, three-valued filter over the attribute codes, counts of
 sure/maybe rows per partition, partitions (and clusters inside them) to visit) and sends each visited partition the
@@ -16,13 +20,14 @@ sure rows. Results are merged with ``merge_topk`` up the tree.
 
 from __future__ import annotations
 
+import copy
 
 import numpy as np
 
 from ..errors import InvalidArgument
 from ..index.flat import exact_search
 from ..index.topk import empty_result
-from .cache import PrefetchedStore, Reader
+from .cache import PrefetchedStore, Reader, RemoteRows
 from .partitioned import new_version, register_backend, write_manifest
 
 STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at import of the router)
@@ -60,6 +65,9 @@ class OSQRouter:
         unknown = set(params) - set(index.search_params)
         if unknown:
             raise InvalidArgument(f"unknown OSQ search parameter(s) {sorted(unknown)}; valid: {index.search_params}")
+        if params.get("level2", "auto") not in ("auto", "bounds"):
+            raise InvalidArgument(f"level2={params['level2']!r} is not served by processors, which read vector rows "
+                                  "on demand: use 'bounds' or 'auto'")
         lv = index.level0(q, k, params, filter=_expr(filter))
         nq, P = q.shape[0], index.nparts
         out: dict[int, tuple[np.ndarray, dict]] = {}
@@ -88,15 +96,31 @@ class OSQRouter:
         return out
 
 
-class OSQProcessor:
-    """Levels 1-3 (or the exact scan) over one partition."""
+def _unbound_rows(positions):
+    raise RuntimeError("a cached OSQ partition must be bound to an invocation's reader before it reads vectors")
 
-    def __init__(self, part):
+
+class CachedPartition:
+    """What a container keeps of a partition: everything but the vectors, plus the vectors object's ``.npy``
+    header (so reading rows later needs no further request)."""
+
+    def __init__(self, part, vectors_key: str, vectors_header):
         self.part = part
+        self.vectors_key = vectors_key
+        self.vectors_header = vectors_header
 
     def memory_bytes(self) -> int:
         p = self.part
-        return int(sum(a.nbytes for a in (p.rows, p.ids, p.segs, p.binary, p.vectors)) + 4096)
+        return int(sum(a.nbytes for a in (p.rows, p.ids, p.segs, p.binary, p.vectors, p.centroids, p.cluster,
+                                          p.list_rows, p.list_indptr)) + 4096)
+
+
+class OSQProcessor:
+    """Levels 1-3 (or the exact scan) over one partition, for one invocation: the cached partition, reading its
+    vectors' rows through this invocation's reader (counted in its metrics, blocks kept in the container cache)."""
+
+    def __init__(self, part):
+        self.part = part
 
     def search(self, q, k, params, filter, extra):
         try:
@@ -118,8 +142,7 @@ class OSQProcessor:
                 qs = np.flatnonzero(sidx == s)
                 pos = np.flatnonzero(status[s] == STATUS_SURE)
                 if qs.size and pos.size:
-                    D[qs], I[qs] = exact_search(qrot[qs], np.ascontiguousarray(part.vectors[pos]), k, metric,
-                                                labels=part.ids[pos])
+                    D[qs], I[qs] = exact_search(qrot[qs], part.vectors_at(pos), k, metric, labels=part.ids[pos])
             return D, I
         kw = {}
         if "clusters" in extra:
@@ -166,13 +189,26 @@ class OSQBackend:
 
     @staticmethod
     def partition(reader: Reader, manifest: dict, p: int) -> OSQProcessor:
+        """Partition ``p`` for this invocation. A cold load fetches the partition's codes, ids, clusters and exact
+        attributes whole (every query that visits the partition reads them) and only the header of its vectors;
+        level 3 and the exact plan read vector rows with ranged GETs (:class:`RemoteRows`)."""
         from ..index.osq import OSQIndex
+        from ..index.persist import npy_header
+
+        prefix = reader.key("osq")
+        vectors_key = f"{prefix}/{OSQIndex.partition_vectors_name(p)}.npy"
 
         def load():
-            prefix = reader.key("osq")
-            store = _prefetch(reader, prefix, lambda names: OSQIndex.partition_array_names(names, p, attrs=True))
-            return OSQProcessor(OSQIndex.load_partition(store, prefix, p, attrs=True))
-        return reader.cached(f"p{p}", load)
+            store = _prefetch(reader, prefix, lambda names: OSQIndex.partition_array_names(names, p, attrs=True,
+                                                                                           vectors=False))
+            part = OSQIndex.load_partition(store, prefix, p, attrs=True, fetch_rows=_unbound_rows)
+            return CachedPartition(part, vectors_key, npy_header(reader.store, vectors_key))
+        cached = reader.cached(f"p{p}", load)
+        rows = RemoteRows(reader, cached.vectors_key, cached.vectors_header)
+        # a shallow copy bound to this invocation: the cached partition is shared by concurrent invocations
+        part = copy.copy(cached.part)
+        part.fetch_rows = rows.take
+        return OSQProcessor(part)
 
 
 def _prefetch(reader: Reader, prefix: str, wanted) -> PrefetchedStore:

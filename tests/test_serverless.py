@@ -113,6 +113,43 @@ def test_lru_cache_bound_eviction_and_single_load():
     assert loads_.count("slow") == 1 and cache2.hits == 3
 
 
+def test_remote_rows_read_blocks_by_range_and_keep_them(tmp_path, rng):
+    from shoal.index.persist import npy_header, save_arrays
+    from shoal.serverless.cache import Reader, RemoteRows
+
+    store = LocalStore(tmp_path / "rows")
+    a = rng.standard_normal((1000, 8)).astype(np.float32)  # 32 B rows
+    save_arrays(store, "v/x", {"kind": "t"}, {"a": a})
+    reads = []
+    get_range = store.get_range
+    store.get_range = lambda key, lo, hi: reads.append((lo, hi)) or get_range(key, lo, hi)
+    header = npy_header(store, "v/x/a.npy")
+    reads.clear()
+
+    def rows_of(reader, **kw):
+        return RemoteRows(reader, "v/x/a.npy", header, block_bytes=320, **kw)  # 10 rows a block
+    reader = Reader(store, "v1", LRUCache(1 << 20))
+    want = np.array([5, 3, 998, 12, 5, 400], dtype=np.int64)
+    np.testing.assert_array_equal(rows_of(reader, max_gap_bytes=0).take(want), a[want])
+    # blocks 0, 1, 40, 99: runs 0-1, 40 and 99, each one ranged GET of whole blocks
+    assert sorted(hi - lo for lo, hi in reads) == [320, 320, 640]
+    assert reader.metrics()["bytes_fetched"] == 1280 and reader.metrics()["cache_misses"] == 4
+    # warm: nothing read; a new block only
+    reads.clear()
+    r2 = Reader(store, "v1", reader.cache)
+    np.testing.assert_array_equal(rows_of(r2).take(np.array([999, 0, 401, 19])), a[[999, 0, 401, 19]])
+    assert reads == [] and r2.metrics()["bytes_fetched"] == 0 and r2.metrics()["cache_hits"] == 4
+    # gaps up to max_gap_bytes are read along: blocks 50 and 53 in one GET of 4 blocks
+    reads.clear()
+    np.testing.assert_array_equal(rows_of(r2, max_gap_bytes=640).take(np.array([535, 500])), a[[535, 500]])
+    assert [hi - lo for lo, hi in reads] == [4 * 320]
+    assert rows_of(r2).take(np.array([], dtype=np.int64)).shape == (0, 8)
+    with pytest.raises(InvalidArgument, match="rows must be in 0..999"):
+        rows_of(r2).take(np.array([1000]))
+    with pytest.raises(InvalidArgument, match="block > 0"):
+        rows_of(r2, max_gap_bytes=-1)
+
+
 def test_payload_roundtrip_and_spill(tmp_path, rng):
     obj = {"role": "processor", "a": rng.standard_normal((50, 8)).astype(np.float32),
            "i": np.arange(-1, 30, dtype=np.int64), "z": np.zeros(5000, np.float32), "n": np.int64(3), "s": "x",
@@ -468,8 +505,10 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
     q = rng.standard_normal((16, D_DIM)).astype(np.float32)
     for text in (None, 'price < 30 and color = "red"', "price < 0.4"):  # multilevel, filtered, exact plan
         flt = None if text is None else filters.to_json(filters.parse(text))
-        D0, I0 = index.search(q, 10, filter=text)
+        # processors hold codes, not vectors: level 2 ranks by code bounds, as a memory-mapped index does
+        D0, I0 = index.search(q, 10, filter=text, params={"level2": "bounds"})
         assert index.last_stats.get("short_fixed", 0) == 0
+        assert np.array_equal(search_inprocess(store, q, 10, filter=flt)[1], I0), text
         r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2, filter=flt)
         assert np.array_equal(r.I, I0), text
         rc = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, filter=flt,
@@ -485,35 +524,67 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
     # processors loaded only their own partition's objects
     r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1)
     assert r.stats["invocations"]["processor"] == 5
+    # keys that read every candidate's vector are refused up front, by name
+    with pytest.raises(RemoteError, match="level2=.exact. is not served by processors"):
+        client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1,
+                      params={"level2": "exact"})
 
 
 def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
-    """A cold tree fetches level 0 (once per allocator) and each partition, never the full index's unrotated copy."""
+    """A cold tree fetches level 0 (once per allocator) and each partition's codes, never the full index's unrotated
+    copy; vectors are read only as the blocks of rows level 3 re-ranks, with ranged GETs, and a warm repeat reads
+    nothing."""
     from shoal.index.osq import OSQIndex
     from shoal.index.persist import load_meta
     from shoal.serverless import handler
     from shoal.serverless.osq_backend import OSQBackend
 
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((2000, D_DIM)).astype(np.float32)
+    n = 6000
+    x = rng.standard_normal((n, D_DIM)).astype(np.float32)
     index = OSQIndex(D_DIM, "l2", partitions=3)
     index.train(x)
-    index.add(x, np.arange(2000, dtype=np.int64), attrs={"u": rng.random(2000)})
+    index.add(x, np.arange(n, dtype=np.int64), attrs={"u": rng.random(n)})
     store = LocalStore(tmp_path / "osq")
     OSQBackend.publish(store, index)
     handler.CACHE.clear()
-    fetched = []
-    get = LocalStore.get
+    fetched, ranged = [], []
+    get, get_range = LocalStore.get, LocalStore.get_range
     monkeypatch.setattr(LocalStore, "get", lambda self, key: fetched.append(key) or get(self, key))
-    q = rng.standard_normal((4, D_DIM)).astype(np.float32)
-    client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, filter=None)
+    monkeypatch.setattr(LocalStore, "get_range",
+                        lambda self, key, a, b: ranged.append((key, a, b)) or get_range(self, key, a, b))
+    monkeypatch.setenv("SHOAL_ROW_BLOCK_KB", "1")
+    monkeypatch.setenv("SHOAL_ROW_GAP_KB", "0")
+    q = rng.standard_normal((2, D_DIM)).astype(np.float32)
+    params = {"nprobe": 2}  # a query re-ranks ~50 rows in the few clusters it visits, out of 2,000 a partition
+    ref = search_inprocess(store, q, 10, params=params)  # fills the cache: clear it for the cold tree
+    handler.CACHE.clear()
+    fetched.clear(), ranged.clear()
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
+    assert np.array_equal(r.I, ref[1])
     names = sorted({k.split("/osq/", 1)[1][:-4] for k in fetched if k.endswith(".npy")})
     assert "raw_vectors" not in names
     arrays = load_meta(store, f"versions/{current_version(store)}/osq")["arrays"]
     expected = set(OSQIndex.level0_array_names(arrays))
-    for p in range(3):
-        expected |= set(OSQIndex.partition_array_names(arrays, p))
+    visited = sorted({int(name[1:5]) for name in names if name.startswith("p0")})
+    assert visited and r.stats["invocations"]["processor"] == len(visited)
+    for p in visited:
+        expected |= set(OSQIndex.partition_array_names(arrays, p, vectors=False))
     assert set(names) == expected
+    assert not any(name.endswith("/vectors") for name in names)
+    # vectors: one header read per partition, then ranged reads of row blocks, far less than the whole objects
+    vec = [(key, a, b) for key, a, b in ranged if key.endswith("/vectors.npy")]
+    whole = sum(store.size(f"versions/{current_version(store)}/osq/{OSQIndex.partition_vectors_name(p)}.npy")
+                for p in visited)
+    data = sum(b - a for key, a, b in vec if a > 0)
+    assert 0 < data < whole / 2, (data, whole)
+    assert r.stats["bytes_fetched"] >= data
+    # warm: the same queries read no block again
+    ranged.clear(), fetched.clear()
+    r2 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
+    assert np.array_equal(r2.I, ref[1])
+    assert ranged == [] and [k for k in fetched if k.endswith(".npy")] == []
+    assert r2.stats["bytes_fetched"] == 0
 
 
 def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys):
