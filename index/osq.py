@@ -575,8 +575,9 @@ class OSQIndex(Index):
         for s, qs in groups:
             if qs.size == 0:
                 continue
-            # an exact plan's status has no maybe rows left (resolved at level 0): every non-zero row passes
-            rows = np.flatnonzero(lv.status[s] != 0)  # on a bool array: ~5x faster than on the uint8 status
+            # an exact plan's status has no maybe rows left (resolved at level 0): it holds only 0 and 1
+            # (STATUS_SURE), so it reads as bool, on which flatnonzero is ~8x faster than on uint8
+            rows = np.flatnonzero(lv.status[s].view(bool))
             if rows.size == 0:
                 continue
             if qs.size * rows.size <= _SMALL_SCAN:

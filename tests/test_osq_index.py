@@ -177,8 +177,12 @@ def test_factory_and_describe():
 
 def test_bad_filters_and_bytes_per_vector():
     index, x, q, cols, ids = build("l2", bits=64)
-    with pytest.raises(InvalidArgument):
-        index.search(q, 5, filter=filters.parse('color < 3'))
+    for _ in range(2):  # valid predicates are remembered; a bad one is refused every time, also after good ones
+        with pytest.raises(InvalidArgument, match="color"):
+            index.search(q, 5, filter=filters.parse('color < 3'))
+        index.search(q[:2], 5, filter=filters.parse('color = "red"'))
+    with pytest.raises(InvalidArgument, match="year"):
+        index.search(q, 5, filter=filters.parse('year = "red"'))
     # an attribute the index has never seen is missing everywhere, so its predicates are false
     _, I = index.search(q, 5, filter=filters.parse("unknown_attr < 3"))
     assert (I < 0).all()
