@@ -256,7 +256,7 @@ class Level0:
     plan : "multilevel" or "exact"
     sure, maybe : int64 (ns,)    counts over the index
     resolved : bool (ns,)        maybe rows were resolved exactly (status has no maybe)
-    clusters : bool (nq, P, C)   clusters each query visits inside each partition
+    clusters : bool (nq, P, C)   clusters each query visits inside each partition ((nq, P, 0) under the exact plan)
     q : float32 (nq, d) or None  the prepared (cosine: normalised) unrotated queries; the exact plan scans the
                                  unrotated vectors with them. ``qrot`` may be None under the exact plan when the
                                  caller asked level 0 not to rotate.

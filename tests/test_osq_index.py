@@ -155,11 +155,23 @@ def test_allowed_masks_and_remove():
     for i in range(len(q)):
         m = filters.evaluate(expr, cols, N) & per_query[i]
         assert np.isin(I[i][I[i] >= 0], ids[m]).all() and (I[i] >= 0).sum() == min(10, m.sum())
+    # warm the remembered live mask with an exact-plan search first: a remove must invalidate it
+    index.search(q, 10, filter=expr, params={"mode": "exact"})
     gone = I[0, :5]
     assert index.remove(gone) == 5
     D2, I2 = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
     assert not np.isin(I2, gone).any()
+    for mode in ("exact", "auto"):
+        _, I3 = index.search(q, 10, filter=expr, params={"mode": mode})
+        assert not np.isin(I3, gone).any()
+        _, I4 = index.search(q, 10, params={"mode": mode})
+        assert not np.isin(I4, gone).any()
     assert index.estimate_matches(None)[0] == N - 5
+    # and an add (a new tombstone array) is seen too
+    new_id = int(ids.max()) + 1
+    index.add(q[:1], np.array([new_id]), attrs={name: col.take(np.array([0])) for name, col in cols.items()})
+    _, I5 = index.search(q[:1], 1, params={"mode": "exact"})
+    assert I5[0, 0] == new_id
 
 
 def test_factory_and_describe():
