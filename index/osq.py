@@ -485,7 +485,7 @@ class OSQIndex(Index):
         (:meth:`_on_remove`): two passes over every row that a very selective search would otherwise make each time
         (~50 us at 390,000 rows, a few per cent of such a search). Callers must not write to the mask."""
         memo = self.__dict__.get("_live_memo")
-        if memo is None or memo[0] is not self.deleted or memo[1].shape[0] != self.deleted.shape[0]:
+        if memo is None or memo[0] is not self.deleted:
             live = ~self.deleted
             memo = self._live_memo = (self.deleted, live, int(np.count_nonzero(live)))
         return memo[1], memo[2]
@@ -847,10 +847,7 @@ class OSQIndex(Index):
                 self.row_cluster, self.cluster_centroids, self.raw, self.raw_norms, *self.codes.values()]
         for p in self.parts:
             if p is not None:
-                arrs += [p.rows, p.ids, p.segs, p.binary, p.vectors, p.tail_norms, p.centroids, p.cluster,
-                         p.list_rows, p.list_indptr, *p.book.arrays().values()]
-                if p.head is not p.vectors:
-                    arrs.append(p.head)
+                arrs += p.arrays()
         return arrs
 
     def memory_bytes(self) -> int:

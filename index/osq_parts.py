@@ -103,6 +103,14 @@ class OSQPartition:
             return 1.0
         return min(1.0, 4.0 / np.sqrt(nbin))
 
+    def arrays(self) -> list[np.ndarray]:
+        """Every array the partition holds (for memory accounting; the exact attribute slices are in ``columns``)."""
+        arrs = [self.rows, self.ids, self.segs, self.binary, self.vectors, self.tail_norms, self.centroids,
+                self.cluster, self.list_rows, self.list_indptr, *self.book.arrays().values()]
+        if self.head is not self.vectors:
+            arrs.append(self.head)
+        return arrs
+
     @property
     def remote(self) -> bool:
         """The vectors are read on demand (``fetch_rows``), not held."""

@@ -95,9 +95,10 @@ def eval_npy_header(text: str) -> dict:
     return ast.literal_eval(text)
 
 
-def read_npy_rows(store, key: str, start: int, stop: int) -> np.ndarray:
-    """Read rows ``[start, stop)`` (along axis 0) of a saved array with one ranged GET."""
-    dtype, shape, offset = npy_header(store, key)
+def read_npy_rows(store, key: str, start: int, stop: int, header=None) -> np.ndarray:
+    """Read rows ``[start, stop)`` (along axis 0) of a saved array with one ranged GET; ``header`` (the
+    :func:`npy_header` of ``key``, when the caller keeps it) saves the request that reads it."""
+    dtype, shape, offset = npy_header(store, key) if header is None else header
     n = shape[0] if shape else 0
     start, stop = max(0, start), min(n, stop)
     row_shape = shape[1:]

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..index.persist import read_npy_rows
 
 
 def default_capacity() -> int:
@@ -67,17 +68,15 @@ class LRUCache:
     def get_or_load(self, key: tuple, loader: Callable[[], Any]) -> tuple[Any, bool]:
         """Return ``(value, hit)``; on a miss, call ``loader()`` once (concurrent callers for a key wait for it)."""
         with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                self.hits += 1
-                return self._data[key][0], True
+            entry = self._hit(key)
+            if entry is not None:
+                return entry[0], True
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
-                if key in self._data:
-                    self._data.move_to_end(key)
-                    self.hits += 1
-                    return self._data[key][0], True
+                entry = self._hit(key)
+                if entry is not None:
+                    return entry[0], True
             value = loader()
             size = nbytes_of(value)
             with self._lock:
@@ -92,15 +91,19 @@ class LRUCache:
                         self.evictions += 1
             return value, False
 
+    def _hit(self, key: tuple):
+        """The ``(value, size)`` entry of ``key``, made most recent and counted as a hit, or None (lock held)."""
+        entry = self._data.get(key)
+        if entry is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+        return entry
+
     def peek(self, key: tuple):
         """The cached value of ``key`` (counted as a hit and made most recent), or None; never loads."""
         with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return entry[0]
+            entry = self._hit(key)
+        return None if entry is None else entry[0]
 
     def clear(self) -> None:
         with self._lock:
@@ -285,7 +288,8 @@ class RemoteRows:
                  max_gap_bytes: int | None = None, threads: int = 16):
         self.reader = reader
         self.key = key
-        self.dtype, self.shape, self.offset = np.dtype(header[0]), tuple(header[1]), int(header[2])
+        self.header = (np.dtype(header[0]), tuple(header[1]), int(header[2]))
+        self.dtype, self.shape = self.header[0], self.header[1]
         self.n = int(self.shape[0])
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         block, gap = row_read_settings()
@@ -301,9 +305,7 @@ class RemoteRows:
 
     def _fetch_run(self, lo: int, hi: int) -> list[tuple[int, np.ndarray]]:
         """Blocks ``lo..hi-1`` with one ranged GET."""
-        r0, r1 = lo * self.block_rows, min(hi * self.block_rows, self.n)
-        data = self.reader.store.get_range(self.key, self.offset + r0 * self.row_bytes, self.offset + r1 * self.row_bytes)
-        rows = np.frombuffer(data, dtype=self.dtype).reshape(r1 - r0, *self.shape[1:])
+        rows = read_npy_rows(self.reader.store, self.key, lo * self.block_rows, hi * self.block_rows, self.header)
         return [(b, rows[(b - lo) * self.block_rows:(b - lo + 1) * self.block_rows].copy()) for b in range(lo, hi)]
 
     def take(self, rows: np.ndarray) -> np.ndarray:

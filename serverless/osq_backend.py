@@ -113,9 +113,7 @@ class CachedPartition:
         from ..index.osq_parts import _col_nbytes
 
         p = self.part
-        return int(sum(a.nbytes for a in (p.rows, p.ids, p.segs, p.binary, p.vectors, p.centroids, p.cluster,
-                                          p.list_rows, p.list_indptr))
-                   + sum(_col_nbytes(c) for c in p.columns.values()) + 4096)
+        return int(sum(a.nbytes for a in p.arrays()) + sum(_col_nbytes(c) for c in p.columns.values()) + 4096)
 
 
 class OSQProcessor:
