@@ -563,3 +563,12 @@ def test_int_column_against_numbers_beyond_int64():
         for op in ("=", "!=", "<", "<=", ">", ">="):
             got = F.evaluate(F.parse(f"i {op} {lit}"), col, 3)
             assert got.tolist() == [op in holds] * 3, (op, lit)
+
+
+def test_evaluate_returns_a_mask_the_caller_owns():
+    cols = {"x": F.NumericColumn(np.arange(10))}
+    for expr in (Compare("x", "<", 4), And((Compare("x", "<", 4),)),
+                 Or((Compare("x", "<", 4), Compare("x", "<", 4)))):
+        m = F.evaluate(expr, cols, 10)
+        m[:] = ~m  # writing into one result must not leak into the next evaluation
+        np.testing.assert_array_equal(F.evaluate(expr, cols, 10), np.arange(10) < 4)
