@@ -186,9 +186,12 @@ class OSQPartition:
             raise InvalidArgument(f"level2={level2!r} reads every candidate's vector, but partition {self.number} "
                                   "reads its vectors by row on demand; use 'bounds' or 'auto'")
         keep_frac = float(p["keep_frac"]) or self.auto_keep_frac(level2)
-        if keep_frac >= 1.0 and self.contiguous and (level2 == "head" or (level2 == "exact" and not (
-                metric == K.METRIC_L2 and self.abandon and self.vectors.shape[1] > HEAD_DIMS))):
-            # no level-1 pruning: one BLAS product per visited cluster for all its queries
+        if keep_frac >= 1.0 and self.contiguous and level2 == "exact" and not (
+                metric == K.METRIC_L2 and self.abandon and self.vectors.shape[1] > HEAD_DIMS):
+            # no level-1 pruning: cluster by cluster for all the queries visiting it, keys offered as computed
+            K.levels12_exact_streamed(status, sidx, qcl, self.list_indptr, qrot, self.vectors, metric, k, rerank,
+                                      out_rows, counts)
+        elif keep_frac >= 1.0 and self.contiguous and level2 == "head":
             K.levels12_cluster_major(status, sidx, qcl, self.list_indptr, qrot, self.vectors, self.head,
                                      self.tail_norms, metric, k, rerank, out_rows, counts, _LEVEL2[level2])
         else:

@@ -655,6 +655,153 @@ def levels12_cluster_major(status, sidx, qcl, list_indptr, qrot, vectors, head, 
                 rerank, cand, key_s, out_rows[qi], counts[qi])
 
 
+@njit(cache=True, inline="always")
+def _offer_streamed(bd, br, bs, fill, nsure, qi, key, r, s, k, rerank):
+    """Insert ``(key, r, s)`` into one query's sorted buffer (keys ``bd``, rows ``br``, statuses ``bs``; ``fill[qi]``
+    entries, ``nsure[qi]`` of them sure) and trim it to what level 2 can still take: at most ``cap`` entries, nothing
+    past the ``rerank``-th sure entry, nothing above the slack of the ``k``-th sure key (``_select``'s cut). Returns
+    the new admission threshold (a key must be ``<=`` it to enter)."""
+    cap = bd.shape[0]
+    f = fill[qi]
+    if f == cap:  # full: the last entry makes room (the caller checked the key beats it)
+        f -= 1
+        if bs[f] == STATUS_SURE:
+            nsure[qi] -= 1
+    pos = f
+    while pos > 0 and bd[pos - 1] > key:
+        bd[pos] = bd[pos - 1]
+        br[pos] = br[pos - 1]
+        bs[pos] = bs[pos - 1]
+        pos -= 1
+    bd[pos] = key
+    br[pos] = r
+    bs[pos] = s
+    f += 1
+    if s == STATUS_SURE:
+        nsure[qi] += 1
+    while nsure[qi] > rerank or (nsure[qi] == rerank and bs[f - 1] != STATUS_SURE):
+        if bs[f - 1] == STATUS_SURE:
+            nsure[qi] -= 1
+        f -= 1
+    th = np.float32(np.inf)
+    if nsure[qi] >= k:
+        seen = 0
+        for t in range(f):
+            if bs[t] == STATUS_SURE:
+                seen += 1
+                if seen == k:
+                    th = _slack(bd[t])
+                    break
+        while bd[f - 1] > th:  # never the k-th sure entry itself (its key is below its slack)
+            if bs[f - 1] == STATUS_SURE:
+                nsure[qi] -= 1
+            f -= 1
+    fill[qi] = f
+    if f == cap:
+        th = min(th, bd[f - 1])
+    return th
+
+
+@njit(cache=True, fastmath=True)
+def levels12_exact_streamed(status, sidx, qcl, list_indptr, qrot, vectors, metric, k, rerank, out_rows, counts):
+    """:func:`levels12_cluster_major` with exact level-2 keys, streamed: each query keeps only its best rows.
+
+    Every visited cluster's rows are compared with the batch's queries that visit it (cluster by cluster, as there),
+    but instead of writing every candidate's key for a selection pass per query afterwards, each key is offered at
+    once to the query's sorted buffer of at most ``cap`` rows, which is trimmed after its ``rerank``-th sure row
+    (rows past it are never taken) and is full after that: most keys then fail one comparison with its last entry.
+    The output is what :func:`_select` makes of the same keys (rows in key order up to the ``k``-th smallest key of a
+    sure row, with the same slack), from a few kilobytes per query instead of 16 bytes per candidate (measured on
+    GloVe-50d, 200 queries visiting 128 clusters each: 24% less time for the whole search, identical results).
+
+    Parameters and outputs are as for :func:`levels12_cluster_major` (without ``head``, ``tail_norms`` and
+    ``level2``); ``counts[:, 2]`` is the number of rows written.
+    """
+    nq = qrot.shape[0]
+    C = qcl.shape[1]
+    d = qrot.shape[1]
+    cap = out_rows.shape[1]
+    bd = np.full((nq, cap), np.inf, dtype=np.float32)
+    br = np.full((nq, cap), -1, dtype=np.int64)
+    bs = np.zeros((nq, cap), dtype=np.uint8)
+    fill = np.zeros(nq, dtype=np.int64)
+    nsure = np.zeros(nq, dtype=np.int64)
+    thr = np.full(nq, np.inf, dtype=np.float32)
+    for qi in range(nq):
+        counts[qi, 0] = 0
+    qs = np.empty(nq, dtype=np.int64)
+    keys = np.empty(256, dtype=np.float32)
+    for c in range(C):
+        lo = list_indptr[c]
+        hi = list_indptr[c + 1]
+        if hi == lo:
+            continue
+        nv = 0
+        for qi in range(nq):
+            if qcl[qi, c] != 0:
+                qs[nv] = qi
+                nv += 1
+        nr = hi - lo
+        if keys.shape[0] < nr:
+            keys = np.empty(2 * nr, dtype=np.float32)
+        for u in range(nv):
+            qi = qs[u]
+            st = status[sidx[qi]]
+            qv = qrot[qi]
+            th = thr[qi]
+            # the keys of the whole cluster first, in a loop of plain arithmetic that LLVM vectorises (computing
+            # each key next to the buffer update below kept it scalar: 32 ns a candidate instead of ~10)
+            if metric == METRIC_L2:
+                for t in range(nr):
+                    xv = vectors[lo + t]
+                    acc = np.float32(0.0)
+                    for j in range(d):
+                        diff = qv[j] - xv[j]
+                        acc += diff * diff
+                    keys[t] = acc
+            else:
+                for t in range(nr):
+                    xv = vectors[lo + t]
+                    acc = np.float32(0.0)
+                    for j in range(d):
+                        acc += qv[j] * xv[j]
+                    keys[t] = -acc
+            m = 0
+            for t in range(nr):
+                r = lo + t
+                s = st[r]
+                if s == STATUS_NO:
+                    continue
+                m += 1
+                key = keys[t]
+                if key <= th:
+                    th = _offer_streamed(bd[qi], br[qi], bs[qi], fill, nsure, qi, key, r, s, k, rerank)
+                    thr[qi] = th
+            counts[qi, 0] += m
+    for qi in range(nq):
+        f = fill[qi]
+        # tau: the k-th smallest key of a sure row (with slack), as level 2 cuts with exact keys
+        seen = 0
+        tau = np.float32(np.inf)
+        for t in range(f):
+            if bs[qi, t] == STATUS_SURE:
+                seen += 1
+                if seen == k:
+                    tau = _slack(bd[qi, t])
+                    break
+        w = 0
+        for t in range(f):
+            if bd[qi, t] > tau:
+                break
+            out_rows[qi, w] = br[qi, t]
+            w += 1
+        for t in range(w, cap):
+            out_rows[qi, t] = -1
+        counts[qi, 1] = counts[qi, 0]
+        counts[qi, 2] = w
+        counts[qi, 3] = w
+
+
 @njit(cache=True)
 def levels12(status, sidx, qcl, list_indptr, list_rows, qrot, qbin, binary, segs, bits, dim_byte, dim_shift,
              dim_two, cell_lo, cell_hi, metric, k, keep_frac, keep_min, rerank, out_rows, counts, vectors, head,

@@ -308,3 +308,40 @@ def test_high_dimensional_level2_modes_are_exact_at_maximal_settings():
     _, Ih = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
     assert np.isin(Ih, np.flatnonzero(mask)).all()
     assert sum(len(set(Ih[i]) & set(ki[i])) for i in range(len(q))) >= 0.9 * ki.size
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_streamed_exact_level2_selects_what_the_selection_pass_selects(metric):
+    # levels12_exact_streamed keeps a short sorted buffer per query instead of every candidate's key; it must hand
+    # level 3 the same rows as levels12_cluster_major (exact keys + _select), maybe rows and several status rows too
+    from shoal.quantization import _osq_kernels as K
+
+    rng = np.random.default_rng(7)
+    n, d, C, nq, k, rerank = 3000, 12, 30, 40, 10, 25
+    vectors = rng.standard_normal((n, d)).astype(np.float32)
+    list_indptr = np.linspace(0, n, C + 1).astype(np.int64)
+    status = rng.choice(np.array([0, 1, 2], np.uint8), size=(2, n), p=[0.3, 0.5, 0.2])
+    status[1, :1500] = 0  # the second status row: few sure rows in most clusters (fewer than k for some queries)
+    sidx = rng.integers(0, 2, nq).astype(np.int64)
+    qcl = (rng.random((nq, C)) < 0.3).astype(np.uint8)
+    qcl[0] = 0  # a query that visits nothing
+    qrot = rng.standard_normal((nq, d)).astype(np.float32)
+    m = K.METRIC_L2 if metric == "l2" else K.METRIC_IP
+    cap = 2 * rerank + 64
+    outs = []
+    for streamed in (False, True):
+        out = np.full((nq, cap), -7, np.int64)
+        counts = np.zeros((nq, 4), np.int64)
+        if streamed:
+            K.levels12_exact_streamed(status, sidx, qcl, list_indptr, qrot, vectors, m, k, rerank, out, counts)
+        else:
+            K.levels12_cluster_major(status, sidx, qcl, list_indptr, qrot, vectors, vectors, np.zeros(n, np.float32),
+                                     m, k, rerank, out, counts, K.LEVEL2_EXACT)
+        outs.append((out, counts))
+    (o1, c1), (o2, c2) = outs
+    np.testing.assert_array_equal(c1[:, 0], c2[:, 0])  # candidates
+    np.testing.assert_array_equal(c1[:, 3], c2[:, 3])  # rows written
+    for i in range(nq):
+        assert set(o1[i][o1[i] >= 0]) == set(o2[i][o2[i] >= 0])
+        assert (o2[i] == -1).sum() == cap - c2[i, 3]
+    assert c2[0, 0] == 0 and (o2[0] == -1).all()
