@@ -877,6 +877,21 @@ class NumericColumn:
     def nbytes(self) -> int:
         return self.values.nbytes + self.missing.nbytes
 
+    def sorted_view(self) -> tuple[np.ndarray, np.ndarray]:
+        """The column's range index: ``(order int64 (m,), keys float64 (m,))``, its non-missing rows in ascending
+        value order and their values as float64 (an order-preserving image of int64 values).
+
+        Built on first use (one argsort) and kept with the column, 16 bytes a row; a column is treated as immutable
+        once indexed (rebuilt if ``values`` is replaced by another array). See :func:`range_candidates`.
+        """
+        idx = self.__dict__.get("_sorted")
+        if idx is None or idx[0] is not self.values:
+            rows = np.flatnonzero(~self.missing) if self._any_missing else None
+            vals = self.values if rows is None else self.values[rows]
+            o = np.argsort(vals, kind="stable")
+            idx = self._sorted = (self.values, o if rows is None else rows[o], vals[o].astype(np.float64))
+        return idx[1], idx[2]
+
     def take(self, rows) -> "NumericColumn":
         """The column at ``rows`` (int array or bool mask)."""
         rows = np.asarray(rows)
@@ -1134,6 +1149,54 @@ def evaluate_predicate(pred: Predicate, columns: Mapping[str, Column], n: int) -
     if pred.negated:
         m = ~m
     return m & ~col.missing
+
+
+def range_candidates(pred: Predicate, col: Column) -> np.ndarray | None:
+    """A superset of the rows where a range predicate holds, from the column's range index, or None.
+
+    Handles ``Compare`` with ``<, <=, >, >=, =`` and ``Between`` on a :class:`NumericColumn` (anything else: None):
+    two binary searches in :meth:`NumericColumn.sorted_view`, so a selective range costs O(log n + matches) instead
+    of a pass over every row. The bounds are compared in float64: exact below 2**53 in magnitude; beyond, where
+    rounding an int64 value or literal is still monotone, widened by one ulp each way with the ends included, so the
+    result may then hold a few rows the exact comparison rejects and never misses one. Evaluate the predicate on
+    these rows to get the matches. Rows come in value order.
+    """
+    if not isinstance(col, NumericColumn):
+        return None
+    lo, hi = -math.inf, math.inf  # literals are int64 or finite float64 (see _value): float() is safe
+    if isinstance(pred, Compare) and pred.op in ("<", "<=", ">", ">=", "="):
+        if isinstance(pred.value, bool) or not isinstance(pred.value, (int, float)):
+            return None
+        v = float(pred.value)
+        if pred.op in ("<", "<="):
+            hi = v
+        elif pred.op in (">", ">="):
+            lo = v
+        else:
+            lo = hi = v
+    elif isinstance(pred, Between):
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in (pred.low, pred.high)):
+            return None
+        lo, hi = float(pred.low), float(pred.high)
+    else:
+        return None
+    order, keys = col.sorted_view()
+    strict_lo = isinstance(pred, Compare) and pred.op == ">"
+    strict_hi = isinstance(pred, Compare) and pred.op == "<"
+    # below 2**53 in magnitude every int64 and float64 bound is exact in float64, so the bounds (and strictness)
+    # hold as written; beyond, widen by one ulp and include the ends
+    if abs(lo) < _BIG_FLOAT or lo == -math.inf:
+        i0 = int(np.searchsorted(keys, lo, side="right" if strict_lo else "left"))
+    else:
+        i0 = int(np.searchsorted(keys, np.nextafter(lo, -math.inf), side="left"))
+    if abs(hi) < _BIG_FLOAT or hi == math.inf:
+        i1 = int(np.searchsorted(keys, hi, side="left" if strict_hi else "right"))
+    else:
+        i1 = int(np.searchsorted(keys, np.nextafter(hi, math.inf), side="right"))
+    return order[i0:max(i0, i1)]
+
+
+_BIG_FLOAT = float(2 ** 53)
 
 
 def evaluate(expr: Expr | None, columns: Mapping[str, Column], n: int) -> np.ndarray:

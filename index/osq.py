@@ -40,6 +40,7 @@ from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
 from .base import Index, array_bytes
 from .factory import Stage, take_settings
 from .flat import exact_search
+from ._topk_kernels import topk_rows
 from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition,  # noqa: F401
                         _as_expr, _choose_clusters, _col_nbytes, _column_arrays, _column_from_arrays,
                         _concat_columns, _kmeans, _missing_like, row_counts)
@@ -48,8 +49,9 @@ from .persist import load_arrays, load_meta, save_arrays
 _BIG = 1 << 53
 #: planner cost model (see ``OSQIndex._exact_cheaper``), in BLAS multiply-adds per row-dimension
 EXACT_FACTOR = 1.1
+INDEXED_BELOW = 16  # the exact plan uses a range index when its predicate leaves at most 1/16 of the rows
 ML_ROW_COST = 12.0
-_SMALL_SCAN = 1 << 16  # query x row pairs up to which the exact plan builds the full key matrix
+_SMALL_SCAN = 1 << 20  # query x row pairs up to which the exact plan builds the full key matrix (4 MB)
 _PART_RE = re.compile(r"^p\d{4}/")
 
 
@@ -457,6 +459,10 @@ class OSQIndex(Index):
         for pred in () if expr is None else filters.leaf_predicates(expr):
             if pred.attr in self.kinds:
                 self._check_pred(pred)
+        if expr is not None and (allowed is None or allowed.ndim == 1):
+            lv = self._level0_indexed(q, k, p, expr, allowed, live, nlive, rotate_exact)
+            if lv is not None:
+                return None if lv == "multilevel" else lv
         if expr is None:
             match = live.copy()  # the status below views it; the remembered live mask must stay unshared
         else:
@@ -479,6 +485,41 @@ class OSQIndex(Index):
         qrot = self._rotate_prepared(q) if rotate_exact else None
         return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(ns, np.int64),
                       np.ones(ns, bool), np.zeros((nq, P, 0), bool), q)
+
+    def _level0_indexed(self, q, k, p, expr, allowed, live, nlive, rotate_exact):
+        """:meth:`_level0_exact` through the range index of the filter's most selective range predicate (the
+        filter itself, or one argument of a top-level ``and``), when that predicate leaves at most
+        ``1 / INDEXED_BELOW`` of the rows: its candidate rows come from two binary searches in the column's sort
+        order (:func:`filters.range_candidates`) and the whole filter is then evaluated exactly on them only,
+        instead of over every row (at 390,000 rows and 0.1% selectivity ~0.3 ms of comparisons and ~0.1 ms of
+        mask scans per batch, a quarter of an exact-plan search). Returns the exact-plan Level0, ``"multilevel"``
+        when the planner prefers levels 0-3 for these counts, or None when no predicate qualifies."""
+        n = self.ntotal
+        preds = list(expr.args) if isinstance(expr, filters.And) else [expr]
+        best = None
+        for pred in preds:
+            if isinstance(pred, (filters.Compare, filters.Between)) and self.kinds.get(pred.attr) in ("int", "float"):
+                cand = filters.range_candidates(pred, self.columns[pred.attr])
+                if cand is not None and (best is None or cand.size < best.size):
+                    best = cand
+        if best is None or best.size * INDEXED_BELOW > n:
+            return None
+        rows = np.sort(best)
+        rows = rows[self.exact_rows(expr, rows)]
+        if nlive < n:
+            rows = rows[live[rows]]
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        nsure = np.array([rows.size], dtype=np.int64)
+        nq, P = q.shape[0], self.nparts
+        sidx = np.zeros(nq, dtype=np.int64)
+        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
+            return "multilevel"
+        status = np.zeros((1, n), dtype=np.uint8)
+        status[0, rows] = K.STATUS_SURE
+        qrot = self._rotate_prepared(q) if rotate_exact else None
+        return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(1, np.int64),
+                      np.ones(1, bool), np.zeros((nq, P, 0), bool), q, rows=[rows])
 
     def _live(self) -> tuple[np.ndarray, int]:
         """``(live bool (ntotal,), number live)``, remembered until the next add (a new ``deleted`` array) or remove
@@ -590,7 +631,7 @@ class OSQIndex(Index):
                 continue
             # an exact plan's status has no maybe rows left (resolved at level 0): it holds only 0 and 1
             # (STATUS_SURE), so it reads as bool, on which flatnonzero is ~8x faster than on uint8
-            rows = np.flatnonzero(lv.status[s].view(bool))
+            rows = lv.rows[s] if lv.rows is not None else np.flatnonzero(lv.status[s].view(bool))
             if rows.size == 0:
                 continue
             if qs.size * rows.size <= _SMALL_SCAN:
@@ -601,10 +642,10 @@ class OSQIndex(Index):
         return D, I
 
     def _small_scan(self, q: np.ndarray, rows: np.ndarray, k: int, metric: str):
-        """Exact top-``k`` of ``q`` over a few ``rows``: one GEMM into a full key matrix, then a partial sort
-        (cheaper than the tiled heap scan of ``exact_search`` when the matrix is small)."""
-        nq, m = q.shape[0], rows.shape[0]
-        D, I = self.empty(nq, k)
+        """Exact top-``k`` of ``q`` over a few ``rows``: one GEMM into a full key matrix, then a sorted insertion
+        per query (:func:`._topk_kernels.topk_rows`; cheaper than the tiled heap scan of ``exact_search`` when the
+        matrix is small)."""
+        nq = q.shape[0]
         keys = q @ self.raw[rows].T
         if metric == "l2":
             keys *= -2.0
@@ -613,12 +654,9 @@ class OSQIndex(Index):
             np.maximum(keys, 0.0, out=keys)
         else:
             np.negative(keys, out=keys)
-        kk = min(k, m)
-        top = np.argpartition(keys, kk - 1, axis=1)[:, :kk] if kk < m else np.broadcast_to(np.arange(m), (nq, m))
-        tk = np.take_along_axis(keys, top, axis=1)
-        o = np.argsort(tk, axis=1, kind="stable")
-        D[:, :kk] = np.take_along_axis(tk, o, axis=1)
-        I[:, :kk] = self.row_ids[rows][np.take_along_axis(top, o, axis=1)]
+        D, cols = self.empty(nq, k)
+        topk_rows(np.ascontiguousarray(keys, dtype=np.float32), D, cols)
+        I = np.where(cols >= 0, self.row_ids[rows][np.maximum(cols, 0)], -1)
         return D, I
 
     def _unrotate(self, qrot: np.ndarray) -> np.ndarray:

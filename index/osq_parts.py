@@ -271,6 +271,9 @@ class Level0:
     q : float32 (nq, d) or None  the prepared (cosine: normalised) unrotated queries; the exact plan scans the
                                  unrotated vectors with them. ``qrot`` may be None under the exact plan when the
                                  caller asked level 0 not to rotate.
+    rows : list of int64 arrays or None  under the exact plan, when level 0 found the matches through a range
+                                 index: the sorted sure rows of each status row (what ``status`` marks), so the scan
+                                 need not look for them again
     """
 
     qrot: np.ndarray
@@ -283,6 +286,7 @@ class Level0:
     resolved: np.ndarray
     clusters: np.ndarray
     q: np.ndarray | None = None
+    rows: list | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -389,7 +393,11 @@ def _as_expr(expr):
 
 
 def _col_nbytes(col) -> int:
-    return int(col.nbytes) if col is not None else 0
+    """Bytes of an exact attribute column in memory, with its range index once built."""
+    if col is None:
+        return 0
+    idx = col.__dict__.get("_sorted")
+    return int(col.nbytes) + (idx[1].nbytes + idx[2].nbytes if idx is not None else 0)
 
 
 def _missing_like(col, n: int):

@@ -572,3 +572,37 @@ def test_evaluate_returns_a_mask_the_caller_owns():
         m = F.evaluate(expr, cols, 10)
         m[:] = ~m  # writing into one result must not leak into the next evaluation
         np.testing.assert_array_equal(F.evaluate(expr, cols, 10), np.arange(10) < 4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(-2**62, 2**62), st.integers(-20, 20)), min_size=1, max_size=60),
+       st.sampled_from(["<", "<=", ">", ">=", "="]), st.one_of(st.integers(-2**63, 2**63 - 1), st.integers(-20, 20),
+                                                            st.floats(allow_nan=False, allow_infinity=False, width=64)))
+def test_range_candidates_hold_every_match_of_int_columns(values, op, literal):
+    col = F.NumericColumn(np.array(values, dtype=np.int64))
+    pred = Compare("x", op, literal)
+    cand = F.range_candidates(pred, col)
+    exact = np.flatnonzero(F.evaluate(pred, {"x": col}, len(values)))
+    assert set(exact.tolist()) <= set(cand.tolist())
+    if all(abs(v) < 2**53 for v in values) and abs(literal) < 2**53:
+        assert sorted(cand.tolist()) == exact.tolist()  # no rounding below 2**53: exact
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, width=64), st.floats(-5, 5)), min_size=1, max_size=60),
+       st.floats(-10, 10), st.floats(0, 5))
+def test_range_candidates_hold_every_match_of_float_columns(values, low, width):
+    col = F.NumericColumn(np.array(values, dtype=np.float64))
+    for pred in (Between("x", low, low + width), Compare("x", "<", low), Compare("x", ">=", low)):
+        cand = F.range_candidates(pred, col)
+        exact = np.flatnonzero(F.evaluate(pred, {"x": col}, len(values)))
+        assert set(exact.tolist()) <= set(cand.tolist())
+        assert not np.isnan(col.values[cand]).any()  # missing rows are never candidates
+
+
+def test_range_candidates_decline_what_they_cannot_bound():
+    num = F.NumericColumn(np.arange(10))
+    assert F.range_candidates(Compare("x", "!=", 3), num) is None
+    assert F.range_candidates(In("x", (1, 2)), num) is None
+    assert F.range_candidates(Between("x", 5, 2), num).size == 0
+    np.testing.assert_array_equal(np.sort(F.range_candidates(Between("x", 2, 4), num)), [2, 3, 4])

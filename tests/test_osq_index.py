@@ -345,3 +345,42 @@ def test_streamed_exact_level2_selects_what_the_selection_pass_selects(metric):
         assert set(o1[i][o1[i] >= 0]) == set(o2[i][o2[i] >= 0])
         assert (o2[i] == -1).sum() == cap - c2[i, 3]
     assert c2[0, 0] == 0 and (o2[0] == -1).all()
+
+
+@pytest.mark.parametrize("text", ["price < 2", "price >= 99.5", "year = 2001", "year between 1990 and 1990",
+                                  "price < 3 and color = \"red\"", "year < 1991 and not tags contains \"a\"",
+                                  "price between 10 and 10.5 and year > 2000", "year < 1990"])
+def test_range_index_finds_exactly_the_matching_live_allowed_rows(text):
+    # the exact plan's range-index path must mark exactly the rows the full evaluation marks, after removes and
+    # under an allowed mask, and search them like the full path does
+    index, x, q, cols, ids = build("l2")
+    expr = filters.parse(text)
+    gone = ids[::7]
+    index.remove(gone)
+    allowed = np.random.default_rng(3).random(N) < 0.8
+    p = {"mode": "exact", "nprobe": 16, "exact_below": 0.0}
+    lv = index._level0_indexed(q, 10, p, expr, allowed, *index._live(), False)
+    assert lv is not None and lv.plan == "exact"
+    want = np.flatnonzero(filters.evaluate(expr, cols, N) & ~np.isin(ids, gone) & allowed)
+    np.testing.assert_array_equal(lv.rows[0], want)
+    np.testing.assert_array_equal(np.flatnonzero(lv.status[0]), want)
+    D, I = index.search(q, 10, filter=expr, allowed=allowed, params={"mode": "exact"})
+    kd, ki = exact_filtered(x, q, ids, np.isin(np.arange(N), want), 10, "l2")
+    np.testing.assert_array_equal(I >= 0, ki >= 0)
+    np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-3)
+
+
+def test_range_index_is_skipped_for_wide_ranges_and_per_query_masks():
+    index, x, q, cols, ids = build("l2")
+    p = {"mode": "exact", "nprobe": 16, "exact_below": 0.0}
+    live = index._live()
+    assert index._level0_indexed(q, 10, p, filters.parse("price < 50"), None, *live, False) is None
+    assert index._level0_indexed(q, 10, p, filters.parse("color = \"red\""), None, *live, False) is None
+    assert index._level0_indexed(q, 10, p, filters.parse("price < 2 or year = 2001"), None, *live, False) is None
+    # per-query masks take the full path (the search still answers exactly)
+    expr = filters.parse("price < 2")
+    allowed = np.ones((len(q), N), bool)
+    allowed[:, ::2] = False
+    D, I = index.search(q, 10, filter=expr, allowed=allowed, params={"mode": "exact"})
+    want = filters.evaluate(expr, cols, N) & allowed[0]
+    assert np.isin(I[I >= 0], ids[want]).all() and (I >= 0).sum(1).max() == min(10, int(want.sum()))

@@ -91,3 +91,21 @@ def test_serial_and_parallel_kernels_agree():
     np.testing.assert_array_equal(a[1], b[1])
     order = np.lexsort((np.broadcast_to(np.arange(700), keys.shape), keys), axis=1)[:, :20]
     np.testing.assert_array_equal(a[1], order)
+
+
+@pytest.mark.parametrize("m", [0, 3, 10, 257])
+def test_topk_rows_equals_a_stable_sort(m):
+    from shoal.index._topk_kernels import topk_rows
+
+    rng = np.random.default_rng(m)
+    k = 10
+    keys = rng.integers(0, 20, size=(30, m)).astype(np.float32)  # many ties: the smaller column must win
+    keys[rng.random(keys.shape) < 0.1] = np.inf
+    D = np.empty((30, k), np.float32)
+    I = np.empty((30, k), np.int64)
+    topk_rows(keys, D, I)
+    for i in range(30):
+        order = [j for j in np.argsort(keys[i], kind="stable") if np.isfinite(keys[i, j])][:k]
+        np.testing.assert_array_equal(I[i, :len(order)], order)
+        np.testing.assert_array_equal(D[i, :len(order)], keys[i, order])
+        assert (I[i, len(order):] == -1).all() and np.isinf(D[i, len(order):]).all()
