@@ -6,7 +6,7 @@ One query's whole search runs in one compiled call, in two alternating phases:
   distance); each popped shortlist's rows are appended to a row buffer, until the candidate budget is reached;
 * **scan**: the buffered rows are scored in one stream, prefetching a few rows ahead: exactly (float32), or, when a
   re-rank depth R is given, first by their 4-bit codes (one 32-byte row instead of a 200-byte one for d=50, scored with
-  a per-query table of byte -> partial distance) keeping the R best, which are then scored exactly.
+  per-query weights per dimension, see :func:`_code_weights`) keeping the R best, which are then scored exactly.
 
 Splitting them keeps the prefetch pipeline full across shortlist boundaries: a big tenant's shortlists hold a handful
 of rows each, so prefetching inside one shortlist at a time left most memory latencies exposed. The candidate set
