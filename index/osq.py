@@ -35,7 +35,7 @@ import numpy as np
 from .. import filters
 from ..errors import FailedPrecondition, InvalidArgument
 from ..quantization import _osq_kernels as K
-from ..quantization.kmeans import sq_distances
+from ..quantization.kmeans import kmeans, sq_distances
 from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
 from .base import Index, array_bytes
 from .factory import Stage, take_settings
@@ -43,7 +43,7 @@ from .flat import exact_search
 from ._topk_kernels import topk_rows
 from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition,  # noqa: F401
                         _as_expr, _choose_clusters, _col_nbytes, _column_arrays, _column_from_arrays,
-                        _concat_columns, _kmeans, _missing_like, row_counts)
+                        _concat_columns, _missing_like, row_counts)
 from .persist import load_arrays, load_meta, save_arrays
 
 _BIG = 1 << 53
@@ -158,16 +158,26 @@ class OSQIndex(Index):
                     cent[p] = y[sel].mean(axis=0)
                 else:
                     cent[p] = y[rng.integers(n)]
-        assign = K.balanced_assign(sq_distances(y, cent), cap)
-        sizes = np.bincount(assign, minlength=P)
+        # Clusters (the inverted lists) are fitted globally, like an IVF's, and each partition gets C whole clusters
+        # (the nearest ones to its centroid, C each): fitting clusters inside the partitions instead, with rows held
+        # in their partition, left 0.891 of GloVe-50d's true top 10 in the 64 nearest of 2,496 clusters against
+        # 0.928 for a global IVF of as many lists, so recall 0.95 needed ~2x the clusters
         C = int(self.settings["clusters"]) or max(1, int(round(np.sqrt(n / P))))
-        C = max(1, min(C, int(sizes.min())))
+        C = max(1, min(C, n // P))
+        G = P * C
+        glob = kmeans(y, G, niter=max(1, int(self.settings["kmeans_iters"])), seed=0)
+        owner = K.balanced_assign(sq_distances(glob, cent), np.full(P, C, dtype=np.int64))
+        order = np.argsort(owner, kind="stable")  # cluster p * C + c is the c-th of partition p's clusters
+        glob = np.ascontiguousarray(glob[order])
+        assign, _ = self._route(y, glob, P, C, cap)
         books, subs = [], []
         for p in range(P):
             yp = y[assign == p]
             books.append(OSQCodebook.fit(yp, self.budget, lloyd_iters=int(self.settings["lloyd"]),
                                          nbin=int(self.settings["binary"])))
-            subs.append(_kmeans(yp, C, iters=8, seed=p))
+            subs.append(glob[p * C:(p + 1) * C])
+            if yp.shape[0]:
+                cent[p] = yp.mean(axis=0)
         self.rotation = R
         self.centroids = np.ascontiguousarray(cent, dtype=np.float32)
         W = books[0].nwords
@@ -200,7 +210,7 @@ class OSQIndex(Index):
         cap = np.maximum(int(np.ceil(total / P * (1 + self.settings["balance"]))) - sizes, 0)
         if cap.sum() < n:
             cap += int(np.ceil((n - cap.sum()) / P))
-        assign = K.balanced_assign(sq_distances(y, self.centroids), cap) if n else np.empty(0, np.int64)
+        assign, near = self._route(y, self.cluster_centroids, P, self.nclusters, cap)
         row_part = np.empty(n, dtype=np.int32)
         row_pos = np.empty(n, dtype=np.int64)
         row_cluster = np.empty(n, dtype=np.int32)
@@ -218,7 +228,7 @@ class OSQIndex(Index):
             part.vectors = np.concatenate([part.vectors, yp])
             part.rows = np.concatenate([part.rows, rows[sel]])
             part.ids = np.concatenate([part.ids, ids[sel]])
-            cl = sq_distances(yp, part.centroids).argmin(1).astype(np.int32)
+            cl = near[sel, p]
             part.cluster = np.concatenate([part.cluster, cl])
             row_cluster[sel] = p * self.nclusters + cl
         self.row_part = np.concatenate([self.row_part, row_part])
@@ -228,6 +238,25 @@ class OSQIndex(Index):
             self._relayout(int(p))
         self._set_raw(np.concatenate([self.raw, x]))
         self._add_attrs(cols, start, n)
+
+    @staticmethod
+    def _route(y: np.ndarray, clusters: np.ndarray, P: int, C: int, cap: np.ndarray, block: int = 16384):
+        """Partition and cluster of rotated rows ``y`` float32 (n, d): each row goes to its nearest cluster
+        (``clusters`` float32 (P * C, d), partition p's are rows ``p * C .. p * C + C - 1``) in a partition with room
+        (``cap`` int64 (P,) rows), else to the nearest cluster of the nearest partition with room.
+
+        Returns ``(partition int64 (n,), near int32 (n, P))``: ``near[i, p]`` is row i's nearest cluster in p.
+        """
+        n = y.shape[0]
+        dpart = np.empty((n, P), dtype=np.float32)
+        near = np.empty((n, P), dtype=np.int32)
+        norms = np.einsum("ij,ij->i", clusters, clusters)
+        for s in range(0, n, block):
+            dist = sq_distances(y[s:s + block], clusters, norms).reshape(-1, P, C)
+            near[s:s + block] = dist.argmin(axis=2)
+            dpart[s:s + block] = np.take_along_axis(dist, near[s:s + block, :, None].astype(np.int64), axis=2)[:, :, 0]
+        part = K.balanced_assign(dpart, np.asarray(cap, dtype=np.int64)) if n else np.empty(0, np.int64)
+        return part, near
 
     def _set_raw(self, raw: np.ndarray) -> None:
         self.raw = np.ascontiguousarray(raw, dtype=np.float32)

@@ -302,25 +302,6 @@ def _is_mapped(a) -> bool:
     return array_bytes(a)[1] > 0
 
 
-def _kmeans(y: np.ndarray, C: int, *, iters: int = 8, seed: int = 0) -> np.ndarray:
-    """Plain k-means (fixed seed) on float32 (n, d); returns float32 (C, d) centroids."""
-    n = y.shape[0]
-    rng = np.random.default_rng(seed)
-    if n == 0:
-        return np.zeros((C, y.shape[1]), np.float32)
-    cent = y[rng.choice(n, C, replace=n < C)].astype(np.float32).copy()
-    for _ in range(iters):
-        a = sq_distances(y, cent).argmin(1)
-        cnt = np.bincount(a, minlength=C)
-        sums = np.zeros_like(cent, dtype=np.float64)
-        np.add.at(sums, a, y)
-        nz = cnt > 0
-        cent[nz] = (sums[nz] / cnt[nz, None]).astype(np.float32)
-        if (~nz).any():
-            cent[~nz] = y[rng.integers(n, size=int((~nz).sum()))]
-    return cent
-
-
 def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: np.ndarray, k: int,
                      p: dict, per_cluster: float, ratio: bool = True) -> np.ndarray:
     """Level-0 visiting rule over clusters, nearest first.
