@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..quantization._heap_kernels import insert_sorted
 from ._curator_kernels import EMPTY, _bloom_hashes, _l2, _mix, _prefetch, bloom_test_hashed, nt_find
 
 PF_AHEAD = 10      # rows prefetched ahead in the exact scan (each row is 3-5 cache lines)
@@ -128,20 +129,7 @@ def _scan(rows, n, q, vecs, row_ids, use_ip, td, ti, k):
                 u = q[z] - x[z]
                 acc += u * u
         if acc < td[k - 1]:
-            _insert_sorted(td, ti, k, acc, row_ids[r])
-
-
-@njit(inline="always")
-def _insert_sorted(keys, vals, n, key, val):
-    """Insert ``(key, val)`` into the ascending ``keys[:n]`` / ``vals[:n]``, dropping the last entry (the caller has
-    checked ``key < keys[n - 1]``)."""
-    pos = n - 1
-    while pos > 0 and keys[pos - 1] > key:
-        keys[pos] = keys[pos - 1]
-        vals[pos] = vals[pos - 1]
-        pos -= 1
-    keys[pos] = key
-    vals[pos] = val
+            insert_sorted(td, ti, k, acc, row_ids[r])
 
 
 @njit(inline="always")
@@ -208,7 +196,7 @@ def _scan_codes(rows, n, codes, w, use_ip, rd, rr, R):
                 lo = f - np.float32(16.0) * hi
                 acc += lo * (alo[b] * lo + blo[b]) + hi * (ahi[b] * hi + bhi[b])
         if acc < rd[R - 1]:
-            _insert_sorted(rd, rr, R, acc, r)
+            insert_sorted(rd, rr, R, acc, r)
 
 
 @njit(inline="always")

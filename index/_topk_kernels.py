@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..quantization._heap_kernels import heap_replace_top
+from ..quantization._heap_kernels import heap_replace_top, insert_sorted
 
 
 def use_parallel(nq: int) -> bool:
@@ -212,15 +212,7 @@ def topk_rows(keys, outd, outi):
         for t in range(k):
             d[t] = np.inf
             c[t] = -1
-        worst = np.float32(np.inf)
         for j in range(m):
             v = row[j]
-            if v < worst:
-                pos = k - 1
-                while pos > 0 and d[pos - 1] > v:
-                    d[pos] = d[pos - 1]
-                    c[pos] = c[pos - 1]
-                    pos -= 1
-                d[pos] = v
-                c[pos] = j
-                worst = d[k - 1]
+            if v < d[k - 1]:
+                insert_sorted(d, c, k, v, j)

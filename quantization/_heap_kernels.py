@@ -1,4 +1,5 @@
-"""numba primitives of a bounded max-heap for top-k selection, shared by every scan kernel (PQ/ADC, IVF, exact).
+"""numba primitives for top-k selection shared by the scan kernels (PQ/ADC, IVF, exact, Curator): a bounded max-heap,
+and insertion into a short sorted array (cheaper when few keys enter, as after the first ones of a small scan).
 
 A heap is two arrays: ``hd`` float32 (k,) keys and ``hi`` int64 (k,) row/column numbers, ordered by ``(key, index)``
 so that among equal keys the smaller index wins and results do not depend on scan order. The root ``hd[0]`` is the
@@ -55,3 +56,16 @@ def heap_sort(hd, hi):
             b -= 1
         hd[b + 1] = d
         hi[b + 1] = i
+
+
+@njit(inline="always")
+def insert_sorted(keys, vals, n, key, val):
+    """Insert ``(key, val)`` into the ascending ``keys[:n]`` / ``vals[:n]``, dropping the last entry (the caller has
+    checked ``key < keys[n - 1]``). Equal keys keep their order: an entry goes after those equal to it."""
+    pos = n - 1
+    while pos > 0 and keys[pos - 1] > key:
+        keys[pos] = keys[pos - 1]
+        vals[pos] = vals[pos - 1]
+        pos -= 1
+    keys[pos] = key
+    vals[pos] = val

@@ -543,6 +543,19 @@ def _select(kept, L, U, st, k, rerank, cand, key, out_row, cnt):
     cnt[3] = taken
 
 
+@njit(cache=True, inline="always")
+def _visitors(qcl, c, size, qs):
+    """The queries visiting cluster ``c`` (``qcl[:, c] != 0``) into ``qs``; returns their number (0 for an empty
+    cluster of ``size`` 0)."""
+    nv = 0
+    if size > 0:
+        for qi in range(qcl.shape[0]):
+            if qcl[qi, c] != 0:
+                qs[nv] = qi
+                nv += 1
+    return nv
+
+
 @njit(cache=True, fastmath=True)
 def levels12_cluster_major(status, sidx, qcl, list_indptr, qrot, vectors, head, tail_norms, metric, k, rerank,
                            out_rows, counts, level2):
@@ -595,15 +608,16 @@ def levels12_cluster_major(status, sidx, qcl, list_indptr, qrot, vectors, head, 
     for c in range(C):
         lo = list_indptr[c]
         hi = list_indptr[c + 1]
-        if hi == lo:
-            continue
-        nv = 0
-        for qi in range(nq):
-            if qcl[qi, c] != 0 and cl_cnt[sidx[qi], c] > 0:
-                qs[nv] = qi
+        nv = _visitors(qcl, c, hi - lo, qs)
+        w = 0
+        for u in range(nv):  # only the queries with passing rows here, their vectors side by side
+            qi = qs[u]
+            if cl_cnt[sidx[qi], c] > 0:
+                qs[w] = qi
                 for j in range(dA):
-                    Qs[nv, j] = qrot[qi, j]
-                nv += 1
+                    Qs[w, j] = qrot[qi, j]
+                w += 1
+        nv = w
         if nv == 0:
             continue
         for u in range(nv):
@@ -734,13 +748,7 @@ def levels12_exact_streamed(status, sidx, qcl, list_indptr, qrot, vectors, metri
     for c in range(C):
         lo = list_indptr[c]
         hi = list_indptr[c + 1]
-        if hi == lo:
-            continue
-        nv = 0
-        for qi in range(nq):
-            if qcl[qi, c] != 0:
-                qs[nv] = qi
-                nv += 1
+        nv = _visitors(qcl, c, hi - lo, qs)
         nr = hi - lo
         if keys.shape[0] < nr:
             keys = np.empty(2 * nr, dtype=np.float32)
@@ -751,18 +759,18 @@ def levels12_exact_streamed(status, sidx, qcl, list_indptr, qrot, vectors, metri
             th = thr[qi]
             # the keys of the whole cluster first, in a loop of plain arithmetic that LLVM vectorises (computing
             # each key next to the buffer update below kept it scalar: 32 ns a candidate instead of ~10)
-            if metric == METRIC_L2:
-                for t in range(nr):
-                    xv = vectors[lo + t]
-                    acc = np.float32(0.0)
+            # (rows the filter rejects are skipped: under a 10% filter level 0 visits ~10x the clusters)
+            for t in range(nr):
+                if st[lo + t] == STATUS_NO:
+                    continue
+                xv = vectors[lo + t]
+                acc = np.float32(0.0)
+                if metric == METRIC_L2:
                     for j in range(d):
                         diff = qv[j] - xv[j]
                         acc += diff * diff
                     keys[t] = acc
-            else:
-                for t in range(nr):
-                    xv = vectors[lo + t]
-                    acc = np.float32(0.0)
+                else:
                     for j in range(d):
                         acc += qv[j] * xv[j]
                     keys[t] = -acc
