@@ -326,41 +326,33 @@ def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: n
     """
     nq, G = dc.shape
     nprobe = max(1, int(p["nprobe"]))
-    # rank only the nearest T clusters unless a query needs more to reach k sure rows
     target = nprobe * per_cluster
-    # a filter passing a fraction f of the rows needs about nprobe / f clusters
+    # rank only the nearest T clusters unless a query needs more to reach k sure rows; a filter passing a fraction f
+    # of the rows needs about nprobe / f clusters
     frac = max(float(cand[sidx].sum()) / max(1.0, per_cluster * G * len(sidx)), 1e-6)
     T = min(G, max(2 * nprobe, 32, int(np.ceil(2 * nprobe / frac))))
-    if T < G:
-        top = np.argpartition(dc, T - 1, axis=1)[:, :T]
-        o = np.argsort(np.take_along_axis(dc, top, axis=1), axis=1, kind="stable")
-        order = np.take_along_axis(top, o, axis=1)
-    else:
-        order = np.argsort(dc, axis=1, kind="stable")
-    enough = (np.take_along_axis(sure[sidx], order, axis=1).sum(1) >= k) & \
-        (np.take_along_axis(cand[sidx], order, axis=1).sum(1) >= target)
-    if T < G and not enough.all():
-        order = np.concatenate([order, np.zeros((nq, G - T), order.dtype)], axis=1)
-        order[~enough] = np.argsort(dc[~enough], axis=1, kind="stable")  # only the queries that need all
-        valid = np.zeros((nq, G), bool)
-        valid[:, :T] = True
-        valid[~enough] = True
-    else:
-        valid = np.ones(order.shape, bool)
-    ds = np.sqrt(np.maximum(np.take_along_axis(dc, order, axis=1), 0)) if ratio else None
-    s_sorted = np.take_along_axis(sure[sidx], order, axis=1) * valid
-    c_sorted = np.take_along_axis(cand[sidx], order, axis=1) * valid
-    nonempty = c_sorted > 0
-    rank = np.cumsum(nonempty, axis=1) - nonempty  # non-empty clusters before this one
-    want = (np.cumsum(c_sorted, axis=1) - c_sorted) < target
-    if ratio:
-        want |= ds <= float(p["visit_ratio"]) * ds[:, :1]
-    if int(p["max_visit"]) > 0:
-        want &= rank < int(p["max_visit"])
-    before = np.cumsum(s_sorted, axis=1) - s_sorted
-    want |= before < k
     out = np.zeros((nq, G), dtype=bool)
-    np.put_along_axis(out, order, want & nonempty, axis=1)
+    sure = np.ascontiguousarray(sure, dtype=np.int64)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    todo = np.arange(nq)
+    # numpy selects and sorts each query's nearest T clusters (numba's sorts are several times slower); a compiled
+    # walk applies the rules and stops where no rule can want a farther cluster; queries whose T clusters hold too
+    # few rows (a filter far from them) go round again with 4x as many (the whole-array form of this rule sorted
+    # all G clusters for them and cost as much as levels 1-2 under a 50% filter)
+    while todo.size:
+        d = np.ascontiguousarray(dc[todo], dtype=np.float32)
+        if T < G:
+            top = np.argpartition(d, T - 1, axis=1)[:, :T]
+            order = np.take_along_axis(top, np.argsort(np.take_along_axis(d, top, axis=1), axis=1, kind="stable"),
+                                       axis=1)
+        else:
+            order = np.argsort(d, axis=1, kind="stable")
+        need = np.zeros(todo.size, dtype=bool)
+        K.walk_clusters(np.ascontiguousarray(order, dtype=np.int64), T >= G, d, sure, cand,
+                        np.ascontiguousarray(sidx[todo], dtype=np.int64), todo.astype(np.int64), int(k),
+                        float(target), float(p["visit_ratio"]), int(p["max_visit"]), bool(ratio), out, need)
+        todo = todo[need]
+        T = min(G, 4 * T)
     return out
 
 

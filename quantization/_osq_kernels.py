@@ -991,3 +991,69 @@ def level3(rows_in, ok, qrot, vectors, metric, k, out_d, out_r):
             out_d[qi, w] = keys[o]
             out_r[qi, w] = rows_in[qi, o]
             w += 1
+
+
+
+@njit(cache=True)
+def walk_clusters(order, complete, dc, sure, cand, sidx, rows, k, target, visit_ratio, max_visit, use_ratio, out,
+                  need):
+    """Level 0's visiting rule (see ``index.osq_parts._choose_clusters``) along each query's nearest clusters.
+
+    Parameters
+    ----------
+    order : int64 (m, T)
+        Query i's ``T`` nearest clusters, nearest first (all of them when ``complete``).
+    complete : bool
+    dc : float32 (m, G)
+        Cluster keys of these queries (squared L2, or negated inner products with ``use_ratio`` False).
+    sure, cand : int64 (ns, G)
+        Sure and sure + maybe rows per cluster of each status row; query i uses row ``sidx[i]``.
+    rows : int64 (m,)
+        Row of ``out`` for query i.
+    k : int
+    target : float
+        Visit until the filter-passing rows of the visited clusters reach this; and always until the sure rows
+        reach ``k``.
+    visit_ratio : float
+        With ``use_ratio``, also visit clusters within this ratio of the nearest one's distance.
+    max_visit : int
+        At most this many non-empty clusters (0: no cap), but never fewer than ``k`` sure rows need.
+    out : bool (nq, G)
+        Row ``rows[i]`` receives the clusters query i visits (the caller zeroed it).
+    need : bool (m,)
+        Set where the ``T`` clusters hold fewer than ``k`` sure or ``target`` passing rows and ``complete`` is
+        False: the caller retries that query with more clusters (nothing is written for it).
+    """
+    m, T = order.shape
+    for i in range(m):
+        s_ = sidx[i]
+        if not complete:
+            ss = 0
+            cs = 0.0
+            for t in range(T):
+                ss += sure[s_, order[i, t]]
+                cs += cand[s_, order[i, t]]
+            if ss < k or cs < target:
+                need[i] = True
+                continue
+        o = rows[i]
+        d0 = np.sqrt(max(dc[i, order[i, 0]], 0.0)) if use_ratio else 0.0
+        cum_c = 0.0
+        cum_s = 0
+        nonempty_before = 0
+        for t in range(T):
+            c = order[i, t]
+            cc = cand[s_, c]
+            near = use_ratio and np.sqrt(max(dc[i, c], 0.0)) <= visit_ratio * d0
+            if cum_c >= target and cum_s >= k and not near:
+                break  # later clusters are farther: no rule can want them
+            want = cum_c < target or near
+            if max_visit > 0 and nonempty_before >= max_visit:
+                want = False
+            if cum_s < k:
+                want = True
+            if cc > 0:
+                out[o, c] = want
+                nonempty_before += 1
+            cum_c += cc
+            cum_s += sure[s_, c]

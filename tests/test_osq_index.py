@@ -384,3 +384,46 @@ def test_range_index_is_skipped_for_wide_ranges_and_per_query_masks():
     D, I = index.search(q, 10, filter=expr, allowed=allowed, params={"mode": "exact"})
     want = filters.evaluate(expr, cols, N) & allowed[0]
     assert np.isin(I[I >= 0], ids[want]).all() and (I >= 0).sum(1).max() == min(10, int(want.sum()))
+
+
+def _visit_reference(dc, sure, cand, sidx, k, p, per_cluster, ratio):
+    """The level-0 visiting rule, query by query over all clusters in distance order (ties by cluster number)."""
+    nq, G = dc.shape
+    target = max(1, int(p["nprobe"])) * per_cluster
+    out = np.zeros((nq, G), bool)
+    for i in range(nq):
+        order = np.argsort(dc[i], kind="stable")
+        d0 = np.sqrt(max(dc[i, order[0]], 0))
+        cum_c = cum_s = nonempty = 0
+        for c in order:
+            want = cum_c < target or (ratio and np.sqrt(max(dc[i, c], 0)) <= p["visit_ratio"] * d0)
+            if p["max_visit"] and nonempty >= p["max_visit"]:
+                want = False
+            want |= cum_s < k
+            if cand[sidx[i], c] > 0:
+                out[i, c] = want
+                nonempty += 1
+            cum_c += cand[sidx[i], c]
+            cum_s += sure[sidx[i], c]
+    return out
+
+
+def test_cluster_visiting_rule_matches_a_query_by_query_reference():
+    # _choose_clusters ranks only the nearest T clusters when they hold enough rows (else 4x as many, ...): for
+    # these inputs that must visit exactly what walking every cluster in order would (the rule never wants a
+    # farther cluster once it has enough rows and k sure ones); batches mix queries that need more with ones that
+    # do not (a whole-array version once lost cluster 0 for the latter in such batches)
+    from shoal.index.osq_parts import _choose_clusters
+
+    rng = np.random.default_rng(11)
+    for trial in range(150):
+        nq, G, ns = int(rng.integers(1, 15)), int(rng.integers(1, 400)), int(rng.integers(1, 3))
+        dc = (rng.random((nq, G)) * 4).astype(np.float32)
+        cand = rng.integers(0, 5, (ns, G)) * (rng.random((ns, G)) < rng.random())
+        sure = np.minimum(cand, rng.integers(0, 5, (ns, G)))
+        sidx = rng.integers(0, ns, nq)
+        p = {"nprobe": int(rng.integers(1, 40)), "visit_ratio": 1.0, "max_visit": int(rng.choice([0, 3, 10]))}
+        k, pc, ratio = int(rng.integers(1, 20)), float(rng.uniform(0.5, 5)), bool(trial % 3)
+        got = _choose_clusters(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio=ratio)
+        want = _visit_reference(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio)
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
