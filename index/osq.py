@@ -422,8 +422,31 @@ class OSQIndex(Index):
         if mode not in ("auto", "exact", "multilevel"):
             raise InvalidArgument(f"mode must be auto, exact or multilevel, got {mode!r}")
         lv = self._level0_exact(q, k, p, expr, allowed, live, nlive, rotate_exact) if mode != "multilevel" else None
-        if lv is not None:
+        if isinstance(lv, Level0):
             return lv
+        if lv is not None:
+            # the planner chose levels 0-3 but the filter was already evaluated exactly: those statuses (sure or no,
+            # no maybe rows to re-check) serve the multi-level plan as well, instead of a second, three-valued pass
+            # over the attribute codes (mode="multilevel" still takes the codes, as a serverless allocator does)
+            status, sidx, nsure = lv
+            ns = status.shape[0]
+            nmaybe = np.zeros(ns, dtype=np.int64)
+            resolved = np.ones(ns, dtype=bool)
+            exact = False
+        else:
+            status, sidx, nsure, nmaybe, resolved, exact = self._status_from_codes(q, k, p, expr, allowed, live,
+                                                                                   nlive)
+        if exact or P == 0:
+            qrot = self._rotate_prepared(q) if rotate_exact else None
+            return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved,
+                          np.zeros((nq, P, 0), bool), q)
+        return self._level0_clusters(q, k, p, status, sidx, nsure, nmaybe, resolved, nlive)
+
+    def _status_from_codes(self, q, k, p, expr, allowed, live, nlive):
+        """Level 0's filter status from the attribute codes (three-valued), the plan, and the exact resolution of
+        the maybe rows where the plan is exact or a status row has fewer than ``k`` sure rows."""
+        nq, P = q.shape[0], self.nparts
+        mode = p["mode"]
         sure, maybe = self.filter_status(expr)
         if allowed is None or allowed.ndim == 1:
             keep = live if allowed is None else live & allowed
@@ -451,10 +474,11 @@ class OSQIndex(Index):
                 resolved[s] = True
                 nsure[s] += int(hit.sum())
                 nmaybe[s] = 0
-        if exact or P == 0:
-            qrot = self._rotate_prepared(q) if rotate_exact else None
-            return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved,
-                          np.zeros((nq, P, 0), bool), q)
+        return status, sidx, nsure, nmaybe, resolved, exact
+
+    def _level0_clusters(self, q, k, p, status, sidx, nsure, nmaybe, resolved, nlive) -> Level0:
+        """The multi-level plan's level 0 after the filter status: rotation, cluster ranking, clusters to visit."""
+        nq, P = q.shape[0], self.nparts
         qrot = self._rotate_prepared(q)
         # per-cluster counts of sure and maybe rows (status row x cluster, clusters numbered p * C + c)
         G = P * self.nclusters
@@ -476,10 +500,11 @@ class OSQIndex(Index):
 
     def _level0_exact(self, q, k, p, expr, allowed, live, nlive, rotate_exact) -> Level0 | None:
         """The exact plan straight from the exact attribute values when they are all in memory (a full index):
-        one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and, when it picks
-        the exact plan, the status; None when the values are not loaded (an allocator's level-0-only load decides
-        on the codes instead) or the planner picks the multi-level search (which runs on the codes: what its
-        processors see)."""
+        one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and the status.
+        Returns the exact plan's Level0; or ``(status uint8 (ns, n), sidx, nsure)`` when the planner picks the
+        multi-level search (which then runs on these exact statuses); or None when the values are not loaded (an
+        allocator's level-0-only load decides on the codes instead) or the range-index path chose the multi-level
+        search (rare: it only runs for predicates keeping <= 1/16 of the rows)."""
         names = () if expr is None else filters.attributes(expr)
         if any(name in self.kinds and self.columns.get(name) is None for name in names):
             return None
@@ -509,7 +534,7 @@ class OSQIndex(Index):
         status = sure.view(np.uint8).reshape(-1, n)
         nsure = row_counts(sure.reshape(-1, n))
         if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
-            return None
+            return status, sidx, nsure  # the multi-level plan, on these exact statuses
         ns = status.shape[0]
         qrot = self._rotate_prepared(q) if rotate_exact else None
         return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(ns, np.int64),
