@@ -427,3 +427,19 @@ def test_cluster_visiting_rule_matches_a_query_by_query_reference():
         got = _choose_clusters(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio=ratio)
         want = _visit_reference(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio)
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_multilevel_plan_on_exact_statuses_equals_exact_filtered_search(built, text):
+    # mode=auto with the exact values in memory: the planner (forced here by a tiny exact_below) sends the batch
+    # to levels 0-3, which then run on the exact filter statuses (no maybe rows) instead of the codes' three values
+    index, x, q, cols, ids = built
+    expr = None if text is None else filters.parse(text)
+    mask = filters.evaluate(expr, cols, N)
+    params = {**MAX, "mode": "auto", "exact_below": 1e-9, "level2": "exact"}
+    D, I = index.search(q, 10, filter=expr, params=params)
+    if mask.any():
+        assert index.last_stats["plan"] == "multilevel" and index.last_stats["maybe"] == 0
+    kd, ki = exact_filtered(x, q, ids, mask, 10, index.metric)
+    assert np.array_equal(I >= 0, ki >= 0)
+    np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-3)
