@@ -1189,18 +1189,20 @@ def range_candidates(pred: Predicate, col: Column) -> np.ndarray | None:
     else:
         return None
     order, keys = col.sorted_view()
+    np_err = np.errstate(over="ignore")  # the next float above the largest finite one is inf, as wanted here
     strict_lo = isinstance(pred, Compare) and pred.op == ">"
     strict_hi = isinstance(pred, Compare) and pred.op == "<"
     # below 2**53 in magnitude every int64 and float64 bound is exact in float64, so the bounds (and strictness)
     # hold as written; beyond, widen by one ulp and include the ends
-    if abs(lo) < _BIG_FLOAT or lo == -math.inf:
-        i0 = int(np.searchsorted(keys, lo, side="right" if strict_lo else "left"))
-    else:
-        i0 = int(np.searchsorted(keys, np.nextafter(lo, -math.inf), side="left"))
-    if abs(hi) < _BIG_FLOAT or hi == math.inf:
-        i1 = int(np.searchsorted(keys, hi, side="left" if strict_hi else "right"))
-    else:
-        i1 = int(np.searchsorted(keys, np.nextafter(hi, math.inf), side="right"))
+    with np_err:
+        if abs(lo) < _BIG_FLOAT or lo == -math.inf:
+            i0 = int(np.searchsorted(keys, lo, side="right" if strict_lo else "left"))
+        else:
+            i0 = int(np.searchsorted(keys, np.nextafter(lo, -math.inf), side="left"))
+        if abs(hi) < _BIG_FLOAT or hi == math.inf:
+            i1 = int(np.searchsorted(keys, hi, side="left" if strict_hi else "right"))
+        else:
+            i1 = int(np.searchsorted(keys, np.nextafter(hi, math.inf), side="right"))
     return order[i0:max(i0, i1)]
 
 

@@ -605,4 +605,11 @@ def test_range_candidates_decline_what_they_cannot_bound():
     assert F.range_candidates(Compare("x", "!=", 3), num) is None
     assert F.range_candidates(In("x", (1, 2)), num) is None
     assert F.range_candidates(Between("x", 5, 2), num).size == 0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # widening the largest float to inf must stay silent
+        biggest = float(np.finfo(np.float64).max)
+        got = F.range_candidates(Compare("x", "<=", biggest), F.NumericColumn(np.array([1.0, biggest, -biggest])))
+        assert sorted(got.tolist()) == [0, 1, 2]
     np.testing.assert_array_equal(np.sort(F.range_candidates(Between("x", 2, 4), num)), [2, 3, 4])
