@@ -498,7 +498,7 @@ class OSQIndex(Index):
         visit = clusters.any(axis=2)
         return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters, q)
 
-    def _level0_exact(self, q, k, p, expr, allowed, live, nlive, rotate_exact) -> Level0 | None:
+    def _level0_exact(self, q, k, p, expr, allowed, live, nlive, rotate_exact) -> Level0 | tuple | None:
         """The exact plan straight from the exact attribute values when they are all in memory (a full index):
         one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and the status.
         Returns the exact plan's Level0; or ``(status uint8 (ns, n), sidx, nsure)`` when the planner picks the
