@@ -429,9 +429,10 @@ def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tm
                 for k in ("coordinator", "allocator", "processor")}
         assert done == {"coordinator": 1, "allocator": 6, "processor": P}
         # two clients at once on one container: the second is refused (429) and retried with backoff; each
-        # coordinator call holds the container for 0.5 s so that the two calls overlap however fast a search is
+        # coordinator call holds the container for 2 s so that the two calls overlap however fast a search is and
+        # however late the second thread gets to its invoke on a loaded machine (0.5 s was once not enough in CI)
         slow = tmp_path / "slow-coordinator.json"
-        slow.write_text(json.dumps([{"role": "coordinator", "mode": "sleep", "seconds": 0.5}]))
+        slow.write_text(json.dumps([{"role": "coordinator", "mode": "sleep", "seconds": 2.0}]))
         with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint, "SHOAL_FAULTS_FILE": str(slow)}) as one:
             invokers = [LambdaInvoker(one.url, seed=i, base_delay=0.2, max_attempts=12) for i in range(2)]
             client.search(q, 10, index=store.uri, function="shoal", invoker=invokers[0], b=2, L=1)  # warm it
