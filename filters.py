@@ -1189,12 +1189,12 @@ def range_candidates(pred: Predicate, col: Column) -> np.ndarray | None:
     else:
         return None
     order, keys = col.sorted_view()
-    np_err = np.errstate(over="ignore")  # the next float above the largest finite one is inf, as wanted here
     strict_lo = isinstance(pred, Compare) and pred.op == ">"
     strict_hi = isinstance(pred, Compare) and pred.op == "<"
     # below 2**53 in magnitude every int64 and float64 bound is exact in float64, so the bounds (and strictness)
-    # hold as written; beyond, widen by one ulp and include the ends
-    with np_err:
+    # hold as written; beyond, widen by one ulp and include the ends (the float after the largest finite one is
+    # inf, as wanted, so that overflow is not an error)
+    with np.errstate(over="ignore"):
         if abs(lo) < _BIG_FLOAT or lo == -math.inf:
             i0 = int(np.searchsorted(keys, lo, side="right" if strict_lo else "left"))
         else:
