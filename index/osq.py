@@ -503,8 +503,7 @@ class OSQIndex(Index):
         one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and the status.
         Returns the exact plan's Level0; or ``(status uint8 (ns, n), sidx, nsure)`` when the planner picks the
         multi-level search (which then runs on these exact statuses); or None when the values are not loaded (an
-        allocator's level-0-only load decides on the codes instead) or the range-index path chose the multi-level
-        search (rare: it only runs for predicates keeping <= 1/16 of the rows)."""
+        allocator's level-0-only load decides on the codes instead)."""
         names = () if expr is None else filters.attributes(expr)
         if any(name in self.kinds and self.columns.get(name) is None for name in names):
             return None
@@ -516,7 +515,7 @@ class OSQIndex(Index):
         if expr is not None and (allowed is None or allowed.ndim == 1):
             lv = self._level0_indexed(q, k, p, expr, allowed, live, nlive, rotate_exact)
             if lv is not None:
-                return None if lv == "multilevel" else lv
+                return lv
         if expr is None:
             match = live.copy()  # the status below views it; the remembered live mask must stay unshared
         else:
@@ -546,8 +545,8 @@ class OSQIndex(Index):
         ``1 / INDEXED_BELOW`` of the rows: its candidate rows come from two binary searches in the column's sort
         order (:func:`filters.range_candidates`) and the whole filter is then evaluated exactly on them only,
         instead of over every row (at 390,000 rows and 0.1% selectivity ~0.3 ms of comparisons and ~0.1 ms of
-        mask scans per batch, a quarter of an exact-plan search). Returns the exact-plan Level0, ``"multilevel"``
-        when the planner prefers levels 0-3 for these counts, or None when no predicate qualifies."""
+        mask scans per batch, a quarter of an exact-plan search). Returns what :meth:`_level0_exact` returns, or None
+        when no predicate qualifies."""
         n = self.ntotal
         preds = list(expr.args) if isinstance(expr, filters.And) else [expr]
         best = None
@@ -567,10 +566,10 @@ class OSQIndex(Index):
         nsure = np.array([rows.size], dtype=np.int64)
         nq, P = q.shape[0], self.nparts
         sidx = np.zeros(nq, dtype=np.int64)
-        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
-            return "multilevel"
         status = np.zeros((1, n), dtype=np.uint8)
         status[0, rows] = K.STATUS_SURE
+        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
+            return status, sidx, nsure  # the multi-level plan, on these exact statuses
         qrot = self._rotate_prepared(q) if rotate_exact else None
         return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(1, np.int64),
                       np.ones(1, bool), np.zeros((nq, P, 0), bool), q, rows=[rows])
