@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .schema import AttributeStore, Schema, _grow
+from .attributes import AttributeStore, grow
+from .schema import Schema
 
 
 class Records:
@@ -51,9 +52,9 @@ class Records:
         keeps the tenants of a replaced record. Returns the ids whose old slot was killed."""
         m = ids.shape[0]
         lo, hi = self.n, self.n + m
-        self.ids = _grow(self.ids, hi, -1)
-        self.vectors = _grow(self.vectors, hi, 0.0)
-        self.alive = _grow(self.alive, hi, False)
+        self.ids = grow(self.ids, hi, -1)
+        self.vectors = grow(self.vectors, hi, 0.0)
+        self.alive = grow(self.alive, hi, False)
         self.ids[lo:hi] = ids
         self.vectors[lo:hi] = vectors
         self.alive[lo:hi] = True
@@ -188,9 +189,8 @@ class Records:
         return rec
 
     def memory_bytes(self) -> int:
-        n = self.n
         arrays = self.ids.nbytes + self.vectors.nbytes + self.alive.nbytes + self.attrs.memory_bytes()
         # dict entries ~100 bytes; sets ~ 200 bytes + 60 per member
         containers = 100 * len(self.slot_of) + sum(200 + 60 * len(t) for t in self.slot_tenants.values())
         containers += sum(200 + 60 * len(t) for t in self.tenant_slots.values())
-        return int(arrays + containers + 0 * n)
+        return int(arrays + containers)

@@ -21,15 +21,24 @@ class SearchStats:
     nscanned : int
         Rows considered (tail rows + index rows eligible for the queries), summed over queries.
     elapsed_ms : float
+    matched : int or None
+        Live records the query may return (those matching its filter and tenant): a result holds
+        ``min(k, matched)`` ids, never fewer. ``None`` where not reported (older servers).
+    exact_fallback : int
+        Queries the index answered with fewer than ``min(k, matched)`` results and the planner completed with an
+        exact scan of the matching records.
     """
 
     plan: str
     ndis: int
     nscanned: int
     elapsed_ms: float
+    matched: int | None = None
+    exact_fallback: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan, "ndis": self.ndis, "nscanned": self.nscanned, "elapsed_ms": self.elapsed_ms}
+        return {"plan": self.plan, "ndis": self.ndis, "nscanned": self.nscanned, "elapsed_ms": self.elapsed_ms,
+                "matched": self.matched, "exact_fallback": self.exact_fallback}
 
 
 @dataclass(frozen=True)

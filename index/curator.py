@@ -591,6 +591,10 @@ class CuratorIndex(Index):
                                self._vecs, self._ids, mask, mode, self.settings["hashes"], self.settings["branch"],
                                self._codes, self._sq[0], self._sq[1], rerank, tenant)
 
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        D, I, counts = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I, {"ndis": int(counts.sum())}
+
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """:meth:`search` that also returns the number of candidates scored per query (int64 (nq,))."""
         # like check_search, but the queries stay unnormalised: the kernel normalises them for cosine itself, so

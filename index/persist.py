@@ -107,3 +107,38 @@ def read_npy_rows(store, key: str, start: int, stop: int, header=None) -> np.nda
         return np.empty((0, *row_shape), dtype=dtype)
     data = store.get_range(key, offset + start * row_bytes, offset + stop * row_bytes)
     return np.frombuffer(data, dtype=dtype).reshape(stop - start, *row_shape)
+
+
+class MemoryStore:
+    """A dict-backed object store (same interface as the stores in :mod:`shoal.engine.store`): the scratch space of
+    :meth:`Index.copy <shoal.index.base.Index.copy>`, which copies an index through its own save and load."""
+
+    uri = "memory://"
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+
+    def get(self, key):
+        return self.objects[key]
+
+    def get_range(self, key, start, end):
+        return self.objects[key][start:end]
+
+    def put(self, key, data):
+        self.objects[key] = bytes(data)
+
+    def list(self, prefix=""):
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def delete(self, key):
+        self.objects.pop(key, None)
+
+    def size(self, key):
+        return len(self.objects[key])
+
+    def exists(self, key):
+        return key in self.objects
+
+    def local_path(self, key):
+        return None
+

@@ -176,7 +176,7 @@ def test_reopen_restores_everything(tmp_path, rng):
     before = col.search(q, k=7, filter='color != "blue"', tenant="t1")
     snap = col.get(np.arange(200))
     # reopen WITHOUT close (no final snapshot): the WAL must carry the writes
-    col.wal.close()
+    col._abandon()
     db2 = Database(path)
     col2 = db2.collection("c")
     after = col2.search(q, k=7, filter='color != "blue"', tenant="t1")
@@ -357,8 +357,8 @@ def test_compact_rebuilds_a_mostly_deleted_index(tmp_path, rng):
     col.upsert(np.arange(400), x)
     col.build()
     col.delete(np.arange(0, 300))
-    assert col._index.ntotal == 400
+    assert col._view.index.ntotal == 400
     info = col.compact()
-    assert col._index.ntotal == 100 and info["count"] == 100 and info["wal_bytes"] == 0
+    assert col._view.index.ntotal == 100 and info["count"] == 100 and info["wal_bytes"] == 0
     np.testing.assert_array_equal(col.search(x[350:353], k=1).ids[:, 0], [350, 351, 352])
     db.close()

@@ -119,7 +119,7 @@ class CollectionModel(RuleBasedStateMachine):
     @rule()
     def reopen_after_crash(self):
         # abandon the process state: no snapshot, no close; only the fsynced WAL (and earlier snapshots) remain
-        self.col.wal.close()
+        self.col._abandon()
         self.col._closed = True
         self.db._open.clear()
         self.db = Database(self.dir)
