@@ -169,10 +169,20 @@ class LocalStore(ObjectStore):
         return sorted(out)
 
     def delete(self, key):
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
+        # prune directories the delete emptied (a deleted generation leaves none behind), never the top level
+        top = os.path.join(self.root, key.split("/", 1)[0])
+        parent = os.path.dirname(path)
+        while parent.startswith(top + os.sep):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
 
     def size(self, key):
         try:

@@ -23,10 +23,13 @@ import numpy as np
 
 from ..engine.results import SearchResult, SearchStats
 from ..errors import DeadlineExceeded, InvalidArgument, backoff_delay
+from ..index.validate import check_k
 from . import codec
 from .errors import Unavailable, error_from_rpc
 from .proto.shoal.v1 import shoal_pb2 as pb
 from .proto.shoal.v1 import shoal_pb2_grpc as pb_grpc
+
+MAX_UINT32 = 2 ** 32 - 1
 
 DEFAULT_MAX_MESSAGE = 64 << 20
 #: upsert batches aim at this many bytes per message (well under the default 64 MiB limit)
@@ -233,6 +236,9 @@ class Client:
         ``filter``: expression string or JSON AST dict; ``params``: per-query index settings (``nprobe``, ...);
         ``attributes``: True for all, or the names to return with each hit.
         """
+        k = check_k(k)
+        if k > MAX_UINT32:
+            raise InvalidArgument(f"k = {k} is too large (the server's max_k applies, default 10,000)")
         data, nq, d = codec.pack_vectors(queries)
         req = pb.SearchRequest(collection=collection, queries=data, k=k, tenant=tenant or "", dim=d,
                                params=codec.to_params(params))
@@ -252,7 +258,8 @@ class Client:
             attrs = [flat[i * resp.k:(i + 1) * resp.k] for i in range(resp.nq)]
         s = resp.stats
         return SearchResult(ids=ids, scores=scores, score_kind=resp.score_kind, attrs=attrs,
-                            stats=SearchStats(plan=s.plan, ndis=s.ndis, nscanned=s.nscanned, elapsed_ms=s.elapsed_ms))
+                            stats=SearchStats(plan=s.plan, ndis=s.ndis, nscanned=s.nscanned, elapsed_ms=s.elapsed_ms,
+                                              matched=s.matched, exact_fallback=s.exact_fallback))
 
     # ------------------------------------------------------------------ tenants
     def grant(self, collection: str, ids, tenant: str) -> int:

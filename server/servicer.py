@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 
 from ..errors import Cancelled, DeadlineExceeded, DimensionMismatch, InvalidArgument, NotFound, PermissionDenied
+from ..engine.planner import check_limits
 from . import codec
 from .auth import KeyRing, Principal
 from .errors import Unavailable, abort
@@ -446,6 +447,7 @@ class SearchServicer(_Base, pb_grpc.SearchServicer):
         if request.dim and request.dim != d:
             raise DimensionMismatch(f"queries: dimension {request.dim} does not match the collection's dimension {d}")
         q = codec.unpack_vectors(request.queries, d, name="queries")
+        check_limits(q.shape[0], int(request.k), col.max_k, col.max_results)  # before anything is allocated
         if request.all_attributes:
             include = True
         elif len(request.attributes):
@@ -471,7 +473,9 @@ def search_response(parts: list, include) -> pb.SearchResponse:
         scores=codec.pack_array(np.concatenate([r.scores for r in parts]), codec.F32), score_kind=parts[0].score_kind,
         stats=pb.SearchStats(plan=stats[0].plan, ndis=sum(int(s.ndis) for s in stats),
                              nscanned=sum(int(s.nscanned) for s in stats),
-                             elapsed_ms=sum(float(s.elapsed_ms) for s in stats)))
+                             elapsed_ms=sum(float(s.elapsed_ms) for s in stats),
+                             matched=int(stats[0].matched or 0),
+                             exact_fallback=sum(int(s.exact_fallback) for s in stats)))
     if include:
         wanted = set(include) if isinstance(include, list) else None
         for r in parts:

@@ -361,6 +361,52 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, 
         still_serving()
 
 
+def test_k_is_bounded_at_the_client_and_the_server(server, rng):
+    ids, x, _ = make_points(rng, 100)
+    with server.client("ro") as ro, server.client("admin") as c:
+        c.create_collection("limits", DIM)
+        c.upsert("limits", ids, x)
+        for k in (-1, 0, 2.5, True, 2 ** 40):  # refused by the client before anything is serialised or sent
+            with pytest.raises(errors.InvalidArgument):
+                ro.search("limits", x[:1], k=k)
+        t0 = time.perf_counter()
+        with pytest.raises(errors.InvalidArgument, match="max_k"):
+            ro.search("limits", x[:1], k=5 * 10 ** 7)  # any read-only key: refused before the server allocates
+        with pytest.raises(errors.InvalidArgument, match="max_results"):
+            ro.search("limits", np.repeat(x[:1], 1000, axis=0), k=10_000)
+        assert time.perf_counter() - t0 < 5.0
+        res = ro.search("limits", x[:2], k=10_000)  # within both limits: padded, and the stats say how many match
+        assert res.ids.shape == (2, 10_000) and (res.ids[:, :100] >= 0).all() and (res.ids[:, 100:] < 0).all()
+        assert res.stats.matched == 100 and res.stats.exact_fallback == 0
+
+
+def test_drop_during_a_grpc_build_cancels_it_and_the_collection_stays_dropped(tmp_path, rng):
+    srv = Server(tmp_path / "dropbuild")
+    try:
+        with srv.client() as c:
+            c.create_collection("docs", DIM, index="IVF64,PQ4x8")
+            x = rng.standard_normal((60_000, DIM)).astype(np.float32)
+            c.upsert("docs", np.arange(60_000), x)
+            op = c.build("docs")
+            assert c.drop_collection("docs")
+            final = c.get_operation(op["id"])
+            for _ in range(600):
+                if final["finished_at"]:
+                    break
+                time.sleep(0.1)
+                final = c.get_operation(op["id"])
+            assert final["finished_at"] and final["state"] == "FAILED" and "CANCELLED" in final["error"], final
+            assert "docs" not in c.list_collections()
+        assert srv.terminate() == 0
+        srv = Server(tmp_path / "dropbuild")  # after a restart too: nothing brought it back
+        with srv.client() as c:
+            assert "docs" not in c.list_collections()
+            with pytest.raises(errors.NotFound):
+                c.count("docs")
+    finally:
+        srv.terminate()
+
+
 # ---------------------------------------------------------------------------------------------------- concurrency
 def test_concurrent_writers_and_readers_lose_no_acknowledged_write(server, rng):
     threads, rounds, per = 8, 12, 25
