@@ -348,7 +348,7 @@ def cmd_build(args) -> int:
 
 def copy_collection(data: str, name: str, uri: str) -> str:
     """Copy a closed collection's MANIFEST and current snapshot (not its WAL) to another store."""
-    from .engine.store import LocalStore, open_store
+    from .storage import LocalStore, open_store
 
     src = LocalStore(data).child(name)
     dst = open_store(uri)

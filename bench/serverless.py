@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     if args.nb is None and not args.quick:
         args.nb = 100_000
     from shoal import filters
-    from shoal.engine.store import S3Store
+    from shoal.storage import S3Store
     from shoal.index.osq import OSQIndex
     from shoal.index.persist import load_meta
     from shoal.serverless.emulator import Emulator, start_moto_server

@@ -4,7 +4,7 @@ from .collection import BuildJob, Collection, FilterAttributeError, FilterError
 from .database import Database
 from .results import SearchResult, SearchStats
 from .schema import Schema
-from .store import LocalStore, ObjectStore, S3Store, open_store
+from ..storage import LocalStore, ObjectStore, S3Store, open_store
 from .wal import WALWarning
 
 __all__ = ["Database", "Collection", "SearchResult", "SearchStats", "Schema", "BuildJob", "FilterError", "FilterAttributeError",

@@ -14,7 +14,7 @@ Concurrency model
 
 Durability
 ----------
-Store layout (through :class:`~shoal.engine.store.ObjectStore`, prefix = collection name)::
+Store layout (through :class:`~shoal.storage.ObjectStore`, prefix = collection name)::
 
     MANIFEST                      JSON, replaced atomically: config, generation, lsn, snapshot prefix
     gen-00000007/records/...      snapshot of live records (save_arrays): ids, vectors, attributes, tenants, row_slot

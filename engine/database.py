@@ -21,7 +21,7 @@ from ..index.validate import check_metric
 from .collection import (DEFAULT_EXACT_THRESHOLD, DEFAULT_SNAPSHOT_WAL_BYTES, DEFAULT_TAIL_LIMIT, FORMAT_VERSION,
                          Collection)
 from .schema import Schema
-from .store import LocalStore, ObjectStore, open_store
+from ..storage import LocalStore, ObjectStore, open_store
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 

@@ -163,7 +163,7 @@ class WriteAheadLog:
                 raise FailedPrecondition(f"{path} is locked: the collection is open for writing in another "
                                          "process (open it read-only, or close the other process)") from None
             if not existed:
-                from .store import fsync_dir
+                from ..storage import fsync_dir
 
                 fsync_dir(directory)
             self._size = os.fstat(self._fd).st_size

@@ -133,7 +133,7 @@ def store_for(uri):
     with _STORES_LOCK:
         store = _STORES.get(uri)
         if store is None:
-            from ..engine.store import open_store
+            from ..storage import open_store
 
             store = _STORES[uri] = open_store(uri)
         return store

@@ -82,7 +82,7 @@ def collection_arrays(col) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def cmd_push(args) -> int:
     from ..engine import Database
-    from ..engine.store import open_store
+    from ..storage import open_store
     from .partitioned import FlatBackend, KMeansBackend
 
     db = Database(args.data, read_only=True)

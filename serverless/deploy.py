@@ -124,13 +124,13 @@ def deploy(spec: DeploySpec, *, endpoint_url: str | None = None, region: str | N
     """Create or update the bucket and functions; returns ``{"bucket", "functions": [{name, arn, action}]}``."""
     from botocore.exceptions import ClientError
 
-    from ..engine.store import aws_client
+    from ..storage import aws_client
 
     spec.check()
     lam = lambda_client or aws_client("lambda", endpoint_url, region)
     report: dict = {"bucket": None, "functions": []}
     if spec.bucket:
-        from ..engine.store import S3Store
+        from ..storage import S3Store
 
         S3Store(spec.bucket, endpoint_url=endpoint_url, client=s3_client or aws_client(
             "s3", endpoint_url, region)).ensure_bucket()

@@ -111,7 +111,7 @@ class LambdaInvoker(Invoker):
                 if self._client is None:
                     from botocore.config import Config
 
-                    from ..engine.store import aws_client
+                    from ..storage import aws_client
 
                     cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=self.read_timeout,
                                  connect_timeout=10, max_pool_connections=64)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shoal.engine import Database
-from shoal.engine.store import S3Store
+from shoal.storage import S3Store
 from shoal.errors import (AlreadyExists, DimensionMismatch, FailedPrecondition, InvalidArgument, NotFound,
                           SchemaError)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoal.engine.store import LocalStore
+from shoal.storage import LocalStore
 from shoal.errors import FailedPrecondition, InvalidArgument
 from shoal.index import describe, index_factory, load_index
 from shoal.index.flat import exact_search

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shoal import filters
-from shoal.engine.store import LocalStore, S3Store
+from shoal.storage import LocalStore, S3Store
 from shoal.errors import InvalidArgument
 from shoal.index.factory import describe, index_factory, load_index
 from shoal.index.osq import OSQIndex

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from shoal.engine.store import LocalStore, S3Store
+from shoal.storage import LocalStore, S3Store
 from shoal.errors import InvalidArgument, ResourceExhausted
 from shoal.index.flat import exact_search
 from shoal.serverless import client
