@@ -211,14 +211,6 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def add_serve(sub) -> None:
-    """Register ``shoal serve`` on the CLI's sub-parsers."""
-    p = sub.add_parser("serve", help="serve collections over gRPC (loopback by default)",
-                       description=__doc__.split("\n\n")[0] + " See docs/grpc.md.")
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
 class LocalServer:
     """A ``shoal serve`` child process on a free loopback port (for demos, benchmarks and tests).
 
