@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     from shoal.index.persist import load_meta
     from shoal.serverless.emulator import Emulator, start_moto_server
     from shoal.serverless.osq_backend import OSQBackend
-    from shoal.serverless.partitioned import search_inprocess
+    from shoal.serverless.backends import search_inprocess
 
     ds = dataset_from_args(args)
     x, q = ds.get_database(), ds.get_queries()

@@ -21,7 +21,7 @@ from ..errors import InvalidArgument
 HANDLER = "shoal.serverless.handler.handler"
 RUNTIME = "python3.11"
 #: package folders that go into the zip (tests, bench and the virtualenv stay out)
-_PACKAGE_DIRS = ("engine", "index", "quantization", "serverless", "server")
+_PACKAGE_DIRS = ("engine", "filters", "index", "quantization", "serverless", "server", "storage")
 
 
 @dataclass
@@ -79,9 +79,8 @@ class DeploySpec:
 
 
 def package_root() -> str:
-    from .. import __file__ as pkg_init
-
-    return os.path.dirname(os.path.abspath(pkg_init))
+    """The directory of the ``shoal`` package (this module's grandparent: no import of the package root)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_zip(root: str | None = None) -> bytes:

@@ -67,6 +67,10 @@ def _worker_main(conn, handler_path: str, env: dict, name: str, memory_mb: int, 
     os.environ.update(env)
     module, _, attr = handler_path.rpartition(".")
     handler = getattr(importlib.import_module(module), attr)
+    if os.environ.get("SHOAL_FAULTS_FILE"):  # tests and chaos drills: the handler itself never reads faults
+        from . import faults
+
+        faults.install()
     while True:
         try:
             msg = conn.recv()

@@ -28,7 +28,7 @@ from ..errors import InvalidArgument
 from ..index.flat import exact_search
 from ..index.topk import empty_result
 from .cache import PrefetchedStore, Reader, RemoteRows
-from .partitioned import new_version, register_backend, write_manifest
+from .manifest import new_version, write_manifest
 
 STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at import of the router)
 
@@ -155,7 +155,6 @@ class OSQProcessor:
         return D, I
 
 
-@register_backend("osq")
 class OSQBackend:
     """Serverless layout and roles for :class:`~shoal.index.osq.OSQIndex`."""
 

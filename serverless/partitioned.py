@@ -1,104 +1,18 @@
-"""A partitioned index in an object store, in the layout the serverless fan-out reads.
-
-Layout under the index prefix::
-
-    manifest.json                       {"current": VERSION}  (the pointer, written last, atomically)
-    versions/VERSION/manifest.json      the full manifest: kind, d, metric, partition counts, backend settings
-    versions/VERSION/...                the backend's data (router data for allocators, one folder per partition)
-
-Everything under ``versions/VERSION/`` is immutable: a rebuild writes a new version and then moves the pointer, so a
-search that resolved a version once (the coordinator does, and passes it down the tree) never mixes versions, and
-container caches keyed by version never serve stale data.
-
-A *backend* implements three things for one index kind:
-
-- ``router(reader)`` -> object with ``route(q, k, params, filter) -> {partition: (query_rows int64, extra dict)}``:
-  level 0, run by allocators over data they cache (e.g. centroids).
-- ``partition(reader, p)`` -> object with ``search(q, k, params, filter, extra) -> (D, I)``: the processors' work.
-- ``build(...)``: writes the data of a new version.
-
-Backends: ``flat`` (exact search per k-means partition) and ``kmeans`` (k-means partitions each holding an index of
-any kind, e.g. IVF-PQ) here; ``osq`` in :mod:`.osq_backend`.
+"""The ``flat`` and ``kmeans`` serverless backends: k-means partitions of the vectors, each searched exactly or by its
+own index. The layout and versioning under the index prefix are :mod:`.manifest`'s; the backend protocol is described
+in :mod:`.backends`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from typing import Any
-
 import numpy as np
 
-from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..errors import InvalidArgument
 from ..index.flat import FlatIndex
 from ..index.persist import load_arrays, save_arrays
-from ..index.topk import empty_result, merge_topk
-from ..index.validate import as_vectors, check_k, check_metric, normalize_rows
+from ..index.validate import as_vectors, check_metric, normalize_rows
 from .cache import Reader
-
-MANIFEST_FORMAT = "shoal-partitioned"
-MANIFEST_VERSION = 1
-
-BACKENDS: dict[str, Any] = {}
-
-
-def register_backend(name: str):
-    def deco(cls):
-        BACKENDS[name] = cls
-        return cls
-    return deco
-
-
-def get_backend(kind: str):
-    if kind not in BACKENDS and kind == "osq":
-        from . import osq_backend  # noqa: F401  (registers itself)
-    if kind not in BACKENDS:
-        raise InvalidArgument(f"unknown partitioned index kind {kind!r}; known: {sorted(BACKENDS) + ['osq']}")
-    return BACKENDS[kind]
-
-
-def new_version() -> str:
-    """A sortable, unique version name: UTC time plus random hex."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:10]
-
-
-def write_manifest(store, manifest: dict) -> None:
-    """Write the version's manifest, then move the pointer to it (the commit point)."""
-    version = manifest["version"]
-    full = dict(manifest, format=MANIFEST_FORMAT, format_version=MANIFEST_VERSION)
-    store.put(f"versions/{version}/manifest.json", json.dumps(full, indent=1, sort_keys=True).encode())
-    store.put("manifest.json", json.dumps({"current": version}).encode())
-
-
-def current_version(store) -> str:
-    try:
-        pointer = json.loads(store.get("manifest.json"))
-    except NotFound:
-        raise NotFound(f"no partitioned index at {store.uri} (manifest.json missing; run `shoal push` first)") from None
-    return pointer["current"]
-
-
-def read_manifest(store, version: str | None = None) -> dict:
-    """Read the manifest of ``version`` (the current one when ``None``) and check its format."""
-    version = version or current_version(store)
-    try:
-        manifest = json.loads(store.get(f"versions/{version}/manifest.json"))
-    except NotFound:
-        raise NotFound(f"index version {version!r} not found at {store.uri}") from None
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
-        raise FailedPrecondition(f"{store.uri}: unsupported manifest format "
-                                 f"{manifest.get('format')!r} v{manifest.get('format_version')}")
-    return manifest
-
-
-def list_versions(store) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list("versions") if k.endswith("/manifest.json")})
-
-
-def cached_manifest(reader: Reader) -> dict:
-    return reader.cached("manifest.json", lambda: read_manifest(reader.store, reader.version))
-
+from .manifest import new_version, write_manifest
 
 # ---------------------------------------------------------------------------------------------------- k-means
 
@@ -227,7 +141,6 @@ class FlatPartition:
         return self.index.memory_bytes()
 
 
-@register_backend("flat")
 class FlatBackend:
     """Exact search inside k-means partitions; the routing setting ``nprobe`` trades recall for work."""
 
@@ -266,7 +179,6 @@ class IndexPartition:
         return self.index.memory_bytes()
 
 
-@register_backend("kmeans")
 class KMeansBackend:
     """k-means partitions, each with its own index built from a factory string (e.g. ``IVF64,PQ8x8``): the way to
     fan out any index kind. ``visit`` (partitions per query, default all) is the routing setting; other settings
@@ -295,41 +207,3 @@ class KMeansBackend:
         from ..index.factory import load_index
 
         return reader.cached(f"p{p}", lambda: IndexPartition(load_index(reader.store, reader.key(f"p{p}"))))
-
-
-# ---------------------------------------------------------------------------------------------------- searching
-
-
-def check_partition(manifest: dict, p: int) -> int:
-    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < manifest["n_partitions"]:
-        raise InvalidArgument(f"partition {p!r} is outside 0..{manifest['n_partitions'] - 1}")
-    return int(p)
-
-
-def scatter(parts_rows: np.ndarray, D: np.ndarray, I: np.ndarray, nq: int, k: int):
-    """Place a partition's results for the queries ``parts_rows`` into padded ``(nq, k)`` arrays."""
-    fD, fI = empty_result(nq, k)
-    w = min(k, D.shape[1])
-    fD[parts_rows, :w] = D[:, :w]
-    fI[parts_rows, :w] = I[:, :w]
-    return fD, fI
-
-
-def search_inprocess(store, q, k: int, *, params=None, filter=None, version: str | None = None,
-                     reader: Reader | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search a partitioned index in this process: the same routing, partition searches and merge as the tree.
-
-    The serverless fan-out must return exactly this.
-    """
-    reader = reader or Reader(store, version or current_version(store))
-    manifest = cached_manifest(reader)
-    backend = get_backend(manifest["kind"])
-    q = as_vectors(q, manifest["d"], name="queries")
-    k = check_k(k)
-    params = dict(params or {})
-    routes = backend.router(reader, manifest).route(q, k, params, filter)
-    parts = [empty_result(q.shape[0], k)]
-    for p, (rows, extra) in sorted(routes.items()):
-        D, I = backend.partition(reader, manifest, p).search(q[rows], k, params, filter, extra)
-        parts.append(scatter(rows, D, I, q.shape[0], k))
-    return merge_topk(parts, k)
