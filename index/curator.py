@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..quantization.kmeans import assign, kmeans
 from . import _curator_kernels as K
 from . import _curator_search_kernels as KS
 from .base import Index, array_bytes
@@ -46,7 +47,8 @@ def _pow2(n: int) -> int:
 
 
 def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
-    """Hierarchical k-means (faiss, seeded) in breadth-first order; children of a node are contiguous.
+    """Hierarchical k-means (:func:`~shoal.quantization.kmeans.kmeans`, seeded) in breadth-first order; children of a
+    node are contiguous.
 
     Parameters
     ----------
@@ -59,8 +61,6 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
     cent float32 (N, d), var float32 (N,) (mean squared distance of members to the centroid), child_lo, child_hi,
     parent, depth int32 (N,)
     """
-    import faiss
-
     d = x.shape[1]
     cents, vars_, parents, depths = [], [], [], []
     lo: list[int] = []
@@ -86,12 +86,8 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
             continue
         sub = x[members]
         nc = min(branch, members.size)
-        km = faiss.Kmeans(d, nc, niter=niter, seed=seed + nid, verbose=False, max_points_per_centroid=256,
-                       min_points_per_centroid=1)
-        km.train(sub)
-        _, assign = km.index.search(sub, 1)
-        assign = assign[:, 0]
-        groups = [members[assign == j] for j in range(nc)]
+        near = assign(sub, kmeans(sub, nc, niter=niter, seed=seed + nid))
+        groups = [members[near == j] for j in range(nc)]
         groups = [g for g in groups if g.size]
         if len(groups) < 2:  # identical points: k-means cannot split them
             continue

@@ -11,58 +11,24 @@ from ..errors import InvalidArgument
 from ..index.flat import FlatIndex
 from ..index.persist import load_arrays, save_arrays
 from ..index.validate import as_vectors, check_metric, normalize_rows
+from ..quantization.kmeans import assign, kmeans
 from .cache import Reader
 from .manifest import new_version, write_manifest
 
 # ---------------------------------------------------------------------------------------------------- k-means
 
 
-def kmeans(x: np.ndarray, n: int, *, iters: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Plain Lloyd k-means (squared L2). Returns ``(centroids float32 (n, d), assignment int64 (N,))``.
-
-    Empty clusters are re-seeded from the point farthest from its centroid, so every partition gets rows.
-    """
-    N = x.shape[0]
-    if n > N:
-        raise InvalidArgument(f"cannot make {n} partitions of {N} vectors")
-    rng = np.random.default_rng(seed)
-    cent = x[rng.choice(N, n, replace=False)].astype(np.float32).copy()
-    assign = np.zeros(N, dtype=np.int64)
-    for _ in range(iters):
-        dist, assign = nearest(x, cent)
-        counts = np.bincount(assign, minlength=n)
-        for c in np.flatnonzero(counts == 0):
-            far = int(np.argmax(dist))
-            cent[c] = x[far]
-            assign[far] = c
-            dist[far] = 0.0
-        sums = np.zeros_like(cent, dtype=np.float64)
-        np.add.at(sums, assign, x)
-        counts = np.bincount(assign, minlength=n)
-        cent = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    return cent, assign
-
-
-def nearest(x: np.ndarray, cent: np.ndarray, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distance to, and index of, the nearest centroid: ``(float32 (N,), int64 (N,))``."""
-    cn = np.einsum("ij,ij->i", cent, cent)
-    dist = np.empty(x.shape[0], dtype=np.float32)
-    assign = np.empty(x.shape[0], dtype=np.int64)
-    for s in range(0, x.shape[0], block):
-        xb = x[s:s + block]
-        d = cn[None, :] - 2.0 * (xb @ cent.T)
-        a = np.argmin(d, axis=1)
-        assign[s:s + block] = a
-        dist[s:s + block] = np.maximum(d[np.arange(xb.shape[0]), a] + np.einsum("ij,ij->i", xb, xb), 0.0)
-    return dist, assign
-
-
 def partition_rows(x: np.ndarray, n_partitions: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """k-means partitions of ``x``: ``(centroids, [rows of partition p])``."""
+    """k-means partitions of ``x`` (12 iterations over at most 50,000 of its rows): ``(centroids, [rows of
+    partition p])``."""
+    if n_partitions > x.shape[0]:
+        raise InvalidArgument(f"cannot make {n_partitions} partitions of {x.shape[0]} vectors")
     sample = x if x.shape[0] <= 50_000 else x[np.random.default_rng(seed).choice(x.shape[0], 50_000, replace=False)]
-    cent, _ = kmeans(sample, n_partitions, seed=seed)
-    assign = nearest(x, cent)[1]
-    return cent, [np.flatnonzero(assign == p) for p in range(n_partitions)]
+    # the whole sample trains (faiss would otherwise subsample to 256 points per centroid)
+    cent = kmeans(sample, n_partitions, niter=12, seed=seed,
+                  max_points_per_centroid=max(256, -(-sample.shape[0] // n_partitions)))
+    part = assign(x, cent)
+    return cent, [np.flatnonzero(part == p) for p in range(n_partitions)]
 
 
 # ---------------------------------------------------------------------------------------------------- flat backend
