@@ -944,7 +944,7 @@ def level3(rows_in, ok, qrot, vectors, metric, k, out_d, out_r):
 @njit(cache=True)
 def walk_clusters(order, complete, dc, sure, cand, sidx, rows, k, target, visit_ratio, max_visit, use_ratio, out,
                   need):
-    """Level 0's visiting rule (see ``index.osq_parts._choose_clusters``) along each query's nearest clusters.
+    """Level 0's visiting rule (see ``index.osq_planner.choose_clusters``) along each query's nearest clusters.
 
     Parameters
     ----------

@@ -36,9 +36,9 @@ STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at 
 def _expr(filter):
     if filter is None:
         return None
-    from ..index.osq import _as_expr
+    from ..index.osq_columns import as_expr
 
-    return _as_expr(filter)
+    return as_expr(filter)
 
 
 class OSQRouter:
@@ -110,10 +110,10 @@ class CachedPartition:
         self.vectors_header = vectors_header
 
     def memory_bytes(self) -> int:
-        from ..index.osq_parts import _col_nbytes
+        from ..index.osq_columns import col_nbytes
 
         p = self.part
-        return int(sum(a.nbytes for a in p.arrays()) + sum(_col_nbytes(c) for c in p.columns.values()) + 4096)
+        return int(sum(a.nbytes for a in p.arrays()) + sum(col_nbytes(c) for c in p.columns.values()) + 4096)
 
 
 class OSQProcessor:
