@@ -153,8 +153,3 @@ def delete_spill(store_uri: str | None, key: str | None) -> None:
             _open(store_uri).delete(key)
         except Exception:  # noqa: BLE001  (cleanup is best effort; a lifecycle rule on _spill/ catches leftovers)
             pass
-
-
-def size_of(encoded: Any) -> int:
-    """Bytes of the JSON form of an encoded payload."""
-    return len(json.dumps(encoded, separators=(",", ":")).encode())
