@@ -19,13 +19,15 @@ import json
 import os
 import time
 
+from .. import config
+
 
 class InjectedFault(RuntimeError):
     pass
 
 
 def _specs() -> list[tuple[int, dict]]:
-    path = os.environ.get("SHOAL_FAULTS_FILE")
+    path = config.faults_file()
     if not path or not os.path.exists(path):
         return []
     with open(path) as f:
@@ -49,7 +51,7 @@ def _fire(path: str, i: int, spec: dict) -> bool:
 
 def matching(role: str, partition: int | None = None, node: int | None = None) -> dict | None:
     """The first spec that matches this invocation and may still fire (counting the firing), else ``None``."""
-    path = os.environ.get("SHOAL_FAULTS_FILE")
+    path = config.faults_file()
     for i, spec in _specs():
         if spec.get("role", role) != role:
             continue

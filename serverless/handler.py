@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import DeadlineExceeded, InvalidArgument, ShoalError
 from ..index.topk import empty_result, merge_topk
 from ..index.validate import as_vectors, check_k
@@ -383,7 +384,7 @@ def run_coordinator(event: dict, context) -> dict:
     """Resolve the version, build the context, run the tree from node 0, check every partition is covered."""
     t0 = time.perf_counter()
     _fault("coordinator")
-    index = event.get("index") or os.environ.get("SHOAL_INDEX")
+    index = event.get("index") or config.default_index()
     if not isinstance(index, str) or not index:
         raise InvalidArgument("coordinator payload needs 'index' (the index's store URI), or set $SHOAL_INDEX")
     store = store_for(index)
@@ -435,7 +436,7 @@ def handler(event, context=None):
     body = decode(event)
     if role == "coordinator":
         out = run_coordinator(body, context)
-        uri = body.get("index") or os.environ.get("SHOAL_INDEX")
+        uri = body.get("index") or config.default_index()
     else:
         ctx = check_ctx(body.get("ctx"))
         uri = ctx["index"]

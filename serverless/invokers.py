@@ -13,13 +13,13 @@ travel either way. Errors:
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
 from collections import Counter
 from typing import Any
 
+from .. import config
 from ..errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, ShoalError, backoff_delay
 
 THROTTLE_CODES = {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded",
@@ -93,7 +93,7 @@ class LambdaInvoker(Invoker):
         super().__init__()
         if max_attempts < 1:
             raise InvalidArgument("max_attempts must be >= 1")
-        self.endpoint_url = endpoint_url or os.environ.get("SHOAL_LAMBDA_ENDPOINT") or None
+        self.endpoint_url = endpoint_url or config.lambda_endpoint()
         self.region = region
         self.max_attempts = max_attempts
         self.base_delay = base_delay

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 import zlib
 from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import InvalidArgument
 
 #: AWS Lambda's synchronous payload limit, each way (6 MB)
@@ -29,8 +29,8 @@ _COMPRESS_MIN = 512
 def payload_limit() -> int:
     """Bytes above which payloads are spilled: ``$SHOAL_PAYLOAD_LIMIT`` (for tests), else the Lambda limit less a
     margin for the envelope."""
-    env = os.environ.get("SHOAL_PAYLOAD_LIMIT")
-    return int(env) if env else LAMBDA_PAYLOAD_LIMIT - 16 * 1024
+    limit = config.payload_limit()
+    return limit if limit is not None else LAMBDA_PAYLOAD_LIMIT - 16 * 1024
 
 
 def encode(obj: Any) -> Any:

@@ -6,6 +6,7 @@ import os
 import threading
 import uuid
 
+from .. import config
 from ..errors import InvalidArgument, NotFound
 from .aws import aws_client
 from .base import ObjectStore, check_key
@@ -29,7 +30,7 @@ class S3Store(ObjectStore):
             raise InvalidArgument("S3 store needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url or os.environ.get("SHOAL_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint_url = endpoint_url or config.s3_endpoint()
         self._client = client
         self._lock = threading.Lock()
         self.cache_dir = cache_dir
