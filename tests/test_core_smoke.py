@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shoal.storage import LocalStore, S3Store
 from shoal.index import index_factory, load_index
+from shoal.storage import LocalStore, S3Store
 
 
 def test_flat_roundtrip_on_s3(s3_bucket, rng):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from shoal import filters
-from shoal.storage import LocalStore, S3Store
 from shoal.errors import InvalidArgument
 from shoal.index.factory import describe, index_factory, load_index
 from shoal.index.osq import OSQIndex
 from shoal.index.topk import merge_topk
+from shoal.storage import LocalStore, S3Store
 
 N, DIM = 3000, 16
 MAX = {"nprobe": 64, "keep_frac": 1.0, "keep_min": 10**6, "rerank": 10**6, "mode": "multilevel"}
