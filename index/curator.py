@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
-from ..quantization.kmeans import assign, kmeans
+from ..quantization.kmeans import kmeans_with_labels
 from . import _curator_kernels as K
 from . import _curator_search_kernels as KS
 from .base import Index, array_bytes
@@ -47,8 +47,8 @@ def _pow2(n: int) -> int:
 
 
 def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
-    """Hierarchical k-means (:func:`~shoal.quantization.kmeans.kmeans`, seeded) in breadth-first order; children of a
-    node are contiguous.
+    """Hierarchical k-means (:func:`~shoal.quantization.kmeans.kmeans_with_labels`, seeded) in breadth-first order;
+    children of a node are contiguous.
 
     Parameters
     ----------
@@ -86,7 +86,7 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
             continue
         sub = x[members]
         nc = min(branch, members.size)
-        near = assign(sub, kmeans(sub, nc, niter=niter, seed=seed + nid))
+        _, near = kmeans_with_labels(sub, nc, niter=niter, seed=seed + nid)
         groups = [members[near == j] for j in range(nc)]
         groups = [g for g in groups if g.size]
         if len(groups) < 2:  # identical points: k-means cannot split them

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shoal.errors import InvalidArgument
-from shoal.quantization.kmeans import (assign, balanced_kmeans, capped_assign, capped_kmeans, kmeans, sq_distances,
-                                      usage_entropy)
+from shoal.quantization.kmeans import (assign, balanced_kmeans, capped_assign, capped_kmeans, kmeans,
+                                      kmeans_with_labels, sq_distances, usage_entropy)
 from shoal.quantization.sinkhorn import imbalance, sinkhorn_assign
 
 
@@ -124,3 +124,15 @@ def test_capped_kmeans_holds_every_cluster_to_its_capacity():
     assert np.mean(got == d.argmin(1)) > 0.5
     with pytest.raises(InvalidArgument):
         capped_kmeans(x[:3], k, cap)
+
+
+def test_kmeans_with_labels_gives_the_centroids_of_kmeans_and_each_point_its_nearest():
+    x = skewed(2000, 6, 4)
+    cent, lab = kmeans_with_labels(x, 12, seed=5)
+    np.testing.assert_array_equal(cent, kmeans(x, 12, seed=5))
+    assert lab.dtype == np.int64 and lab.shape == (2000,)
+    d = sq_distances(x, cent)
+    # faiss's own distances may break near-ties differently from numpy's
+    assert np.allclose(d[np.arange(2000), lab], d.min(axis=1), rtol=1e-4, atol=1e-4)
+    c, l = kmeans_with_labels(x[:5], 5)
+    np.testing.assert_array_equal(l, np.arange(5))
