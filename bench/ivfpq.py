@@ -191,7 +191,7 @@ def run_dataset(args, name):
     # memory of a loaded index with memory-mapped re-ranking vectors (balanced)
     mem = {}
     with tempfile.TemporaryDirectory() as tmp:
-        from shoal.engine.store import LocalStore
+        from shoal.storage import LocalStore
         from shoal.index import load_index
 
         store = LocalStore(tmp)
@@ -291,7 +291,7 @@ def run_dataset(args, name):
 _CHILD = """
 import sys, json, numpy as np
 from bench.common import rss_bytes
-from shoal.engine.store import LocalStore
+from shoal.storage import LocalStore
 from shoal.index import load_index
 import shoal.quantization._ivf_kernels  # compiled code and libraries loaded before measuring
 q = np.load(sys.argv[2]); k = int(sys.argv[3])

@@ -180,12 +180,12 @@ def main(argv=None) -> int:
     if args.nb is None and not args.quick:
         args.nb = 100_000
     from shoal import filters
-    from shoal.engine.store import S3Store
+    from shoal.storage import S3Store
     from shoal.index.osq import OSQIndex
     from shoal.index.persist import load_meta
     from shoal.serverless.emulator import Emulator, start_moto_server
     from shoal.serverless.osq_backend import OSQBackend
-    from shoal.serverless.partitioned import search_inprocess
+    from shoal.serverless.backends import search_inprocess
 
     ds = dataset_from_args(args)
     x, q = ds.get_database(), ds.get_queries()

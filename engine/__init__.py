@@ -5,7 +5,7 @@ from .database import Database, StagedCollection
 from .jobs import BuildCancelled, BuildJob
 from .results import SearchResult, SearchStats
 from .schema import FilterAttributeError, FilterError, Schema
-from .store import LocalStore, ObjectStore, S3Store, open_store
+from ..storage import LocalStore, ObjectStore, S3Store, open_store
 from .wal import WALDamaged, WALWarning
 
 __all__ = ["Database", "Collection", "StagedCollection", "SearchResult", "SearchStats", "Schema", "BuildJob",

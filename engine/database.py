@@ -26,7 +26,7 @@ from . import snapshot, wal as wal_mod
 from .collection import SETTINGS, Collection, _remove_stale_logs
 from .locks import LOCK_DIR, collection_lock, database_lock
 from .schema import Schema
-from .store import LocalStore, ObjectStore, open_store
+from ..storage import LocalStore, ObjectStore, open_store
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 

@@ -220,7 +220,7 @@ class WriteAheadLog:
             # no lock of its own: the collection's owner lock (engine/locks.py) guarantees one writer process
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             if not existed:
-                from .store import fsync_dir
+                from ..storage import fsync_dir
 
                 fsync_dir(directory)
             self._size = os.fstat(self._fd).st_size
@@ -323,7 +323,7 @@ def repair(path: str, after_lsn: int) -> dict[str, Any]:
         ``kept`` (records in the new log), ``damaged_bytes`` (bytes not in any intact frame), ``moved_to`` (path of
         the original bytes, or ``None`` when the log needed no repair).
     """
-    from .store import fsync_dir
+    from ..storage import fsync_dir
 
     data = _read(path)
     records, good_end, problem = scan(data, after_lsn)

@@ -161,7 +161,7 @@ class Index(abc.ABC):
         serving). The default copies through the kind's own ``save`` and ``load`` in memory, so whatever a kind
         persists is exactly what a copy holds; kinds may override it with something cheaper."""
         from .factory import load_index
-        from .persist import MemoryStore
+        from ..storage.memory import MemoryStore
 
         store = MemoryStore()
         self.save(store, "copy")

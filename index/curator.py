@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..quantization.kmeans import kmeans_with_labels
 from . import _curator_kernels as K
 from . import _curator_search_kernels as KS
 from .base import Index, array_bytes
@@ -46,7 +47,8 @@ def _pow2(n: int) -> int:
 
 
 def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
-    """Hierarchical k-means (faiss, seeded) in breadth-first order; children of a node are contiguous.
+    """Hierarchical k-means (:func:`~shoal.quantization.kmeans.kmeans_with_labels`, seeded) in breadth-first order;
+    children of a node are contiguous.
 
     Parameters
     ----------
@@ -59,8 +61,6 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
     cent float32 (N, d), var float32 (N,) (mean squared distance of members to the centroid), child_lo, child_hi,
     parent, depth int32 (N,)
     """
-    import faiss
-
     d = x.shape[1]
     cents, vars_, parents, depths = [], [], [], []
     lo: list[int] = []
@@ -86,12 +86,8 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
             continue
         sub = x[members]
         nc = min(branch, members.size)
-        km = faiss.Kmeans(d, nc, niter=niter, seed=seed + nid, verbose=False, max_points_per_centroid=256,
-                       min_points_per_centroid=1)
-        km.train(sub)
-        _, assign = km.index.search(sub, 1)
-        assign = assign[:, 0]
-        groups = [members[assign == j] for j in range(nc)]
+        _, near = kmeans_with_labels(sub, nc, niter=niter, seed=seed + nid)
+        groups = [members[near == j] for j in range(nc)]
         groups = [g for g in groups if g.size]
         if len(groups) < 2:  # identical points: k-means cannot split them
             continue
@@ -205,10 +201,7 @@ class CuratorIndex(Index):
 
     @property
     def nnodes(self) -> int:
-        return 0 if self._tree is None else int(self._tree[0].shape[0])
-
-    def _tree_tuple(self):
-        return self._tree
+        return 0 if self._tree is None else int(self._tree.cent.shape[0])
 
     def _sl(self):
         return (self._sstart, self._slen, self._scap, self._snode, self._sten, self._spool, self._sfree,
@@ -221,7 +214,7 @@ class CuratorIndex(Index):
         return (self._tcount, self._tnsl)
 
     def _levels(self) -> int:
-        return int(self._tree[5].max()) + 1 if self._tree is not None else 1
+        return int(self._tree.depth.max()) + 1 if self._tree is not None else 1
 
     # ------------------------------------------------------------------ training
     def train(self, x) -> None:
@@ -246,7 +239,7 @@ class CuratorIndex(Index):
         bidx = np.full(cent.shape[0], -1, np.int32)
         bidx[internal] = np.arange(int(internal.sum()), dtype=np.int32)
         bloom = np.zeros((s["bloom"] // 512, max(1, int(internal.sum())), 64), np.uint8)
-        self._tree = (cent, var, lo, hi, parent, depth, bidx, bloom)
+        self._tree = K.Tree(cent, var, lo, hi, parent, depth, bidx, bloom)
 
     # ------------------------------------------------------------------ growth (write lock held)
     def _grow_rows(self, need: int) -> None:
@@ -307,7 +300,7 @@ class CuratorIndex(Index):
         levels = self._levels() + 2
         need = int(self._smeta[K.M_HCOUNT]) + levels * (self.settings["branch"] + 1)
         self._hkeys, self._hvals, cnt = K.nt_rehash(self._hkeys, self._hvals, _pow2(int(need / 0.35)),
-                                                    self._tree[4], self._tree[2])
+                                                    self._tree.parent, self._tree.child_lo)
         self._smeta[K.M_HCOUNT] = cnt
         self._smeta[K.M_HTOMB] = 0
 
@@ -760,7 +753,7 @@ class CuratorIndex(Index):
                 "t_count": self._tcount, "t_nsl": self._tnsl, "t_alive": self._talive,
             }
             if self._tree is not None:
-                for name, a in zip(_TREE_NAMES, self._tree):
+                for name, a in self._tree._asdict().items():
                     arrays["tree_" + name] = a
             meta = {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
                     "curator_version": 1, "trained": self._tree is not None, "ntotal": n, "stale": self._stale}
@@ -802,7 +795,7 @@ class CuratorIndex(Index):
             setattr(ix, attr, out)
         ix._spool = own("sl_pool")
         if meta["trained"]:
-            ix._tree = tuple(own("tree_" + name) for name in _TREE_NAMES)
+            ix._tree = K.Tree(*(own("tree_" + name) for name in K.Tree._fields))
         ix._stale = int(meta.get("stale", 0))
         ix._sync_views()
         return ix
@@ -820,7 +813,6 @@ def _aligned_codes(n: int, d: int) -> np.ndarray:
     return raw[off:off + n * stride].reshape(n, stride)
 
 
-_TREE_NAMES = ("cent", "var", "child_lo", "child_hi", "parent", "depth", "bidx", "bloom")
 _NO_MASK = np.zeros((1, 1), dtype=bool)
 _NO_TENS = np.zeros(0, dtype=np.int32)
 _PARAMS = frozenset(CuratorIndex.search_params)

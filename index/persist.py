@@ -1,7 +1,7 @@
 """Directory-of-arrays persistence: ``PREFIX/meta.json`` plus one ``PREFIX/NAME.npy`` per array.
 
 Every index saves through :func:`save_arrays` and loads through :func:`load_arrays`, on any
-:class:`~shoal.engine.store.ObjectStore`. ``meta.json`` is written last, so a reader that finds it finds every array.
+:class:`~shoal.storage.ObjectStore`. ``meta.json`` is written last, so a reader that finds it finds every array.
 With ``mmap=True`` arrays are memory-mapped where the store has a local file (local directory, or an S3 store with a
 cache directory), so a cold start maps rather than copies. :func:`read_npy_rows` reads a row range of one array with
 a ranged GET, so a serverless worker fetches only the bytes it needs.
@@ -107,38 +107,3 @@ def read_npy_rows(store, key: str, start: int, stop: int, header=None) -> np.nda
         return np.empty((0, *row_shape), dtype=dtype)
     data = store.get_range(key, offset + start * row_bytes, offset + stop * row_bytes)
     return np.frombuffer(data, dtype=dtype).reshape(stop - start, *row_shape)
-
-
-class MemoryStore:
-    """A dict-backed object store (same interface as the stores in :mod:`shoal.engine.store`): the scratch space of
-    :meth:`Index.copy <shoal.index.base.Index.copy>`, which copies an index through its own save and load."""
-
-    uri = "memory://"
-
-    def __init__(self):
-        self.objects: dict[str, bytes] = {}
-
-    def get(self, key):
-        return self.objects[key]
-
-    def get_range(self, key, start, end):
-        return self.objects[key][start:end]
-
-    def put(self, key, data):
-        self.objects[key] = bytes(data)
-
-    def list(self, prefix=""):
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
-    def delete(self, key):
-        self.objects.pop(key, None)
-
-    def size(self, key):
-        return len(self.objects[key])
-
-    def exists(self, key):
-        return key in self.objects
-
-    def local_path(self, key):
-        return None
-

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import config
 from ..errors import ShoalError
 
 # grpc and the servicers are imported in run(): `shoal --help` builds this module's parser and should stay fast
@@ -211,14 +212,6 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def add_serve(sub) -> None:
-    """Register ``shoal serve`` on the CLI's sub-parsers."""
-    p = sub.add_parser("serve", help="serve collections over gRPC (loopback by default)",
-                       description=__doc__.split("\n\n")[0] + " See docs/grpc.md.")
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
 class LocalServer:
     """A ``shoal serve`` child process on a free loopback port (for demos, benchmarks and tests).
 
@@ -236,7 +229,7 @@ class LocalServer:
         self.port_file.unlink(missing_ok=True)
         self.log_path = None if log is None else Path(log)
         out = None if log is None else open(log, "ab")
-        child_env = {k: v for k, v in os.environ.items() if k != "SHOAL_API_KEYS"}
+        child_env = {k: v for k, v in os.environ.items() if k != config.API_KEYS}
         child_env.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "shoal.server.app", "--data", str(self.data),
                                       "--port", "0", "--port-file", str(self.port_file), *args],

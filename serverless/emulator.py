@@ -36,6 +36,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
+from .. import config
 from ..errors import InvalidArgument
 from .payload import LAMBDA_PAYLOAD_LIMIT
 
@@ -67,6 +68,10 @@ def _worker_main(conn, handler_path: str, env: dict, name: str, memory_mb: int, 
     os.environ.update(env)
     module, _, attr = handler_path.rpartition(".")
     handler = getattr(importlib.import_module(module), attr)
+    if config.faults_file():  # tests and chaos drills: the handler itself never reads faults
+        from . import faults
+
+        faults.install()
     while True:
         try:
             msg = conn.recv()

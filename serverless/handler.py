@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import DeadlineExceeded, InvalidArgument, ShoalError
 from ..index.topk import empty_result, merge_topk
 from ..index.validate import as_vectors, check_k
-from . import faults
+from .backends import get_backend, scatter
 from .cache import CACHE, Reader, default_capacity, store_for
 from .invokers import LambdaInvoker, RemoteError, Throttled
-from .partitioned import cached_manifest, check_partition, current_version, get_backend, scatter
+from .manifest import cached_manifest, check_partition, current_version
 from .payload import decode, delete_spill, encode, spill_if_large, unspill
 from .tree import Tree
 
@@ -44,6 +45,9 @@ _STATE = {"invocations": 0}
 _STATE_LOCK = threading.Lock()
 _CHILD: dict[str, Any] = {"invoker": None, "depth": 0}
 _CHILD_LOCK = threading.Lock()
+#: fault injection for tests and chaos drills: none in production. The local emulator's workers install
+#: :func:`shoal.serverless.faults.hook` when given a faults file (:func:`set_fault_hook`); this module reads no file.
+_FAULT_HOOK: dict[str, Any] = {"hook": None}
 
 
 class MalformedResponse(ShoalError, ValueError):
@@ -81,6 +85,18 @@ def use_child_invoker(invoker):
             _CHILD["depth"] -= 1
             if _CHILD["depth"] == 0:
                 _CHILD["invoker"] = prev
+
+
+def set_fault_hook(hook) -> None:
+    """Install ``hook(role, *, partition=None, node=None)`` (``None`` removes it): called before a role's own work
+    (never before work run inline), it may raise or sleep, and returns ``None`` or a function the role's result is
+    passed through (to answer garbage)."""
+    _FAULT_HOOK["hook"] = hook
+
+
+def _fault(role: str, **where):
+    hook = _FAULT_HOOK["hook"]
+    return None if hook is None else hook(role, **where)
 
 
 def child_invoker():
@@ -206,18 +222,16 @@ def slice_extra(extra: dict, sel: slice) -> dict:
 def run_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context, *, inline: bool = False) -> dict:
     """Search partition ``p`` for queries ``q``; returns ``{"D", "I", "partition", "metrics"}``."""
     t0 = time.perf_counter()
-    fault = None if inline else faults.matching("processor", partition=p)
-    faults.before(fault)
+    after = None if inline else _fault("processor", partition=p)
     reader = _reader(ctx)
     manifest = cached_manifest(reader)
     p = check_partition(manifest, p)
     q = as_vectors(q, manifest["d"], name="queries")
     backend = get_backend(manifest["kind"])
     D, I = backend.partition(reader, manifest, p).search(q, ctx["k"], ctx["params"], ctx.get("filter"), extra or {})
-    if fault is not None and fault.get("mode") == "malformed":
-        D = D[:, :-1] if D.shape[1] > 1 else "garbage"
     rec = _record("processor", context, t0, reader, partition=p, nq=int(q.shape[0]), inline=inline)
-    return {"D": D, "I": I, "partition": p, "metrics": [rec]}
+    out = {"D": D, "I": I, "partition": p, "metrics": [rec]}
+    return out if after is None else after(out)
 
 
 def _invoke_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context) -> tuple[np.ndarray, np.ndarray, list]:
@@ -273,8 +287,7 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
     contiguous slice with ``split="queries"``.
     """
     t0 = time.perf_counter()
-    fault = None if inline else faults.matching("allocator", node=node)
-    faults.before(fault)
+    after = None if inline else _fault("allocator", node=node)
     tree = Tree(**ctx["tree"])
     reader = _reader(ctx)
     manifest = cached_manifest(reader)
@@ -359,20 +372,19 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
     D, I = merge_topk(parts, k)
     rec = _record("coordinator" if node == 0 else "allocator", context, t0, reader, node=node, inline=inline,
                   route_ms=route_ms, children=len(children), share=len(share), nq=hi - lo)
-    if fault is not None and fault.get("mode") == "malformed":
-        D = D[:, :-1]
     if by_queries:  # a partition appears once per slice; report each once
         done = sorted(set(done))
         skipped = sorted(set(skipped) - set(done))
-    return {"D": D, "I": I, "partitions": sorted(done), "skipped": sorted(skipped), "nodes": sorted(nodes),
-            "metrics": [rec] + metrics}
+    out = {"D": D, "I": I, "partitions": sorted(done), "skipped": sorted(skipped), "nodes": sorted(nodes),
+           "metrics": [rec] + metrics}
+    return out if after is None else after(out)
 
 
 def run_coordinator(event: dict, context) -> dict:
     """Resolve the version, build the context, run the tree from node 0, check every partition is covered."""
     t0 = time.perf_counter()
-    faults.before(faults.matching("coordinator"))
-    index = event.get("index") or os.environ.get("SHOAL_INDEX")
+    _fault("coordinator")
+    index = event.get("index") or config.default_index()
     if not isinstance(index, str) or not index:
         raise InvalidArgument("coordinator payload needs 'index' (the index's store URI), or set $SHOAL_INDEX")
     store = store_for(index)
@@ -424,7 +436,7 @@ def handler(event, context=None):
     body = decode(event)
     if role == "coordinator":
         out = run_coordinator(body, context)
-        uri = body.get("index") or os.environ.get("SHOAL_INDEX")
+        uri = body.get("index") or config.default_index()
     else:
         ctx = check_ctx(body.get("ctx"))
         uri = ctx["index"]

@@ -28,7 +28,7 @@ from ..errors import InvalidArgument
 from ..index.flat import exact_search
 from ..index.topk import empty_result
 from .cache import PrefetchedStore, Reader, RemoteRows
-from .partitioned import new_version, register_backend, write_manifest
+from .manifest import new_version, write_manifest
 
 STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at import of the router)
 
@@ -36,9 +36,9 @@ STATUS_SURE = 1  # the values of quantization/_osq_kernels.STATUS_* (checked at 
 def _expr(filter):
     if filter is None:
         return None
-    from ..index.osq import _as_expr
+    from ..index.osq_columns import as_expr
 
-    return _as_expr(filter)
+    return as_expr(filter)
 
 
 class OSQRouter:
@@ -110,10 +110,10 @@ class CachedPartition:
         self.vectors_header = vectors_header
 
     def memory_bytes(self) -> int:
-        from ..index.osq_parts import _col_nbytes
+        from ..index.osq_columns import col_nbytes
 
         p = self.part
-        return int(sum(a.nbytes for a in p.arrays()) + sum(_col_nbytes(c) for c in p.columns.values()) + 4096)
+        return int(sum(a.nbytes for a in p.arrays()) + sum(col_nbytes(c) for c in p.columns.values()) + 4096)
 
 
 class OSQProcessor:
@@ -155,7 +155,6 @@ class OSQProcessor:
         return D, I
 
 
-@register_backend("osq")
 class OSQBackend:
     """Serverless layout and roles for :class:`~shoal.index.osq.OSQIndex`."""
 

@@ -162,7 +162,7 @@ def test_build_from_csv_with_tenant_and_ids_files(tmp_path, vecs, capsys):
 
 
 def test_demo_with_synthetic_words(tmp_path, capsys, monkeypatch, rng):
-    import shoal.demo as demo
+    import shoal.cli.demo as demo
 
     words = ["the", "king", "queen", "paris", "london", "lyon", "computer", "laptop"] + [f"w{i}" for i in range(300)]
     x = rng.standard_normal((len(words), 50)).astype(np.float32)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from shoal.engine import Database
-from shoal.engine.store import S3Store
 from shoal.errors import (AlreadyExists, DimensionMismatch, FailedPrecondition, InvalidArgument, NotFound,
                           SchemaError)
+from shoal.storage import S3Store
 
 SCHEMA = {"price": "float", "color": "keyword", "tags": "tags", "year": "int"}
 COLORS = ["red", "green", "blue"]

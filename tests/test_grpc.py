@@ -611,8 +611,8 @@ def test_grpc_demo_runs_end_to_end(tmp_path, monkeypatch, rng):
     plain / filtered / tenant-scoped queries, clean shutdown."""
     import io
 
-    import shoal.demo as demo
-    from shoal.server.demo import run_grpc_demo
+    import shoal.cli.demo as demo
+    from shoal.cli.demo_grpc import run_grpc_demo
 
     words = ["the", "king", "queen", "paris", "london", "lyon", "computer", "laptop"] + [f"w{i}" for i in range(3000)]
     x = rng.standard_normal((len(words), 50)).astype(np.float32)

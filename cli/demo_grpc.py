@@ -25,9 +25,9 @@ def add_demo_grpc(sub) -> None:
 
 
 def run_grpc_demo(data: str, *, limit: int = 100_000, out=None) -> int:
-    from ..demo import QUERIES, load_glove
-    from .app import LocalServer
-    from .client import Client
+    from ..server.app import LocalServer
+    from ..server.client import Client
+    from .demo import QUERIES, load_glove
 
     def say(msg: str = "") -> None:
         print(msg, file=out or sys.stdout, flush=True)
