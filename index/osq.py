@@ -31,6 +31,7 @@ attribute columns).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 
@@ -83,6 +84,8 @@ class OSQIndex(Level0Planner, Index):
             raise InvalidArgument("OSQ bits must be >= 0, attr_bits in 1..8, binary >= 1")
         self.rotation: np.ndarray | None = None
         self.centroids = np.empty((0, self.d), dtype=np.float32)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, rotated vectors) added, not yet placed
+        self._place_lock = threading.Lock()
         self.parts: list[OSQPartition | None] = []
         self.row_part = np.empty(0, dtype=np.int32)
         self.row_pos = np.empty(0, dtype=np.int64)
@@ -98,6 +101,9 @@ class OSQIndex(Level0Planner, Index):
         self.raw = np.empty((0, self.d), dtype=np.float32)
         self.raw_norms = np.empty(0, dtype=np.float32)
         self.last_stats: dict = {}
+        #: rows the partitions' capacity is planned for (the training set's size): adds in chunks then fill
+        #: partitions against the final size instead of against the rows added so far
+        self.planned_rows = 0
 
     # ------------------------------------------------------------------ factory
     @property
@@ -177,16 +183,50 @@ class OSQIndex(Level0Planner, Index):
                                    np.zeros((0, self.d), np.float32), self.metric, subs[p],
                                    np.empty(0, np.int32)) for p in range(P)]
         self.cluster_centroids = np.ascontiguousarray(np.concatenate(subs), dtype=np.float32)
+        self.planned_rows = n
         for part in self.parts:
             self._bind(part)
+
+    def level0(self, q, k: int, params: dict | None = None, **kwargs) -> Level0:
+        self._place_pending()
+        return super().level0(q, k, params, **kwargs)
+
+    level0.__doc__ = Level0Planner.level0.__doc__
 
     def _bind(self, part: OSQPartition) -> None:
         def exact(expr, positions, _part=part):
             return self.exact_rows(expr, _part.rows[positions])
         part.exact = exact
 
+    @property
+    def parts(self) -> list[OSQPartition | None]:
+        """The partitions (rows added since the last read are placed first, see :meth:`add`)."""
+        self._place_pending()
+        return self._parts
+
+    def _place_pending(self) -> None:
+        """Place the rows added since the last read (:meth:`add`), if any. Readers may arrive together (an engine
+        swaps an index in and searches it under a shared lock): one places under ``_place_lock`` while the others
+        wait, and ``_pending`` empties only once every partition is complete."""
+        if self._pending:
+            with self._place_lock:
+                if self._pending:
+                    self._place()
+
+    @parts.setter
+    def parts(self, value: list[OSQPartition | None]) -> None:
+        self._parts = value
+
     def add(self, x, ids, *, tenants=None, attrs=None) -> None:
-        """Add vectors under ``ids``; ``attrs`` maps names to ``filters`` columns (or numeric arrays) over the rows."""
+        """Add vectors under ``ids``; ``attrs`` maps names to ``filters`` columns (or numeric arrays) over the rows.
+
+        Rows are numbered, and their attributes and raw vectors kept, at once; their placement into partitions and
+        clusters waits for the next read (search, level 0, save, ...), so rows added in several calls are placed
+        together, as by one ``add``: with rows in a meaningful order (sorted, clustered) added in chunks, a
+        partition cap applied chunk by chunk let the first chunks fill their partitions and sent later rows to far
+        clusters (GloVe-50d in frequency order, 16,384-row chunks, ``nprobe`` 16: recall 0.731 against 0.781 for
+        one add; with the cap planned for the final size still 0.774).
+        """
         if tenants is not None:
             raise InvalidArgument("OSQ has no native tenants; pass allowed masks")
         x, ids = self.check_add(x, ids)
@@ -194,26 +234,37 @@ class OSQIndex(Level0Planner, Index):
         cols = self._check_attrs(attrs, n)
         start = self.ntotal
         rows = self._append_rows(ids)
-        y = np.ascontiguousarray(x @ self.rotation, dtype=np.float32)
+        self._pending.append((rows, np.ascontiguousarray(x @ self.rotation, dtype=np.float32)))
+        self.row_part = np.concatenate([self.row_part, np.full(n, -1, np.int32)])
+        self.row_pos = np.concatenate([self.row_pos, np.full(n, -1, np.int64)])
+        self.row_cluster = np.concatenate([self.row_cluster, np.full(n, -1, np.int32)])
+        self._set_raw(np.concatenate([self.raw, x]))
+        self._add_attrs(cols, start, n)
+
+    def _place(self) -> None:
+        """Place the pending rows: each to its nearest cluster in a partition with room (capacity for the final
+        size: ``balance`` above the mean of ``max(rows, planned_rows)``), then re-order the partitions by
+        cluster."""
+        rows = np.concatenate([r for r, _ in self._pending])
+        y = np.concatenate([v for _, v in self._pending])
+        n = rows.size
+        ids = self.row_ids[rows]
         P = self.nparts
-        sizes = np.array([p.size for p in self.parts], dtype=np.int64)
-        total = int(sizes.sum()) + n
+        sizes = np.array([p.size for p in self._parts], dtype=np.int64)
+        total = max(int(sizes.sum()) + n, int(self.planned_rows))
         cap = np.maximum(int(np.ceil(total / P * (1 + self.settings["balance"]))) - sizes, 0)
         if cap.sum() < n:
             cap += int(np.ceil((n - cap.sum()) / P))
         assign, near = self._route(y, self.cluster_centroids, P, self.nclusters, cap)
-        row_part = np.empty(n, dtype=np.int32)
-        row_pos = np.empty(n, dtype=np.int64)
-        row_cluster = np.empty(n, dtype=np.int32)
         for p in range(P):
             sel = np.flatnonzero(assign == p)
             if sel.size == 0:
                 continue
-            part = self.parts[p]
+            part = self._parts[p]
             yp = y[sel]
             codes = part.book.encode(yp)
-            row_part[sel] = p
-            row_pos[sel] = part.size + np.arange(sel.size)
+            self.row_part[rows[sel]] = p
+            self.row_pos[rows[sel]] = part.size + np.arange(sel.size)
             part.segs = np.concatenate([part.segs, part.book.pack(codes)], axis=1)
             part.binary = np.concatenate([part.binary, part.book.binary(yp)])
             part.vectors = np.concatenate([part.vectors, yp])
@@ -221,14 +272,10 @@ class OSQIndex(Level0Planner, Index):
             part.ids = np.concatenate([part.ids, ids[sel]])
             cl = near[sel, p]
             part.cluster = np.concatenate([part.cluster, cl])
-            row_cluster[sel] = p * self.nclusters + cl
-        self.row_part = np.concatenate([self.row_part, row_part])
-        self.row_pos = np.concatenate([self.row_pos, row_pos])
-        self.row_cluster = np.concatenate([self.row_cluster, row_cluster])
+            self.row_cluster[rows[sel]] = p * self.nclusters + cl
         for p in np.unique(assign):
             self._relayout(int(p))
-        self._set_raw(np.concatenate([self.raw, x]))
-        self._add_attrs(cols, start, n)
+        self._pending = []
 
     @staticmethod
     def _route(y: np.ndarray, clusters: np.ndarray, P: int, C: int, cap: np.ndarray, block: int = 16384):
@@ -257,7 +304,7 @@ class OSQIndex(Level0Planner, Index):
         """Order partition ``p``'s positions by cluster, so that each inverted list is a contiguous range of every
         per-position array: levels 1-3 then stream codes and vectors instead of gathering them at random (measured:
         the random gathers of 4 d byte vectors dominated level 2 on GloVe)."""
-        part = self.parts[p]
+        part = self._parts[p]
         order = np.argsort(part.cluster, kind="stable")
         if np.all(order == np.arange(order.size)):
             part.reindex()
@@ -413,6 +460,7 @@ class OSQIndex(Level0Planner, Index):
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
         q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
+        self._place_pending()
         t0 = time.perf_counter()
         nq = q.shape[0]
         D, I = self.empty(nq, k)
@@ -447,6 +495,7 @@ class OSQIndex(Level0Planner, Index):
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """Rotated vectors of internal ``rows`` (float32 (m, d))."""
+        self._place_pending()
         out = np.empty((rows.shape[0], self.d), dtype=np.float32)
         parts = self.row_part[rows]
         pos = self.row_pos[rows]
@@ -560,6 +609,7 @@ class OSQIndex(Level0Planner, Index):
 
     def reconstruct(self, rows) -> np.ndarray:
         """Stored (normalised for cosine) vectors of internal ``rows``: float32 (m, d)."""
+        self._place_pending()
         rows = np.asarray(rows, dtype=np.int64)
         return np.ascontiguousarray(self._vectors_of(rows) @ self.rotation.T)
 
@@ -573,10 +623,11 @@ class OSQIndex(Level0Planner, Index):
             attrs[name] = entry
         return {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
                 "partitions": self.nparts, "sizes": [p.size for p in self.parts],
-                "nseg": [p.book.nseg for p in self.parts], "attributes": attrs}
+                "nseg": [p.book.nseg for p in self.parts], "attributes": attrs, "planned_rows": self.planned_rows}
 
     def global_arrays(self) -> dict[str, np.ndarray]:
         """Level-0 data: rotation, centroids, row maps, attribute codes (the allocator's share)."""
+        self._place_pending()
         a = {"rotation": self.rotation, "centroids": self.centroids, "row_ids": self.row_ids,
              "deleted": self.deleted, "row_part": self.row_part, "row_pos": self.row_pos,
              "row_cluster": self.row_cluster, "cluster_centroids": self.cluster_centroids}
@@ -642,6 +693,7 @@ class OSQIndex(Level0Planner, Index):
         meta = load_meta(store, prefix, kind=cls.kind)
         _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=cls.level0_array_names(meta["arrays"]))
         index = cls._from_meta(meta)
+        index.planned_rows = int(meta.get("planned_rows", 0))
         index.rotation = np.array(a["rotation"])
         index.centroids = np.array(a["centroids"])
         index.row_ids = np.array(a["row_ids"])
@@ -724,6 +776,7 @@ class OSQIndex(Level0Planner, Index):
         return (codes + attrs) / n
 
     def _all_arrays(self):
+        self._place_pending()
         arrs = [self.rotation, self.centroids, self.row_ids, self.deleted, self.row_part, self.row_pos,
                 self.row_cluster, self.cluster_centroids, self.raw, self.raw_norms, *self.codes.values()]
         for p in self.parts:
