@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument
+from .calibration import RECALL_PARAM, Calibration, split_recall
 from .topk import empty_result
 from .validate import as_allowed, as_ids, as_params, as_vectors, check_k, check_metric, normalize_rows
 
@@ -32,8 +33,13 @@ class Index(abc.ABC):
     kind: ClassVar[str] = "?"
     supports_tenants: ClassVar[bool] = False
     supports_filter: ClassVar[bool] = False
-    #: names accepted in ``search(params=...)``
+    #: names accepted in ``search(params=...)`` (``recall`` is accepted by every kind besides these)
     search_params: ClassVar[Sequence[str]] = ()
+    #: what chooses a calibrated band: ``fraction`` of live rows a call may return, or ``tenant_size``
+    calibration_axis: ClassVar[str] = "fraction"
+    #: search settings every calibration measurement adds (not part of the table), e.g. to measure the
+    #: approximate path where the kind could also choose an exact one
+    calibration_fixed: ClassVar[dict] = {}
 
     def __init__(self, d: int, metric: str = "l2"):
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
@@ -42,6 +48,9 @@ class Index(abc.ABC):
         self.metric = check_metric(metric)
         self.row_ids = np.empty(0, dtype=np.int64)
         self.deleted = np.empty(0, dtype=bool)
+        #: calibrated default search settings (:mod:`.calibration`), measured by :func:`.calibrate.calibrate`;
+        #: saved with the index
+        self.calibration: Calibration | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -96,13 +105,84 @@ class Index(abc.ABC):
         self.require_trained()
         q = self.prepare(q, name="queries")
         k = check_k(k)
-        params = as_params(params, self.search_params)
+        params = as_params(params, (*self.search_params, RECALL_PARAM))
         if tenant is not None and not self.supports_tenants:
             raise InvalidArgument(f"{self.kind} index has no native tenants; pass an allowed mask instead")
         if filter is not None and not self.supports_filter:
             raise InvalidArgument(f"{self.kind} index has no native filters; pass an allowed mask instead")
         allowed = as_allowed(allowed, self.ntotal, q.shape[0])
+        params = self.tuned_params(params, allowed=allowed, tenant=tenant, filter=filter)[0]
         return q, k, params, allowed
+
+    # ------------------------------------------------------------------ calibrated defaults
+    def tuned_params(self, params=None, *, allowed=None, tenant=None, filter=None, fraction: float | None = None,
+                     target: float | None = None, exact_ok: bool = False) -> tuple[dict, dict]:
+        """The search settings a call uses: the calibrated choice for its band and target, explicit ``params`` on
+        top (they always override), ``recall`` removed.
+
+        Parameters
+        ----------
+        params : dict, optional
+            Validated per-call settings; ``recall`` (a target in (0, 1]) picks from the calibration table.
+        allowed, tenant, filter : as for :meth:`search`
+            What the call may return; they choose the band (see :attr:`calibration_axis`).
+        fraction : float, optional
+            The share of live rows the call may return, when the caller knows it (the engine's planner does), so
+            nothing is counted here.
+        target : float, optional
+            Recall target when ``params`` has no ``recall`` (default: the calibration's own).
+        exact_ok : bool
+            The caller can answer the call by an exact scan of the rows it may return (the engine's planner): the
+            band's exact option is then chosen where it is the cheapest way to the target (``info["exact"]``).
+
+        Returns
+        -------
+        (params, info) : ``info`` is ``{}`` without a calibration, else its ``band``, ``recall`` (calibrated
+        recall of the chosen settings; ``None`` when explicit settings override part of them), ``params``,
+        ``reached`` and ``exact``.
+        """
+        p, want = split_recall(params)
+        cal = self.calibration
+        if cal is None or (want is None and all(key in p for key in cal.keys)):
+            return p, {}
+        value = self.band_value(allowed=allowed, tenant=tenant, filter=filter, fraction=fraction)
+        if value is None and cal.axis == "tenant_size":  # no tenant: the kind searches exactly
+            return p, {}
+        return cal.settings(p, value, want if want is not None else target, exact_ok)
+
+    def band_value(self, *, allowed=None, tenant=None, filter=None, fraction: float | None = None) -> float | None:
+        """The number that chooses a calibrated band for a call (:attr:`calibration_axis`). Default (``fraction``):
+        ``fraction`` if given, else the share of live rows ``allowed`` passes (the mean over per-query masks),
+        else 1.0. Kinds with native filters or tenants refine it."""
+        if fraction is not None:
+            return float(fraction)
+        if allowed is None:
+            return 1.0
+        return float(np.count_nonzero(allowed)) / (max(1, self.nlive) * (allowed.shape[0] if allowed.ndim == 2 else 1))
+
+    def calibration_ladder(self, k: int) -> tuple[list[dict], list[dict]]:
+        """Settings to calibrate, cheap to expensive: ``(primary, secondary)`` lists of params dicts (a rung is a
+        primary entry merged with a secondary one; the secondary, e.g. a re-rank depth, grows while it gains).
+        ``([], [])`` (the default: exact kinds): nothing to calibrate."""
+        return [], []
+
+    def calibration_cost(self, params: dict, info: dict, nq: int) -> float:
+        """Estimated work per query of the search just run with ``params`` (``info``: what
+        :meth:`search_with_stats` reported), in the kind's own units; used to choose the cheapest setting."""
+        return float(info.get("ndis", 0)) / max(1, nq) * self.d
+
+    def calibration_filters(self, fraction: float, live: np.ndarray, rng) -> list[tuple[str, dict, np.ndarray]]:
+        """Extra query families for a ``fraction`` band, from what the kind holds (OSQ: its attribute columns):
+        ``[(family, search kwargs, bool (ntotal,) rows the filter passes)]``. Default: none."""
+        return []
+
+    def calibration_meta(self) -> dict:
+        """The calibration's entry in ``meta.json`` (empty without one)."""
+        return {} if self.calibration is None else {"calibration": self.calibration.to_json()}
+
+    def restore_calibration(self, meta: dict) -> None:
+        """Inverse of :meth:`calibration_meta` (indexes saved before calibration existed have none)."""
+        self.calibration = Calibration.from_json(meta.get("calibration"))
 
     def live_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
         """Combine an ``allowed`` mask (1-d or 2-d) with the tombstones; ``None`` when nothing is excluded."""

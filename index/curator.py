@@ -28,6 +28,7 @@ from ..quantization.kmeans import kmeans_with_labels
 from . import _curator_kernels as K
 from . import _curator_search_kernels as KS
 from .base import Index, array_bytes
+from .calibration import RECALL_PARAM, ladder_values
 from .factory import Stage, format_stage, take_settings
 from .flat import exact_search
 from .persist import load_arrays, save_arrays
@@ -123,6 +124,7 @@ class CuratorIndex(Index):
     kind = "Curator"
     supports_tenants = True
     search_params = ("gamma", "variance_boost", "rerank")
+    calibration_axis = "tenant_size"
 
     def __init__(self, d: int, metric: str = "l2", *, branch: int = 16, leaf: int = 128, shortlist: int = 256,
                  bloom: int = 16384, hashes: int = 4, niter: int = 20, seed: int = 0):
@@ -531,6 +533,49 @@ class CuratorIndex(Index):
             self._require_tenant(t)
             return int(self._tcount[t])
 
+    # ------------------------------------------------------------------ calibration (index/calibrate.py)
+    def tenant_members(self) -> dict[int, np.ndarray]:
+        """``{tenant: sorted live rows it may see}`` from the access map (one pass over every grant)."""
+        with self._lock.read:
+            n = self._n
+            alen = self._alen[:n].astype(np.int64)
+            rows = np.repeat(np.arange(n, dtype=np.int64), alen)
+            starts = np.repeat(self._astart[:n], alen)
+            offs = np.arange(rows.size, dtype=np.int64) - np.repeat(np.cumsum(alen) - alen, alen)
+            tens = self._apool[starts + offs].astype(np.int64)
+        order = np.lexsort((rows, tens))
+        rows, tens = rows[order], tens[order]
+        cuts = np.flatnonzero(np.diff(tens)) + 1
+        return {int(ts[0]): r for ts, r in zip(np.split(tens, cuts), np.split(rows, cuts)) if r.size}
+
+    def calibration_ladder(self, k: int) -> tuple[list[dict], list[dict]]:
+        """``gamma`` from 1 up to an exhaustive budget for the largest tenant, in steps of about 1.5x; re-rank depths
+        where there are codes to rank by (d <= 128)."""
+        top = int(self._tcount.max()) if self._tcount.size else 0
+        primary = [{"gamma": g} for g in ladder_values(1, max(2, -(-top // max(1, k))))]
+        secondary = [{"rerank": r} for r in (32, 64, 128, 256)] if self._codes.shape[1] else []
+        return primary, secondary
+
+    def calibration_cost(self, params: dict, info: dict, nq: int) -> float:
+        """Per query: candidates ranked (by their 4-bit codes, a padded row's bytes each, or exactly, ``d`` each)
+        plus the exact re-ranks."""
+        cand = float(info.get("ndis", 0)) / max(1, nq)
+        stride = self._codes.shape[1]
+        if not stride:
+            return cand * self.d
+        return cand * stride + min(cand, float(params.get("rerank", DEFAULT_RERANK))) * self.d
+
+    def band_value(self, *, allowed=None, tenant=None, filter=None, fraction=None) -> float | None:
+        """The queried tenant's size (the largest over a batch's tenants); ``None`` without a tenant."""
+        if tenant is None:
+            return None
+        if isinstance(tenant, (int, np.integer)):
+            t = int(tenant)
+            return float(self._tcount[t]) if 0 <= t < self._tcount.shape[0] else 0.0
+        ts = np.asarray(tenant, dtype=np.int64)
+        ts = ts[(ts >= 0) & (ts < self._tcount.shape[0])]
+        return float(self._tcount[ts].max()) if ts.size else 0.0
+
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Top-``k`` of each query among the vectors its tenant may see.
 
@@ -561,6 +606,8 @@ class CuratorIndex(Index):
                 and q.shape[1] == self.d and q.flags.c_contiguous and type(k) is int and k > 0
                 and type(tenant) is int and self._tree is not None and 0 <= tenant < self._talive.shape[0]
                 and self._talive[tenant] and (params is None or type(params) is dict and params.keys() <= _PARAMS)):
+            if self.calibration is not None or (params and RECALL_PARAM in params):
+                params = self.tuned_params(params, tenant=tenant)[0]
             if params:
                 gamma = float(params.get("gamma", DEFAULT_GAMMA))
                 vboost = float(params.get("variance_boost", DEFAULT_VBOOST))
@@ -594,10 +641,11 @@ class CuratorIndex(Index):
         # the fast path and this one give bit-identical results
         q = as_vectors(q, self.d, name="queries")
         k = check_k(k)
-        params = as_params(params, self.search_params)
+        params = as_params(params, (*self.search_params, RECALL_PARAM))
         if filter is not None:
             raise InvalidArgument("Curator has no native filters; pass an allowed mask instead")
         allowed = as_allowed(allowed, self.ntotal, q.shape[0])
+        params = self.tuned_params(params, allowed=allowed, tenant=tenant)[0]
         nq = q.shape[0]
         gamma = float(params.get("gamma", DEFAULT_GAMMA))
         vboost = float(params.get("variance_boost", DEFAULT_VBOOST))
@@ -756,7 +804,8 @@ class CuratorIndex(Index):
                 for name, a in self._tree._asdict().items():
                     arrays["tree_" + name] = a
             meta = {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
-                    "curator_version": 1, "trained": self._tree is not None, "ntotal": n, "stale": self._stale}
+                    "curator_version": 1, "trained": self._tree is not None, "ntotal": n, "stale": self._stale,
+                    **self.calibration_meta()}
             save_arrays(store, prefix, meta, arrays)
 
     @classmethod
@@ -797,6 +846,7 @@ class CuratorIndex(Index):
         if meta["trained"]:
             ix._tree = K.Tree(*(own("tree_" + name) for name in K.Tree._fields))
         ix._stale = int(meta.get("stale", 0))
+        ix.restore_calibration(meta)
         ix._sync_views()
         return ix
 
@@ -815,7 +865,7 @@ def _aligned_codes(n: int, d: int) -> np.ndarray:
 
 _NO_MASK = np.zeros((1, 1), dtype=bool)
 _NO_TENS = np.zeros(0, dtype=np.int32)
-_PARAMS = frozenset(CuratorIndex.search_params)
+_PARAMS = frozenset((*CuratorIndex.search_params, RECALL_PARAM))
 
 
 def _bloom_has_py(bloom: np.ndarray, row: int, t: int, nhash: int) -> bool:

@@ -32,6 +32,7 @@ from ..quantization.kmeans import assign, balanced_kmeans, kmeans, sq_distances,
 from ..quantization.pq import ProductQuantizer, check_pq_shape, pack_codes, train_opq, unpack_codes
 from ..quantization.tuning import TuneReport, tune_centroids
 from .base import Index, array_bytes
+from .calibration import ladder_values
 from .factory import Stage, format_stage, take_settings
 from .flat import exact_search
 from .persist import load_arrays, save_arrays
@@ -511,6 +512,18 @@ class IVFPQIndex(Index):
         I = np.where(R >= 0, self.row_ids[np.maximum(R, 0)], -1)
         return D, I
 
+    # ------------------------------------------------------------------ calibration (index/calibrate.py)
+    def calibration_ladder(self, k: int) -> tuple[list[dict], list[dict]]:
+        """``nprobe`` from 1 to ``nlist`` in steps of about 1.5x; re-rank depths (``Refine``) from ``2k``."""
+        return ([{"nprobe": p} for p in ladder_values(1, self.nlist)],
+                [{"rerank": r} for r in (2 * k, 5 * k, 10 * k, 20 * k, 50 * k)] if self.refine else [{"rerank": 0}])
+
+    def calibration_cost(self, params: dict, info: dict, nq: int) -> float:
+        """Per query: byte-table look-ups of the codes scanned (``last_nscanned``, of the calibration's own call on
+        this private index), coarse distances and exact re-rank distances, in multiply-adds."""
+        scanned = float(self.last_nscanned.mean()) if self.last_nscanned.size else 0.0
+        return scanned * self.pq.code_size + self.nlist * self.d + params.get("rerank", 0) * self.d
+
     # ------------------------------------------------------------------ inspection
     def reconstruct(self, rows) -> np.ndarray:
         """Vectors of internal ``rows`` float32 (n, d): stored ones with ``Refine``, else decoded from the codes."""
@@ -544,7 +557,7 @@ class IVFPQIndex(Index):
                 "nlist": self.nlist, "opq": self.opq, "ivf_balanced": self.ivf_balanced, "residual": self.residual,
                 "precomputed": self.precomputed,
                 "refine": self.refine, "max_train": self.max_train, "niter": self.niter, "eps": self.eps,
-                "rounds": self.rounds, "seed": self.seed, "pq": self.pq.settings()}
+                "rounds": self.rounds, "seed": self.seed, "pq": self.pq.settings(), **self.calibration_meta()}
         arrays = {"codes": self.codes, "offsets": self.offsets, "row_ids": self.row_ids, "deleted": self.deleted,
                   "coarse": self.coarse, "coarse_bias": self.coarse_bias, **self.pq.arrays()}
         if self.rotation is not None:
@@ -575,6 +588,7 @@ class IVFPQIndex(Index):
             v = arrays["vectors"]
             index.vectors = v if isinstance(v, np.memmap) else np.ascontiguousarray(v)
         index.list_table()  # rebuilt from the loaded centroids (not stored), so memory_bytes() counts it from here
+        index.restore_calibration(meta)
         return index
 
     def memory_bytes(self) -> int:

@@ -43,6 +43,7 @@ from ..quantization import _osq_kernels as K
 from ..quantization.kmeans import capped_assign, capped_kmeans, kmeans, sq_distances
 from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
 from .base import Index, array_bytes
+from .calibration import ladder_values
 from .factory import Stage, take_settings
 from .flat import exact_search
 from ._topk_kernels import topk_rows
@@ -70,6 +71,9 @@ class OSQIndex(Level0Planner, Index):
     kind = "OSQ"
     supports_filter = True
     search_params = tuple(DEFAULT_PARAMS)
+    #: calibrate the multi-level search: where the planner picks the exact scan instead, recall is 1 anyway, and a
+    #: band's smallest fractions (exact) would otherwise hide what its larger ones (multi-level) need
+    calibration_fixed = {"mode": "multilevel"}
 
     def __init__(self, d: int, metric: str = "l2", **settings):
         super().__init__(d, metric)
@@ -350,6 +354,75 @@ class OSQIndex(Level0Planner, Index):
             self.columns[name] = concat_columns(old, new)
             self.kinds[name] = self.columns[name].kind
 
+    # ------------------------------------------------------------------ calibration (index/calibrate.py)
+    def calibration_ladder(self, k: int) -> tuple[list[dict], list[dict]]:
+        """``nprobe`` (clusters' worth of filter-passing rows) from 1 to every cluster in steps of about 1.5x;
+        level-2 ``rerank`` depths from 20."""
+        G = max(1, self.nparts * self.nclusters)
+        return [{"nprobe": p} for p in ladder_values(1, G)], [{"rerank": r} for r in (20, 50, 100, 200)]
+
+    def calibration_cost(self, params: dict, info: dict, nq: int) -> float:
+        """Per query, from the call's ``last_stats`` (the calibration's own, on this private index): query rotation
+        and cluster ranking, sign-code comparisons, level-2 keys (``min(d, 64)`` dimensions each) and exact
+        distances, in multiply-adds."""
+        st = self.last_stats
+        G = self.nparts * self.nclusters
+        if st.get("plan") == "exact":
+            return float(st.get("ndis", 0)) / max(1, nq) * self.d
+        work = 4 * st.get("hamming", 0) + min(self.d, 64) * st.get("bounds", 0) + self.d * st.get("ndis", 0)
+        return self.d * (self.d + G) + float(work) / max(1, nq)
+
+    def band_value(self, *, allowed=None, tenant=None, filter=None, fraction=None) -> float | None:
+        """``fraction`` if given; else the share of live rows the filter may pass (its sure + maybe count on the
+        attribute codes, one pass) times the share ``allowed`` passes."""
+        f = super().band_value(allowed=allowed, fraction=fraction)
+        if fraction is None and filter is not None:
+            sure, maybe = self.estimate_matches(filter)
+            f *= (sure + maybe) / max(1, self.nlive)
+        return f
+
+    def calibration_filters(self, fraction: float, live: np.ndarray, rng) -> list[tuple[str, dict, np.ndarray]]:
+        """Filters over the index's own attribute columns that pass about ``fraction`` of the live rows (within a
+        factor two): a range ``attr < quantile`` of one numeric column and an equality on one keyword or tag, each
+        column drawn at random."""
+        out = []
+        numeric = [n for n, c in self.columns.items() if isinstance(c, filters.NumericColumn)]
+        vocab = [n for n, c in self.columns.items() if c is not None and not isinstance(c, filters.NumericColumn)]
+        for names in (numeric, vocab):
+            for name in rng.permutation(names):
+                got = self._calibration_filter(str(name), fraction, live)
+                if got is not None:
+                    out.append(got)
+                    break
+        return out
+
+    def _calibration_filter(self, name: str, fraction: float, live: np.ndarray):
+        col = self.columns[name]
+        n = self.ntotal
+        if isinstance(col, filters.NumericColumn):
+            v = col.values[live]
+            ok = ~col.missing[live] if col.missing is not None else np.ones(live.size, bool)
+            if isinstance(v.dtype, np.floating) or v.dtype.kind == "f":
+                ok &= ~np.isnan(v)
+            if ok.sum() < fraction * live.size:
+                return None
+            cut = np.sort(v[ok])[int(fraction * live.size)]
+            expr = filters.Compare(name, "<", cut.item())
+        else:
+            codes = col.codes if isinstance(col, filters.KeywordColumn) else col.codes
+            counts = np.bincount(codes[codes >= 0], minlength=len(col.vocab)) / max(1, n)
+            if not counts.size:
+                return None
+            best = int(np.argmin(np.abs(np.log(np.maximum(counts, 1e-12) / fraction))))
+            word = col.vocab[best]
+            expr = filters.Compare(name, "=", word) if isinstance(col, filters.KeywordColumn) \
+                else filters.Contains(name, word)
+        mask = filters.evaluate(expr, {name: col}, n) & ~self.deleted
+        got = np.count_nonzero(mask) / max(1, live.size)
+        if not fraction / 2 <= got <= 2 * fraction:
+            return None
+        return f"attr:{name}", {"filter": expr}, mask
+
     # ------------------------------------------------------------------ filters
     def _check_pred(self, pred) -> None:
         """A predicate on a known attribute must fit its type (InvalidArgument naming both otherwise). Predicates
@@ -623,7 +696,8 @@ class OSQIndex(Level0Planner, Index):
             attrs[name] = entry
         return {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
                 "partitions": self.nparts, "sizes": [p.size for p in self.parts],
-                "nseg": [p.book.nseg for p in self.parts], "attributes": attrs, "planned_rows": self.planned_rows}
+                "nseg": [p.book.nseg for p in self.parts], "attributes": attrs, "planned_rows": self.planned_rows,
+                **self.calibration_meta()}
 
     def global_arrays(self) -> dict[str, np.ndarray]:
         """Level-0 data: rotation, centroids, row maps, attribute codes (the allocator's share)."""
@@ -694,6 +768,7 @@ class OSQIndex(Level0Planner, Index):
         _, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap, names=cls.level0_array_names(meta["arrays"]))
         index = cls._from_meta(meta)
         index.planned_rows = int(meta.get("planned_rows", 0))
+        index.restore_calibration(meta)
         index.rotation = np.array(a["rotation"])
         index.centroids = np.array(a["centroids"])
         index.row_ids = np.array(a["row_ids"])
