@@ -53,6 +53,8 @@ def add_build(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
     p.add_argument("--out", help="also copy the finished collection to this store URI (s3://bucket/prefix or a "
                                  "directory)")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@10 the calibrated default search settings reach (default 0.95)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_build)
@@ -183,7 +185,7 @@ def cmd_build(args) -> int:
         if args.overwrite and args.name in db.list_collections():
             db.drop_collection(args.name)
         col = db.create_collection(args.name, dim=dim, metric=args.metric, schema=schema, index=args.index,
-                                   multi_tenant=tenants is not None)
+                                   multi_tenant=tenants is not None, target_recall=args.target_recall)
         col.auto_build = False  # one build at the end, not one per tail_limit
         for lo in range(0, n, args.batch):
             hi = min(n, lo + args.batch)
@@ -203,7 +205,7 @@ def cmd_build(args) -> int:
            "metric": args.metric, "index": args.index, "schema": schema, "multi_tenant": tenants is not None,
            "load_seconds": round(t_load, 2), "build_seconds": summary.get("seconds", 0.0),
            "total_seconds": round(time.time() - t0, 2), "index_bytes": stats["memory_bytes"]["index"],
-           "stored_bytes": stats["stored_bytes"]}
+           "stored_bytes": stats["stored_bytes"], "calibration": summary.get("calibration")}
     if args.out:
         out["copied_to"] = copy_collection(args.data, args.name, args.out)
     if args.json:
@@ -212,6 +214,10 @@ def cmd_build(args) -> int:
         print(f"built {args.name!r}: {out['count']:,} vectors x {dim} ({args.metric}), index {args.index}")
         print(f"  schema: {schema or '(no attributes)'}{'  multi-tenant' if tenants is not None else ''}")
         print(f"  time: load {out['load_seconds']}s + build {out['build_seconds']}s = {out['total_seconds']}s")
+        cal = out["calibration"]
+        if cal:
+            print(f"  calibration: {cal['seconds']}s ({100 * cal['share']:.0f}% of train + add) for recall@10 >= "
+                  f"{args.target_recall} (shoal info --name {args.name} shows the table)")
         print(f"  bytes: index in memory {_fmt_bytes(out['index_bytes'])}, stored {_fmt_bytes(out['stored_bytes'])}")
         if args.out:
             print(f"  copied to {out['copied_to']}")
@@ -267,6 +273,8 @@ def add_search(sub) -> None:
     p.add_argument("--nprobe", type=int, help="shorthand for --param nprobe=N (IVF)")
     p.add_argument("--rerank", type=int, help="shorthand for --param rerank=N")
     p.add_argument("--gamma", type=float, help="shorthand for --param gamma=X (Curator)")
+    p.add_argument("--recall", type=float,
+                   help="shorthand for --param recall=R: the calibrated settings for this recall@10 target")
     p.add_argument("--limit", type=int, help="use only the first N queries of --query-file")
     p.add_argument("--attrs", action="store_true", help="show each result's attributes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -280,7 +288,7 @@ def cmd_search(args) -> int:
     from ..engine import Database
 
     params = dict(parse_param(t) for t in args.param)
-    for key in ("nprobe", "rerank", "gamma"):
+    for key in ("nprobe", "rerank", "gamma", "recall"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     db = Database(args.data, read_only=True)
@@ -327,7 +335,11 @@ def cmd_search(args) -> int:
             extra = "  " + json.dumps(h["attrs"], ensure_ascii=False) if args.attrs else ""
             print(f"  {rank:>4}  {h['id']:>12}  {h['score']:>10.4f}{extra}")
     s = res.stats
-    print(f"({res.score_kind}: {better}; plan {s.plan}; {s.elapsed_ms:.2f} ms for {len(labels)} queries)")
+    cal = ""
+    if s.band:
+        got = "" if s.calibrated_recall is None else f", calibrated recall {s.calibrated_recall:.3f}"
+        cal = f"; {s.band}: {','.join(f'{k}={v}' for k, v in (s.params or {}).items()) or 'exact'}{got}"
+    print(f"({res.score_kind}: {better}; plan {s.plan}{cal}; {s.elapsed_ms:.2f} ms for {len(labels)} queries)")
     return 0
 
 
@@ -358,7 +370,12 @@ def cmd_info(args) -> int:
         return 0
     if args.name:
         for key, value in out[0].items():
-            print(f"{key:>16}: {value}")
+            if key != "calibration":
+                print(f"{key:>16}: {value}")
+        if out[0].get("calibration"):
+            from ..index.calibration import format_table
+
+            print(f"{'calibration':>16}: " + "\n".join(format_table(out[0]["calibration"])))
         return 0
     if not out:
         print(f"no collections in {args.data}")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..index.calibration import DEFAULT_TARGET, check_target
 from ..index.factory import index_factory
 from ..index.rwlock import RWLock
 from ..index.validate import as_ids, as_vectors, check_metric
@@ -122,6 +123,7 @@ class Collection:
         self.multi_tenant = bool(self.config.get("multi_tenant", False))
         for key, default in SETTINGS.items():
             setattr(self, key, int(self.config.get(key, default)))
+        self.target_recall = float(self.config.get("target_recall", DEFAULT_TARGET))
         self._generation = int(manifest.get("generation", 0))
         self._snap_lsn = int(manifest.get("lsn", 0))
         self._wal_name = manifest.get("wal") or snapshot.DEFAULT_WAL
@@ -417,7 +419,7 @@ class Collection:
 
     def _search_settings(self) -> planner.SearchSettings:
         return planner.SearchSettings(self.dim, self.metric, self.index_spec, self.exact_threshold, self.max_k,
-                                      self.max_results)
+                                      self.max_results, self.target_recall)
 
     def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, include_attrs: bool = False):
         """Nearest neighbours of each query among live records.
@@ -432,7 +434,9 @@ class Collection:
         tenant : str or None
             Search only the records this tenant can see (multi-tenant collections).
         params : dict or None
-            Search parameters of the index kind (``nprobe``, ``rerank``, ``gamma``, ...).
+            Search parameters of the index kind (``nprobe``, ``rerank``, ``gamma``, ...); they override the index's
+            calibrated defaults. ``{"recall": r}`` picks the calibrated settings for target ``r`` instead of the
+            collection's ``target_recall``.
         include_attrs : bool
             Return each result's attributes.
 
@@ -485,32 +489,38 @@ class Collection:
         return job
 
     def build(self, index: str | None = None, progress=None, train_kwargs: dict | None = None,
-              background: bool = False):
-        """(Re)build the index from every live record.
+              background: bool = False, target_recall: float | None = None):
+        """(Re)build the index from every live record, then calibrate its default search settings.
 
         Parameters
         ----------
         index : str, optional
             Factory string; becomes the collection's index spec. Default: the current spec.
         progress : None, True (a bar on stderr) or callable ``(done, total, stage)``
+            Stages ``train``, ``add``, ``calibrate``.
         train_kwargs : dict, optional
             Passed to the index's ``train`` (e.g. k-means iterations for IVF-PQ tuning).
         background : bool
             Return a :class:`BuildJob` at once; readers and writers keep working meanwhile.
+        target_recall : float, optional
+            Recall@10 the calibrated defaults reach; becomes the collection's ``target_recall``. Default: the
+            collection's (0.95 unless set at creation).
 
         Returns
         -------
-        dict (summary: index, count, seconds, bytes) or BuildJob
+        dict (summary: index, count, seconds, bytes, calibration) or BuildJob
         """
         self._check_open(write=True)
         spec = self.index_spec if index is None else index
         index_factory(self.dim, spec, self.metric)  # fail early on a bad spec
         if train_kwargs is not None and not isinstance(train_kwargs, dict):
             raise InvalidArgument("train_kwargs must be a dict")
+        target = None if target_recall is None else check_target(target_recall, "target_recall")
         if progress is True:
             progress = stderr_progress
         with self._wlock:
             job = self._register(BuildJob(spec, full=True, explicit=True))
+            job.target_recall = target
         if background:
             return self._start_thread(job, train_kwargs, progress)
         self._run_build(job, train_kwargs, progress)
@@ -550,7 +560,8 @@ class Collection:
                 job.stage = "done"
                 index = self._view.index
                 job.summary = {"index": job.spec, "count": job.count, "seconds": job.to_dict()["seconds"],
-                               "bytes": int(index.memory_bytes()) if index is not None else 0}
+                               "bytes": int(index.memory_bytes()) if index is not None else 0,
+                               "calibration": job.calibration}
             job.finish()
         except BaseException as exc:  # recorded on the job; a background build must not kill the process
             job.finish(exc)
@@ -567,8 +578,10 @@ class Collection:
             inp = builder.prepare(self._view, job.spec, self.dim, self.metric, job.full)
             # from here on, writers log index-level operations for replay on the new index
             self._oplog = []
+        target = job.target_recall if job.target_recall is not None else self.target_recall
         try:
-            out = builder.build(inp, job, train_kwargs, progress)
+            out = builder.build(inp, job, train_kwargs, progress,
+                                builder.CalibrationSettings(target, self.exact_threshold))
             job.stage = "swap"
             with self._wlock:
                 self._check_open(write=True)
@@ -578,9 +591,12 @@ class Collection:
                     self._view = View(self._view.records, out.index, out.row_slot, out.boundary)
                     if job.explicit:
                         self.config["index"] = job.spec
+                    if job.target_recall is not None:
+                        self.config["target_recall"] = self.target_recall = job.target_recall
         finally:
             self._oplog = None
         job.count = int(out.index.nlive)
+        job.calibration = out.calibration
 
     def compact(self) -> dict[str, Any]:
         """Drop deleted records: rebuild the index if more than a quarter of its rows are deleted, then write a
@@ -637,6 +653,9 @@ class Collection:
                 "multi_tenant": self.multi_tenant, "count": rec.nlive, "tail": tail,
                 "indexed": int(index.nlive) if index is not None else 0, "tenants": len(self.tenants.list()),
                 "generation": self._generation, "wal_bytes": self.wal.size, "read_only": self.read_only,
+                "target_recall": self.target_recall,
+                "calibration": None if index is None or index.calibration is None
+                else index.calibration.summary(self.target_recall),
             }
             out.update({key: getattr(self, key) for key in SETTINGS})
             return out

@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ..index.calibration import DEFAULT_TARGET, check_target
 from ..index.factory import index_factory
 from ..index.validate import check_metric
 from . import snapshot, wal as wal_mod
@@ -92,7 +93,8 @@ class Database:
         return self.store.exists(f"{check_collection_name(name)}/MANIFEST")
 
     @staticmethod
-    def _config(name, dim, metric, schema, index, multi_tenant, settings: dict[str, Any]) -> dict[str, Any]:
+    def _config(name, dim, metric, schema, index, multi_tenant, settings: dict[str, Any],
+                target_recall=DEFAULT_TARGET) -> dict[str, Any]:
         """Validate a new collection's configuration."""
         check_collection_name(name)
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
@@ -107,13 +109,15 @@ class Database:
                 raise InvalidArgument(f"{label} must be a {'positive' if label.startswith('max') else 'non-negative'} "
                                       f"integer, got {v!r}")
         return {"name": name, "dim": dim, "metric": metric, "schema": sch.to_json(), "index": index,
-                "multi_tenant": bool(multi_tenant), **settings}
+                "multi_tenant": bool(multi_tenant), **settings,
+                "target_recall": check_target(target_recall, "target_recall")}
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", schema: dict[str, str] | None = None,
                           index: str = "Flat", multi_tenant: bool = False, *, exist_ok: bool = False,
                           tail_limit: int = SETTINGS["tail_limit"], exact_threshold: int = SETTINGS["exact_threshold"],
                           snapshot_wal_bytes: int = SETTINGS["snapshot_wal_bytes"], max_k: int = SETTINGS["max_k"],
-                          max_results: int = SETTINGS["max_results"]) -> Collection:
+                          max_results: int = SETTINGS["max_results"], target_recall: float = DEFAULT_TARGET
+                          ) -> Collection:
         """Create a collection and return it open.
 
         Parameters
@@ -141,11 +145,15 @@ class Database:
             Largest ``k`` a search may ask for (default 10,000).
         max_results : int
             Largest ``nq * k`` of one search call (default 4,194,304).
+        target_recall : float
+            Recall@10 that searches without explicit settings reach: every build calibrates the index's default
+            search settings for it (``search(params={"recall": r})`` picks another target per call).
         """
         self._check(write=True)
         config = self._config(name, dim, metric, schema, index, multi_tenant,
                               {"tail_limit": tail_limit, "exact_threshold": exact_threshold,
-                               "snapshot_wal_bytes": snapshot_wal_bytes, "max_k": max_k, "max_results": max_results})
+                               "snapshot_wal_bytes": snapshot_wal_bytes, "max_k": max_k, "max_results": max_results},
+                              target_recall)
         with self._lock, database_lock(self.wal_dir):
             if self.exists(name):
                 if exist_ok:
@@ -241,10 +249,13 @@ class Database:
         Parameters are those of :meth:`create_collection`; ``replace`` allows an existing collection of that name.
         """
         self._check(write=True)
+        target_recall = settings.pop("target_recall", DEFAULT_TARGET)
         unknown = set(settings) - set(SETTINGS)
         if unknown:
-            raise InvalidArgument(f"unknown collection setting(s) {sorted(unknown)}; valid: {', '.join(SETTINGS)}")
-        config = self._config(name, dim, metric, schema, index, multi_tenant, {**SETTINGS, **settings})
+            raise InvalidArgument(f"unknown collection setting(s) {sorted(unknown)}; valid: "
+                                  f"{', '.join(SETTINGS)}, target_recall")
+        config = self._config(name, dim, metric, schema, index, multi_tenant, {**SETTINGS, **settings},
+                              target_recall)
         with self._lock:
             if name in self._open:
                 raise FailedPrecondition(f"collection {name!r} is open in this Database; close it before "

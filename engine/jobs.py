@@ -41,6 +41,9 @@ class BuildJob:
         self.finished: float | None = None
         self.count = 0
         self.summary: dict[str, Any] = {}
+        #: the recall target this build calibrates for (None: the collection's), and what its calibration did
+        self.target_recall: float | None = None
+        self.calibration: dict[str, Any] | None = None
         self._event = threading.Event()
         self._cancel: str | None = None
         self.thread: threading.Thread | None = None
@@ -79,6 +82,7 @@ class BuildJob:
         end = self.finished or time.time()
         return {"index": self.spec, "full": self.full, "stage": self.stage, "done": self.done, "total": self.total,
                 "progress": self.progress, "count": self.count, "seconds": round(end - self.started, 3),
+                "calibration": self.calibration,
                 "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}"}
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgument, NotFound
+from ..index.calibration import DEFAULT_TARGET, RECALL_PARAM
 from ..index.factory import kind_class, parse_factory, resolve_kind
 from ..index.flat import exact_search
 from ..index.topk import empty_result, merge_topk
@@ -49,6 +50,7 @@ class SearchSettings:
     exact_threshold: int
     max_k: int = DEFAULT_MAX_K
     max_results: int = DEFAULT_MAX_RESULTS
+    target_recall: float = DEFAULT_TARGET
 
 
 def check_limits(nq: int, k, max_k: int, max_results: int) -> int:
@@ -63,10 +65,10 @@ def check_limits(nq: int, k, max_k: int, max_results: int) -> int:
 
 
 def search_params(spec: str, index) -> tuple[str, ...]:
-    """Names of the search parameters the collection's index kind accepts."""
+    """Names of the search parameters the collection's index kind accepts (``recall`` with every kind)."""
     if index is not None:
-        return tuple(index.search_params)
-    return tuple(kind_class(resolve_kind(parse_factory(spec))).search_params)
+        return (*index.search_params, RECALL_PARAM)
+    return (*kind_class(resolve_kind(parse_factory(spec))).search_params, RECALL_PARAM)
 
 
 def _exact(view: View, metric: str, qn: np.ndarray, k: int, slots: np.ndarray | None, lo: int = 0, hi: int = 0,
@@ -126,10 +128,16 @@ def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, p
                 mask &= m
     eligible = rec.nlive if mask is None else int(np.count_nonzero(mask))
     why = "+".join(w for w, m in (("filter", fmask), ("tenant", tmask)) if m is not None)
-    if mask is not None and (index is None or eligible <= cfg.exact_threshold):
-        slots = np.flatnonzero(mask)
+    # the index's calibrated settings for this call's band (explicit params override), or its exact scan where
+    # the calibration measured that as the cheaper way to the target
+    tuned: dict = {}
+    if index is not None and b > 0 and index.calibration is not None:
+        params, tuned = index.tuned_params(params, fraction=eligible / max(1, rec.nlive), target=cfg.target_recall,
+                                           tenant=tid if index.supports_tenants else None, exact_ok=True)
+    if (mask is not None and (index is None or eligible <= cfg.exact_threshold)) or tuned.get("exact"):
+        slots = np.flatnonzero(alive if mask is None else mask)
         D, I = _exact(view, cfg.metric, qn, k, slots)
-        plan = f"exact({why})"
+        plan = f"exact({why})" if not tuned.get("exact") else f"exact({why + ';' if why else ''}calibrated)"
         ndis = nscanned = nq * int(slots.size)
     elif index is None or b == 0:
         tail_mask = alive if mask is None else mask
@@ -164,8 +172,12 @@ def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, p
         attrs = [[rec.attrs.record(slot_of[int(u)]) if u >= 0 else {} for u in row] for row in I]
     scores, kind = keys_to_scores(D, cfg.metric)
     scores = np.where(I >= 0, scores, np.float32(np.inf if kind == "distance" else -np.inf)).astype(np.float32)
+    calibrated = tuned and plan.startswith("index") or tuned.get("exact")
     stats = SearchStats(plan, int(ndis), int(nscanned), (time.perf_counter() - t0) * 1e3,
-                        matched=eligible, exact_fallback=int(short.size))
+                        matched=eligible, exact_fallback=int(short.size),
+                        band=tuned.get("band") if calibrated else None,
+                        calibrated_recall=tuned.get("recall") if calibrated else None,
+                        params=(tuned.get("params") or None) if calibrated else None)
     return SearchResult(I, scores, kind, stats, attrs)
 
 

@@ -27,6 +27,14 @@ class SearchStats:
     exact_fallback : int
         Queries the index answered with fewer than ``min(k, matched)`` results and the planner completed with an
         exact scan of the matching records.
+    band : str or None
+        The index's calibrated band the call used (e.g. ``"fraction>=0.25"``, ``"tenant_size>=8192"``), where its
+        settings (or the exact plan) came from the calibration; ``None`` otherwise.
+    calibrated_recall : float or None
+        The recall@10 the calibration measured for the settings used (1.0 for a calibrated exact plan); ``None``
+        where explicit params overrode them or nothing was calibrated.
+    params : dict or None
+        The calibrated settings chosen for the call (before explicit params were applied on top).
     """
 
     plan: str
@@ -35,10 +43,14 @@ class SearchStats:
     elapsed_ms: float
     matched: int | None = None
     exact_fallback: int = 0
+    band: str | None = None
+    calibrated_recall: float | None = None
+    params: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan, "ndis": self.ndis, "nscanned": self.nscanned, "elapsed_ms": self.elapsed_ms,
-                "matched": self.matched, "exact_fallback": self.exact_fallback}
+                "matched": self.matched, "exact_fallback": self.exact_fallback, "band": self.band,
+                "calibrated_recall": self.calibrated_recall, "params": self.params}
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,11 @@ class Client:
         s = resp.stats
         return SearchResult(ids=ids, scores=scores, score_kind=resp.score_kind, attrs=attrs,
                             stats=SearchStats(plan=s.plan, ndis=s.ndis, nscanned=s.nscanned, elapsed_ms=s.elapsed_ms,
-                                              matched=s.matched, exact_fallback=s.exact_fallback))
+                                              matched=s.matched, exact_fallback=s.exact_fallback,
+                                              band=s.band or None,
+                                              calibrated_recall=s.calibrated_recall
+                                              if s.HasField("calibrated_recall") else None,
+                                              params=json.loads(s.params_json) if s.params_json else None))
 
     # ------------------------------------------------------------------ tenants
     def grant(self, collection: str, ids, tenant: str) -> int:

@@ -475,7 +475,9 @@ def search_response(parts: list, include) -> pb.SearchResponse:
                              nscanned=sum(int(s.nscanned) for s in stats),
                              elapsed_ms=sum(float(s.elapsed_ms) for s in stats),
                              matched=int(stats[0].matched or 0),
-                             exact_fallback=sum(int(s.exact_fallback) for s in stats)))
+                             exact_fallback=sum(int(s.exact_fallback) for s in stats),
+                             band=stats[0].band or "", calibrated_recall=stats[0].calibrated_recall,
+                             params_json=codec.dumps(stats[0].params) if stats[0].params else ""))
     if include:
         wanted = set(include) if isinstance(include, list) else None
         for r in parts:

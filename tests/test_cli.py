@@ -271,3 +271,22 @@ def test_build_gpu_flag_is_checked_before_anything_is_written(tmp_path, vecs, ca
     else:
         assert code == 2 and "faiss-gpu-cu12" in err and "make gpu" in err
         assert not os.path.exists(data / "g")
+
+
+def test_build_reports_and_info_shows_the_calibration(tmp_path, rng, capsys):
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    data = tmp_path / "data"
+    code, out, err = run(capsys, "build", path, "--data", data, "--name", "c", "--index", "IVF16,PQ4x8,Refine",
+                         "--target-recall", "0.9", "--quiet")
+    assert code == 0, err
+    assert "calibration:" in out and "recall@10 >= 0.9" in out
+    code, out, err = run(capsys, "info", "--data", data, "--name", "c")
+    assert code == 0, err
+    assert "calibrated for recall@10 >= 0.9 by fraction" in out and "fraction>=1" in out and "nprobe=" in out
+    code, out, err = run(capsys, "search", "--data", data, "--name", "c", "--ids", "5", "--recall", "0.99")
+    assert code == 0, err
+    assert "fraction>=1: " in out and "calibrated recall" in out
+    code, _, err = run(capsys, "search", "--data", data, "--name", "c", "--ids", "5", "--recall", "2")
+    assert code == 2 and "recall" in err

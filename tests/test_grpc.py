@@ -380,6 +380,25 @@ def test_k_is_bounded_at_the_client_and_the_server(server, rng):
         assert res.stats.matched == 100 and res.stats.exact_fallback == 0
 
 
+def test_calibrated_defaults_travel_over_grpc(server, rng):
+    """The calibration table comes back from Describe and each search's stats say which band and settings served
+    it; 'recall' in params picks from the same table."""
+    x = rng.standard_normal((3000, DIM)).astype(np.float32)
+    with server.client("admin") as c:
+        c.create_collection("cal", DIM, index="IVF16,PQ4x8,Refine")
+        c.upsert("cal", np.arange(3000), x)
+        assert c.build("cal", wait=True)["state"] == "DONE"
+        table = c.describe_collection("cal")["calibration"]
+        assert table["axis"] == "fraction" and table["bands"][0]["reached"]
+        res = c.search("cal", x[:5], k=10)
+        assert res.stats.band == "fraction>=1" and res.stats.calibrated_recall >= 0.95
+        assert set(res.stats.params) == {"nprobe", "rerank"}
+        own = c.search("cal", x[:5], k=10, params={"nprobe": 2})
+        assert own.stats.calibrated_recall is None and own.stats.band == "fraction>=1"
+        assert c.search("cal", x[:5], k=10, params={"recall": 0.99}).stats.calibrated_recall >= 0.99
+        assert c.drop_collection("cal")
+
+
 def test_drop_during_a_grpc_build_cancels_it_and_the_collection_stays_dropped(tmp_path, rng):
     srv = Server(tmp_path / "dropbuild")
     try:

@@ -250,20 +250,26 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., queries: _Optional[bytes] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., tenant: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., attributes: _Optional[_Iterable[str]] = ..., all_attributes: _Optional[bool] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class SearchStats(_message.Message):
-    __slots__ = ("plan", "ndis", "nscanned", "elapsed_ms", "matched", "exact_fallback")
+    __slots__ = ("plan", "ndis", "nscanned", "elapsed_ms", "matched", "exact_fallback", "band", "calibrated_recall", "params_json")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     NDIS_FIELD_NUMBER: _ClassVar[int]
     NSCANNED_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     EXACT_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    BAND_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     plan: str
     ndis: int
     nscanned: int
     elapsed_ms: float
     matched: int
     exact_fallback: int
-    def __init__(self, plan: _Optional[str] = ..., ndis: _Optional[int] = ..., nscanned: _Optional[int] = ..., elapsed_ms: _Optional[float] = ..., matched: _Optional[int] = ..., exact_fallback: _Optional[int] = ...) -> None: ...
+    band: str
+    calibrated_recall: float
+    params_json: str
+    def __init__(self, plan: _Optional[str] = ..., ndis: _Optional[int] = ..., nscanned: _Optional[int] = ..., elapsed_ms: _Optional[float] = ..., matched: _Optional[int] = ..., exact_fallback: _Optional[int] = ..., band: _Optional[str] = ..., calibrated_recall: _Optional[float] = ..., params_json: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("nq", "k", "ids", "scores", "score_kind", "attributes", "stats")
