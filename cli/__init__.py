@@ -18,13 +18,14 @@ import importlib
 import sys
 from typing import Sequence
 
-from ..errors import ShoalError
+from ..errors import FailedPrecondition, PermissionDenied, ShoalError
 
 #: subcommand -> "module:function(subparsers)" that registers it (imported when the parser is built)
 COMMANDS: dict[str, str] = {
     "build": "shoal.cli.collection:add_build",
     "search": "shoal.cli.collection:add_search",
     "info": "shoal.cli.collection:add_info",
+    "repair": "shoal.cli.collection:add_repair",
     "demo": "shoal.cli.demo:add_demo",
     "serve": "shoal.cli.serve:add_serve",
     "demo-grpc": "shoal.cli.demo_grpc:add_demo_grpc",
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``shoal`` command; returns the exit status (2 on bad input, 1 on other shoal errors)."""
+    """Run the ``shoal`` command; returns the exit status: 0 success; 2 bad input or a refused operation (invalid
+    argument, unknown name, already exists, held by another process); 1 any other failure; 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ShoalError, ValueError, OSError) as exc:
-        code = 2 if isinstance(exc, (ValueError, KeyError)) else 1
+        code = 2 if isinstance(exc, (ValueError, KeyError, FailedPrecondition, PermissionDenied)) else 1
         print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:

@@ -332,7 +332,8 @@ class StagedCollection(Collection):
             _remove_stale_logs(os.path.join(db.wal_dir, self.name), keep=wal)
             self._closed = True
         self._release()
-        info.update(generation=generation, wal_bytes=0)
+        stored = sum(self.store.size(key) for key in self.store.list(manifest["snapshot"] + "/"))
+        info.update(generation=generation, wal_bytes=0, stored_bytes=stored)
         return info
 
     def abort(self) -> None:

