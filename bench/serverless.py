@@ -228,12 +228,12 @@ def main(argv=None) -> int:
         for name, (flt, gt) in cases.items():
             Dr, Ir = search_inprocess(store, q, k, filter=flt)
             t = time.perf_counter()
-            D0, I0 = index.search(q, k, filter=None if flt is None else flt_text)
+            D0, I0, st0 = index.search_with_stats(q, k, filter=None if flt is None else flt_text)
             inproc_s = time.perf_counter() - t
             inproc[name] = Ir
             rec = {"phase": "in-process", "filter": name, "nq": nq, "qps": nq / inproc_s,
                    "recall": recall_at_k(Ir, gt, k), "recall_index_search": recall_at_k(I0, gt, k),
-                   "partitions_visited": index.last_stats.get("partitions_visited"), "dataset": ds.key,
+                   "partitions_visited": st0.get("partitions_visited"), "dataset": ds.key,
                    "build_s": build_s, "n": n}
             append_result(args.out, rec)
         emu = Emulator(max_workers=args.max_workers, timeout=300, memory_mb=ASSUMPTIONS["memory_mb"],
@@ -306,8 +306,7 @@ def main(argv=None) -> int:
         rq = [a for r_ in warm if r_["filter"] == "none" for a, _ in r_["route_ms"]]
         rm = [t for r_ in warm if r_["filter"] == "none" for _, t in r_["route_ms"]]
         route_a, route_c = fit_line(rq, rm)
-        index.search(q, k)
-        visited = index.last_stats.get("partitions_visited", args.partitions)
+        visited = index.search_with_stats(q, k)[2].get("partitions_visited", args.partitions)
         calib = {"n": n, "rows_per_partition": n / args.partitions, "partitions_visited": float(visited),
                  "partitions": args.partitions, "proc_a_ms": proc_a, "proc_c_ms": proc_c, "route_a_ms": route_a,
                  "route_c_ms": route_c,

@@ -97,7 +97,6 @@ class OSQIndex(Level0Planner, Index):
         # scans them without rotating the queries (d^2 flops a query, more than the scan itself when few rows pass)
         self.raw = np.empty((0, self.d), dtype=np.float32)
         self.raw_norms = np.empty(0, dtype=np.float32)
-        self.last_stats: dict = {}
 
     # ------------------------------------------------------------------ factory
     @property
@@ -412,13 +411,18 @@ class OSQIndex(Level0Planner, Index):
 
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
+        D, I, _ = self.search_with_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """:meth:`search` plus this call's stats: ``plan`` (``exact`` / ``multilevel``), ``sure`` / ``maybe`` rows,
+        ``ndis``, bytes touched, ``partitions_visited``, ``elapsed_ms``, ..."""
         q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
         t0 = time.perf_counter()
         nq = q.shape[0]
         D, I = self.empty(nq, k)
         if nq == 0 or self.ntotal == 0:
-            self.last_stats = {"plan": "empty", "nq": nq}
-            return D, I
+            return D, I, {"plan": "empty", "nq": nq}
         expr = None if filter is None else as_expr(filter)
         p = dict(DEFAULT_PARAMS)
         p.update(params)
@@ -442,8 +446,7 @@ class OSQIndex(Level0Planner, Index):
             D, I = self._fill_short(lv, D, I, k, expr, stats)
         stats["bytes_per_query"] = (stats["level0_bytes"] + stats["query_bytes"]) / nq
         stats["elapsed_ms"] = (time.perf_counter() - t0) * 1e3
-        self.last_stats = stats
-        return D, I
+        return D, I, stats
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """Rotated vectors of internal ``rows`` (float32 (m, d))."""

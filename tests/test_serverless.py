@@ -571,8 +571,8 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
     for text in (None, 'price < 30 and color = "red"', "price < 0.4"):  # multilevel, filtered, exact plan
         flt = None if text is None else filters.to_json(filters.parse(text))
         # processors hold codes, not vectors: level 2 ranks by code bounds, as a memory-mapped index does
-        D0, I0 = index.search(q, 10, filter=text, params={"level2": "bounds"})
-        assert index.last_stats.get("short_fixed", 0) == 0
+        D0, I0, st = index.search_with_stats(q, 10, filter=text, params={"level2": "bounds"})
+        assert st.get("short_fixed", 0) == 0
         assert np.array_equal(search_inprocess(store, q, 10, filter=flt)[1], I0), text
         r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2, filter=flt)
         assert np.array_equal(r.I, I0), text
