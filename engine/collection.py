@@ -49,7 +49,8 @@ from .view import View
 from .wal import WALDamaged, WriteAheadLog
 
 DEFAULT_TAIL_LIMIT = 20_000
-DEFAULT_EXACT_THRESHOLD = 4096
+#: None: the planner chooses per index kind (planner.exact_threshold)
+DEFAULT_EXACT_THRESHOLD = None
 #: after an automatic (tail) build, write a snapshot only once the WAL has grown this large: until then a reopen
 #: replays the WAL (the replayed records land in the tail and are indexed again), which is cheaper than rewriting
 #: every record and the index after each tail_limit writes
@@ -104,6 +105,8 @@ class Collection:
         self._auto_failed_at: int | None = None
         self._closing = False
         self._closed = False
+        self._settings = None
+        self._filters: dict[str, Any] = {}
         self.counters = {"searches": 0, "queries": 0, "upserted": 0, "deleted": 0, "builds": 0}
         if self.staged:
             self._set_config(staged_manifest)
@@ -121,7 +124,8 @@ class Collection:
         self.schema = Schema(self.config.get("schema"))
         self.multi_tenant = bool(self.config.get("multi_tenant", False))
         for key, default in SETTINGS.items():
-            setattr(self, key, int(self.config.get(key, default)))
+            value = self.config.get(key, default)
+            setattr(self, key, None if value is None else int(value))
         self._generation = int(manifest.get("generation", 0))
         self._snap_lsn = int(manifest.get("lsn", 0))
         self._wal_name = manifest.get("wal") or snapshot.DEFAULT_WAL
@@ -416,8 +420,22 @@ class Collection:
         return mask
 
     def _search_settings(self) -> planner.SearchSettings:
-        return planner.SearchSettings(self.dim, self.metric, self.index_spec, self.exact_threshold, self.max_k,
-                                      self.max_results)
+        key = (self.index_spec, self.exact_threshold, self.max_k, self.max_results)
+        if self._settings is None or self._settings[0] != key:
+            self._settings = (key, planner.SearchSettings(self.dim, self.metric, *key))
+        return self._settings[1]
+
+    def _parse_filter(self, flt):
+        """:func:`parse_filter` with the last few filter texts remembered (parsing costs more than a small search)."""
+        if not isinstance(flt, str):
+            return parse_filter(flt, self.schema)
+        expr = self._filters.get(flt)
+        if expr is None:
+            expr = parse_filter(flt, self.schema)
+            if len(self._filters) >= 256:
+                self._filters.clear()
+            self._filters[flt] = expr
+        return expr
 
     def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, include_attrs: bool = False):
         """Nearest neighbours of each query among live records.
@@ -442,7 +460,7 @@ class Collection:
             Each query holds ``min(k, matching records)`` results; ``stats`` describes this call only.
         """
         self._check_open()
-        expr = parse_filter(filter, self.schema)
+        expr = self._parse_filter(filter)
         with self._rw.read:
             tid = self._tenant_id(tenant)
             res = planner.search(self._view, self._search_settings(), queries, k, expr, tid, params, include_attrs)

@@ -103,6 +103,8 @@ class Database:
             raise InvalidArgument(f"index must be a factory string, got {index!r}")
         index_factory(dim, index, metric)
         for label, v in settings.items():
+            if label == "exact_threshold" and v is None:
+                continue  # chosen by the planner per index kind
             if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (label in ("max_k", "max_results") and v < 1):
                 raise InvalidArgument(f"{label} must be a {'positive' if label.startswith('max') else 'non-negative'} "
                                       f"integer, got {v!r}")
@@ -111,7 +113,7 @@ class Database:
 
     def create_collection(self, name: str, dim: int, metric: str = "l2", schema: dict[str, str] | None = None,
                           index: str = "Flat", multi_tenant: bool = False, *, exist_ok: bool = False,
-                          tail_limit: int = SETTINGS["tail_limit"], exact_threshold: int = SETTINGS["exact_threshold"],
+                          tail_limit: int = SETTINGS["tail_limit"], exact_threshold: int | None = SETTINGS["exact_threshold"],
                           snapshot_wal_bytes: int = SETTINGS["snapshot_wal_bytes"], max_k: int = SETTINGS["max_k"],
                           max_results: int = SETTINGS["max_results"]) -> Collection:
         """Create a collection and return it open.
@@ -134,7 +136,8 @@ class Database:
         tail_limit : int
             Unindexed records that trigger a background index build.
         exact_threshold : int
-            A filtered/tenant search whose matching rows are at most this many is answered by an exact scan of them.
+            A filtered/tenant search whose matching rows are at most this many is answered by an exact scan of them;
+            ``None`` (default) lets the planner choose per index kind (see :func:`shoal.engine.planner.exact_threshold`).
         snapshot_wal_bytes : int
             After an automatic build, snapshot (and empty the WAL) only once the WAL is this large.
         max_k : int

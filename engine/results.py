@@ -23,7 +23,8 @@ class SearchStats:
     elapsed_ms : float
     matched : int or None
         Live records the query may return (those matching its filter and tenant): a result holds
-        ``min(k, matched)`` ids, never fewer. ``None`` where not reported (older servers).
+        ``min(k, matched)`` ids, never fewer. ``None`` when the plan had no need to count them (an index that applies
+        the filter itself returned full lists), or from older servers.
     exact_fallback : int
         Queries the index answered with fewer than ``min(k, matched)`` results and the planner completed with an
         exact scan of the matching records.
@@ -86,9 +87,9 @@ class SearchResult:
 
 
 def keys_to_scores(D: np.ndarray, metric: str) -> tuple[np.ndarray, str]:
-    """Convert distance keys (smaller is better) to user-facing scores."""
+    """Convert distance keys (smaller is better) to user-facing scores. Padding keys are ``+inf`` (the index
+    contract), so padding becomes ``+inf`` distances or ``-inf`` similarities with no mask."""
     D = np.asarray(D, dtype=np.float32)
     if metric == "l2":
-        return np.sqrt(np.maximum(D, 0.0)).astype(np.float32), "distance"
-    with np.errstate(invalid="ignore"):
-        return (-D).astype(np.float32), "similarity"
+        return np.sqrt(np.maximum(D, 0.0)), "distance"
+    return np.negative(D), "similarity"

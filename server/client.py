@@ -259,7 +259,8 @@ class Client:
         s = resp.stats
         return SearchResult(ids=ids, scores=scores, score_kind=resp.score_kind, attrs=attrs,
                             stats=SearchStats(plan=s.plan, ndis=s.ndis, nscanned=s.nscanned, elapsed_ms=s.elapsed_ms,
-                                              matched=s.matched, exact_fallback=s.exact_fallback))
+                                              matched=s.matched if s.HasField("matched") else None,
+                                              exact_fallback=s.exact_fallback))
 
     # ------------------------------------------------------------------ tenants
     def grant(self, collection: str, ids, tenant: str) -> int:

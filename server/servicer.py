@@ -474,7 +474,7 @@ def search_response(parts: list, include) -> pb.SearchResponse:
         stats=pb.SearchStats(plan=stats[0].plan, ndis=sum(int(s.ndis) for s in stats),
                              nscanned=sum(int(s.nscanned) for s in stats),
                              elapsed_ms=sum(float(s.elapsed_ms) for s in stats),
-                             matched=int(stats[0].matched or 0),
+                             matched=stats[0].matched,
                              exact_fallback=sum(int(s.exact_fallback) for s in stats)))
     if include:
         wanted = set(include) if isinstance(include, list) else None
