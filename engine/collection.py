@@ -420,10 +420,13 @@ class Collection:
         return mask
 
     def _search_settings(self) -> planner.SearchSettings:
-        key = (self.index_spec, self.exact_threshold, self.max_k, self.max_results)
-        if self._settings is None or self._settings[0] != key:
-            self._settings = (key, planner.SearchSettings(self.dim, self.metric, *key))
-        return self._settings[1]
+        """The settings searches use, remade only when one of them changed."""
+        st = self._settings
+        if st is None or st.exact_threshold != self.exact_threshold or st.index_spec != self.index_spec or \
+                st.max_k != self.max_k or st.max_results != self.max_results:
+            st = self._settings = planner.SearchSettings(self.dim, self.metric, self.index_spec,
+                                                         self.exact_threshold, self.max_k, self.max_results)
+        return st
 
     def _parse_filter(self, flt):
         """:func:`parse_filter` with the last few filter texts remembered (parsing costs more than a small search)."""
@@ -459,10 +462,11 @@ class Collection:
         SearchResult
             Each query holds ``min(k, matching records)`` results; ``stats`` describes this call only.
         """
-        self._check_open()
-        expr = self._parse_filter(filter)
+        if self._closed:
+            self._check_open()
+        expr = None if filter is None else self._parse_filter(filter)
         with self._rw.read:
-            tid = self._tenant_id(tenant)
+            tid = None if tenant is None else self._tenant_id(tenant)
             res = planner.search(self._view, self._search_settings(), queries, k, expr, tid, params, include_attrs)
         self.counters["searches"] += 1
         self.counters["queries"] += len(res)

@@ -185,19 +185,20 @@ def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, p
         Search parameters of the index kind.
     """
     t0 = time.perf_counter()
-    q = as_vectors(queries, cfg.dim, name="queries")
-    nq = q.shape[0]
-    k = check_limits(nq, k, cfg.max_k, cfg.max_results)
     index = view.index
-    params = as_params(params, search_params(cfg.index_spec, index))
     rec = view.records
     n, b = rec.n, view.boundary
-    if index is not None and b == n and expr is None and (
+    if (index is not None and b == n and expr is None and type(queries) is np.ndarray and queries.ndim == 2
+            and queries.dtype == np.float32 and queries.shape[1] == cfg.dim and queries.shape[0] and (
             tid is None or (index.supports_tenants and cfg.exact_threshold is None
-                            and rec.tenant_count(tid) > AUTO_EXACT_NATIVE_TENANT)):
-        # the thin path: everything indexed, no mask to build (no constraint, or a tenant the index takes natively)
-        D, I, info = index.search_with_stats(q, k, params=params, tenant=tid)
-        if nq and k <= index.ntotal and (I[:, k - 1] >= 0).all():
+                            and rec.tenant_count(tid) > AUTO_EXACT_NATIVE_TENANT))):
+        # the thin path: everything indexed and no mask to build (no constraint, or a tenant the index takes
+        # natively); the index's own edge checks the queries' values, so they are not checked twice
+        nq = queries.shape[0]
+        k = check_limits(nq, k, cfg.max_k, cfg.max_results)
+        params = as_params(params, index.search_params)
+        D, I, info = index.search_with_stats(queries, k, params=params, tenant=tid)
+        if k <= index.ntotal and (I[0, k - 1] >= 0 if nq == 1 else (I[:, k - 1] >= 0).all()):
             scores, kind = keys_to_scores(D, cfg.metric)
             sub = info.get("plan")
             plan = f"index({index.kind}:{sub})" if sub else f"index({index.kind})"
@@ -207,6 +208,10 @@ def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, p
                                 (time.perf_counter() - t0) * 1e3, matched=matched)
             attrs = _attributes(rec, I) if include_attrs else None
             return SearchResult(I, scores, kind, stats, attrs)
+    q = as_vectors(queries, cfg.dim, name="queries")
+    nq = q.shape[0]
+    k = check_limits(nq, k, cfg.max_k, cfg.max_results)
+    params = as_params(params, search_params(cfg.index_spec, index))
     qn = normalize_rows(q) if cfg.metric == "cosine" else q
     cons = _Constraint(rec, n, expr, tid)
     why = "filter+tenant" if expr is not None and tid is not None else "filter" if expr is not None else \

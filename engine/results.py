@@ -91,5 +91,6 @@ def keys_to_scores(D: np.ndarray, metric: str) -> tuple[np.ndarray, str]:
     contract), so padding becomes ``+inf`` distances or ``-inf`` similarities with no mask."""
     D = np.asarray(D, dtype=np.float32)
     if metric == "l2":
-        return np.sqrt(np.maximum(D, 0.0)), "distance"
+        scores = np.maximum(D, 0.0)
+        return np.sqrt(scores, out=scores), "distance"
     return np.negative(D), "similarity"

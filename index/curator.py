@@ -596,7 +596,7 @@ class CuratorIndex(Index):
         hit = self._fast(q, k, params, allowed, tenant, filter)
         if hit is None:
             hit = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
-        return hit[0], hit[1], {"ndis": int(hit[2].sum())}
+        return hit[0], hit[1], {"ndis": sum(hit[2].tolist())}
 
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """:meth:`search` that also returns the number of candidates scored per query (int64 (nq,))."""
