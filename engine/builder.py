@@ -114,6 +114,7 @@ def build(inp: BuildInput, job: BuildJob, train_kwargs: dict | None = None,
         job.done = hi
         if progress:
             progress(hi, job.total, "add")
+    new.compact()  # rows came in chunks: give back what growth by doubling left unused
     job.checkpoint()
     return BuildOutput(new, np.concatenate([inp.base_row_slot, _rows_to_slots(new.row_ids[base_rows:], ids, slots)]),
                        inp.boundary)

@@ -246,7 +246,10 @@ class CuratorIndex(Index):
         cap = self._ids.shape[0]
         if need <= cap:
             return
-        new = max(need, 2 * cap, 1024)
+        self._resize_rows(max(need, 2 * cap, 1024))
+
+    def _resize_rows(self, new: int) -> None:
+        """Reallocate the per-row buffers to ``new`` rows (>= ``_n``): growth by doubling, or shrinking to fit."""
 
         def grow(a, fill=0):
             out = np.full((new,) + a.shape[1:], fill, a.dtype) if fill else np.zeros((new,) + a.shape[1:], a.dtype)
@@ -506,9 +509,12 @@ class CuratorIndex(Index):
             self._compact_acc(slack=1.1)
 
     def compact(self) -> None:
-        """Reclaim all pool slack now (e.g. before measuring memory or saving)."""
+        """Give back all spare capacity now: pool slack, and row buffers beyond the rows held (a build feeds rows in
+        chunks, and doubling leaves up to half of the last allocation unused)."""
         with self._lock.write:
             self._trim()
+            if self._ids.shape[0] > self._n:
+                self._resize_rows(self._n)
 
     # ------------------------------------------------------------------ queries
     def tenants_of(self, id) -> list[int]:
