@@ -32,6 +32,7 @@ from ..errors import DeadlineExceeded, InvalidArgument, ShoalError
 from ..index.topk import empty_result, merge_topk
 from ..index.validate import as_vectors, check_k
 from .backends import get_backend, scatter
+from . import kernels
 from .cache import CACHE, Reader, default_capacity, store_for
 from .invokers import LambdaInvoker, RemoteError, Throttled
 from .manifest import cached_manifest, check_partition, current_version
@@ -48,6 +49,10 @@ _CHILD_LOCK = threading.Lock()
 #: fault injection for tests and chaos drills: none in production. The local emulator's workers install
 #: :func:`shoal.serverless.faults.hook` when given a faults file (:func:`set_fault_hook`); this module reads no file.
 _FAULT_HOOK: dict[str, Any] = {"hook": None}
+
+# the container's init phase (Lambda imports this module before the first invocation): load the compiled kernels
+# shipped with the image (``$SHOAL_KERNELS``), so that no invocation compiles one
+kernels.init_container()
 
 
 class MalformedResponse(ShoalError, ValueError):
@@ -421,6 +426,7 @@ def run_coordinator(event: dict, context) -> dict:
 
 def handler(event, context=None):
     """AWS Lambda entry point (``shoal.serverless.handler.handler``); ``event`` is the decoded JSON payload."""
+    compiles0 = kernels.COMPILES.snapshot()
     with _STATE_LOCK:
         cold = _STATE["invocations"] == 0
         _STATE["invocations"] += 1
@@ -448,7 +454,15 @@ def handler(event, context=None):
             out = run_allocator(ctx, node, body.get("queries"), context)
         else:
             out = run_processor(ctx, body.get("partition"), body.get("queries"), body.get("extra") or {}, context)
-    out["metrics"][0]["cold"] = cold
-    out["metrics"][0]["spilled_in_bytes"] = spilled
+    rec = out["metrics"][0]
+    rec["cold"] = cold
+    rec["spilled_in_bytes"] = spilled
+    # kernels compiled inside this invocation (0 once the init phase loaded them; process-wide, so in-process runs
+    # with concurrent invocations may count each other's), and on a cold container what its init phase loaded
+    count, seconds = kernels.COMPILES.snapshot()
+    rec["compiles"] = count - compiles0[0]
+    rec["compile_ms"] = (seconds - compiles0[1]) * 1e3
+    if cold and kernels.INIT is not None:
+        rec["init"] = dict(kernels.INIT, inherited=kernels.INIT.get("pid") != os.getpid())
     resp, _ = spill_if_large(encode(out), uri)
     return resp

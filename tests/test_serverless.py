@@ -283,14 +283,21 @@ def s3_index(moto_endpoint):
 
 
 @pytest.fixture(scope="module")
-def emulator(moto_endpoint, tmp_path_factory):
+def kernels_dir(tmp_path_factory):
+    """An EMPTY directory for compiled kernels: the first emulator of this process builds them there (the forkserver,
+    which loads them, is one per process, so every emulator here uses this directory)."""
+    return str(tmp_path_factory.mktemp("kernels"))
+
+
+@pytest.fixture(scope="module")
+def emulator(moto_endpoint, tmp_path_factory, kernels_dir):
     from shoal.serverless.emulator import Emulator
 
     faults_file = tmp_path_factory.mktemp("faults") / "faults.json"
     faults_file.write_text("[]")
     emu = Emulator(max_workers=16, timeout=60, env={"SHOAL_S3_ENDPOINT": moto_endpoint,
                                                     "SHOAL_FAULTS_FILE": str(faults_file)},
-                   functions={"shoal-p*": {"timeout": 10}})
+                   functions={"shoal-p*": {"timeout": 10}}, kernels_dir=kernels_dir)
     emu.start()
     emu.faults_file = faults_file
     yield emu
@@ -317,12 +324,28 @@ def run_search(emulator, store, q, **kw):
                          processor="shoal-p{partition}", invoker=LambdaInvoker(emulator.url), **kw)
 
 
-def test_end_to_end_tree_through_boto3_and_warm_second_batch(emulator, s3_index):
+def no_compiles(r) -> None:
+    """Every invocation of a search reports that it compiled no numba kernel (the init phase loaded them)."""
+    assert all(m["compiles"] == 0 for m in r.metrics if not m.get("inline")), \
+        [(m["role"], m["compiles"]) for m in r.metrics if m.get("compiles")]
+
+
+def test_end_to_end_tree_through_boto3_and_warm_second_batch(emulator, s3_index, record_property):
     store, x, ids, q = s3_index
     D0, I0 = search_inprocess(store, q, 10)
     emulator.reset_stats()
     r = run_search(emulator, store, q)
     assert np.array_equal(r.I, I0)
+    # the emulator started from an empty kernels directory: it compiled them before reporting ready, and the first
+    # batch's fresh containers loaded instead of compiling (the times are recorded, not asserted)
+    init = emulator.stats()["init"]
+    assert init["build"]["compiled"] > 0 and init["build"]["kernels"] > 0
+    assert init["preload"]["loaded"] == init["build"]["kernels"] and init["preload"]["compiled"] == 0
+    no_compiles(r)
+    assert all(m["cold"] for m in r.metrics if not m.get("inline"))
+    record_property("emulator_ready_s", init["ready_s"])
+    record_property("first_batch_ms", r.elapsed_ms)
+    record_property("container_init_ms", emulator.stats()["container_init_ms"])
     np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
     st = emulator.stats()
     # the tree: 1 coordinator, b + b^2 = 6 allocators, and each partition processed exactly once
@@ -375,9 +398,53 @@ def test_osq_on_s3_through_boto3_reads_vector_rows_by_range(emulator, moto_endpo
         assert np.array_equal(r.I, I0)
         np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
         assert r.stats["invocations"]["processor"] >= 1
+        no_compiles(r)  # OSQ's kernels came with the init phase too
     # warm: the same batch again reads nothing from S3
     r2 = run_search(emulator, store, q, filter=flt, L=1)
     assert np.array_equal(r2.I, I0) and r2.stats["bytes_fetched"] == 0
+
+
+def test_image_init_phase_seeds_and_loads_the_shipped_kernels(emulator, tmp_path):
+    """What a container of the image does: kernels built into a directory at image build time (here: by the emulator
+    fixture, from an empty directory) are copied into an empty, writable numba cache and loaded when the handler is
+    imported (the init phase), in a fresh process; searches through every OSQ plan then compile nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(12)
+    x, ids, q = make_data(seed=12)
+    index = OSQIndex(D_DIM, "l2", partitions=3)
+    index.train(x)
+    index.add(x, ids, attrs={"u": rng.random(N)})
+    OSQBackend.publish(LocalStore(tmp_path / "osq"), index)
+    np.save(tmp_path / "q.npy", q)
+    script = f"""
+import json, numpy as np
+from shoal import filters
+from shoal.serverless import handler, kernels
+from shoal.serverless.backends import search_inprocess
+from shoal.storage import LocalStore
+c0 = kernels.COMPILES.snapshot()[0]
+q = np.load({str(tmp_path / "q.npy")!r})
+for flt in (None, "u < 0.5", "u < 0.002"):
+    for mode in ("auto", "multilevel", "exact"):
+        search_inprocess(LocalStore({str(tmp_path / "osq")!r}), q, 10, params={{"mode": mode}},
+                         filter=None if flt is None else filters.to_json(filters.parse(flt)))
+print(json.dumps({{"init": kernels.INIT, "search_compiles": kernels.COMPILES.snapshot()[0] - c0}}))
+"""
+    env = dict(os.environ, SHOAL_KERNELS=emulator.kernels_dir, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               NUMBA_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    init = got["init"]
+    assert "error" not in init and init["copied_bytes"] > 0
+    assert init["kernels"] > 0 and init["loaded"] == init["kernels"] and init["compiled"] == 0
+    assert got["search_compiles"] == 0
 
 
 def test_processor_failures_are_retried_then_name_the_partition(emulator, s3_index, faults):
@@ -418,12 +485,12 @@ def test_processor_timeout_is_retried_then_named(emulator, s3_index, faults):
         run_search(emulator, store, q, b=2, L=1, retries=0)
 
 
-def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tmp_path):
+def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tmp_path, kernels_dir):
     from shoal.serverless.emulator import Emulator
 
     store, x, ids, q = s3_index
     I0 = search_inprocess(store, q, 10)[1]
-    with Emulator(max_workers=2, env={"SHOAL_S3_ENDPOINT": moto_endpoint}) as emu:
+    with Emulator(max_workers=2, env={"SHOAL_S3_ENDPOINT": moto_endpoint}, kernels_dir=kernels_dir) as emu:
         # the tree needs 13 concurrent invocations; with 2 the allocators run refused children inline
         r = run_search(emu, store, q)
         assert np.array_equal(r.I, I0)
@@ -436,7 +503,8 @@ def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tm
         # however late the second thread gets to its invoke on a loaded machine (0.5 s was once not enough in CI)
         slow = tmp_path / "slow-coordinator.json"
         slow.write_text(json.dumps([{"role": "coordinator", "mode": "sleep", "seconds": 2.0}]))
-        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint, "SHOAL_FAULTS_FILE": str(slow)}) as one:
+        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint, "SHOAL_FAULTS_FILE": str(slow)},
+                      kernels_dir=kernels_dir) as one:
             invokers = [LambdaInvoker(one.url, seed=i, base_delay=0.2, max_attempts=12) for i in range(2)]
             client.search(q, 10, index=store.uri, function="shoal", invoker=invokers[0], b=2, L=1)  # warm it
             results = [None, None]
@@ -652,7 +720,7 @@ def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
     assert r2.stats["bytes_fetched"] == 0
 
 
-def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys):
+def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys, kernels_dir):
     import socket
     import subprocess
     import sys
@@ -680,10 +748,14 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "lambda-local", "--port", str(port),
-                             "--max-workers", "8", "--s3-endpoint", moto_endpoint],
+                             "--max-workers", "8", "--s3-endpoint", moto_endpoint, "--kernels", kernels_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert "Lambda Invoke API at" in proc.stdout.readline()
+        lines = []
+        while not any("Lambda Invoke API at" in line for line in lines):  # after the kernels' build or load
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)
+        assert "ready in" in proc.stdout.readline()
         monkeypatch.setenv("SHOAL_S3_ENDPOINT", moto_endpoint)
         q = x[:3] + 0.01
         argv = ["search", "--serverless", "shoal", "--index-uri", uri, "--lambda-endpoint",
