@@ -61,13 +61,8 @@ class OSQRouter:
 
     def route(self, q, k, params, filter) -> dict[int, tuple[np.ndarray, dict]]:
         index = self.index
-        params = {key: v for key, v in (params or {}).items()}
-        unknown = set(params) - set(index.search_params)
-        if unknown:
-            raise InvalidArgument(f"unknown OSQ search parameter(s) {sorted(unknown)}; valid: {index.search_params}")
-        if params.get("level2", "auto") not in ("auto", "bounds"):
-            raise InvalidArgument(f"level2={params['level2']!r} is not served by processors, which read vector rows "
-                                  "on demand: use 'bounds' or 'auto'")
+        params = dict(params or {})
+        OSQBackend.check_params({}, params)
         lv = index.level0(q, k, params, filter=_expr(filter))
         nq, P = q.shape[0], index.nparts
         out: dict[int, tuple[np.ndarray, dict]] = {}
@@ -159,19 +154,52 @@ class OSQBackend:
     """Serverless layout and roles for :class:`~shoal.index.osq.OSQIndex`."""
 
     @staticmethod
-    def publish(store, index) -> dict:
-        """Write a built OSQ index as a new version and move the manifest pointer to it."""
+    def publish(store, index, *, schema: dict | None = None) -> dict:
+        """Write a built OSQ index as a new version and move the manifest pointer to it.
+
+        ``schema`` (``{attribute: type}``, default: the index's attribute kinds) goes into the manifest: the
+        coordinator type-checks filters against it before fan-out.
+        """
+        from ..filters.check import check_schema
         from ..index.osq import OSQIndex
 
         if not isinstance(index, OSQIndex) or not index.is_trained:
             raise InvalidArgument("publish needs a trained OSQIndex")
+        schema = dict(index.kinds if schema is None else schema)
+        check_schema(schema)
         version = new_version()
         index.save(store, f"versions/{version}/osq")
         manifest = {"version": version, "kind": "osq", "d": index.d, "metric": index.metric,
                     "n_partitions": index.nparts, "ntotal": index.ntotal,
-                    "partition_counts": [int(p.size) for p in index.parts], "factory": index.factory_string()}
+                    "partition_counts": [int(p.size) for p in index.parts], "factory": index.factory_string(),
+                    "schema": schema}
         write_manifest(store, manifest)
         return manifest
+
+    @staticmethod
+    def filter_schema(reader: Reader, manifest: dict) -> dict:
+        """The manifest's schema; for a version published before manifests carried one, the attribute kinds the
+        saved index lists."""
+        if "schema" in manifest:
+            return manifest["schema"]
+        from ..index.persist import load_meta
+
+        def load():
+            meta = load_meta(reader.store, reader.key("osq"))
+            return {name: entry["kind"] for name, entry in meta.get("attributes", {}).items()}
+        return reader.cached("schema", load)
+
+    @staticmethod
+    def check_params(manifest: dict, params: dict) -> None:
+        from ..index.osq import OSQIndex
+
+        unknown = set(params) - set(OSQIndex.search_params)
+        if unknown:
+            raise InvalidArgument(f"unknown OSQ search parameter(s) {sorted(unknown)}; valid: "
+                                  f"{OSQIndex.search_params}")
+        if params.get("level2", "auto") not in ("auto", "bounds"):
+            raise InvalidArgument(f"level2={params['level2']!r} is not served by processors, which read vector rows "
+                                  "on demand: use 'bounds' or 'auto'")
 
     @staticmethod
     def router(reader: Reader, manifest: dict) -> OSQRouter:

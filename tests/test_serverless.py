@@ -5,6 +5,7 @@ throttling, >6 MB payloads), plus the deploy control plane against moto."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -399,6 +400,9 @@ def test_osq_on_s3_through_boto3_reads_vector_rows_by_range(emulator, moto_endpo
         np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
         assert r.stats["invocations"]["processor"] >= 1
         no_compiles(r)  # OSQ's kernels came with the init phase too
+        # level 0 ran once, in the coordinator; the allocators' containers read only the manifest
+        assert [m["role"] for m in r.metrics if m.get("route_ms", 0) > 0] == ["coordinator"]
+        assert all(m["bytes_fetched"] < 2000 for m in r.metrics if m["role"] == "allocator")
     # warm: the same batch again reads nothing from S3
     r2 = run_search(emulator, store, q, filter=flt, L=1)
     assert np.array_equal(r2.I, I0) and r2.stats["bytes_fetched"] == 0
@@ -657,10 +661,107 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
     # processors loaded only their own partition's objects
     r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1)
     assert r.stats["invocations"]["processor"] == 5
-    # keys that read every candidate's vector are refused up front, by name
-    with pytest.raises(RemoteError, match="level2=.exact. is not served by processors"):
+    # keys that read every candidate's vector are refused up front (at the coordinator), by name, typed
+    with pytest.raises(InvalidArgument, match="level2=.exact. is not served by processors"):
         client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1,
                       params={"level2": "exact"})
+
+
+def test_filters_and_settings_are_checked_at_the_coordinator_before_fan_out(tmp_path):
+    """The published manifest carries the schema: the coordinator fails a typo'd or mistyped filter, or a setting
+    the kind does not serve, with the embedded search's message and type, before it invokes any child."""
+    import json as json_
+
+    from shoal import Database, filters
+    from shoal.engine.schema import FilterAttributeError
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.manifest import read_manifest
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(8)
+    n = 900
+    x = rng.standard_normal((n, D_DIM)).astype(np.float32)
+    attrs = {"price": rng.uniform(0, 100, n),
+             "color": filters.KeywordColumn(rng.integers(0, 2, n).astype(np.int32), ["red", "blue"])}
+    index = OSQIndex(D_DIM, "l2", partitions=3)
+    index.train(x)
+    index.add(x, np.arange(n, dtype=np.int64), attrs=attrs)
+    store = LocalStore(tmp_path / "osq")
+    manifest = OSQBackend.publish(store, index)
+    assert manifest["schema"] == {"price": "float", "color": "keyword"}
+    flat = LocalStore(tmp_path / "flat")
+    FlatBackend.build(flat, x, np.arange(n, dtype=np.int64), n_partitions=2)
+    # the embedded search's message for the same typo
+    db = Database(str(tmp_path / "db"))
+    col = db.create_collection("c", dim=D_DIM, schema={"price": "float", "color": "keyword"})
+    with pytest.raises(FilterAttributeError) as embedded:
+        col.search(x[:1], 3, filter="prce < 5")
+    db.close()
+    q = x[:4]
+    cases = [(store, filters.to_json(filters.parse("prce < 5")), {},
+              re.escape("invalid filter: unknown attribute 'prce' (did you mean 'price'?); known: color, price")),
+             (store, {"op": "<", "attr": "color", "value": 3}, {}, "invalid filter: 'color'"),
+             (store, None, {"nprob": 4}, r"unknown OSQ search parameter\(s\) \['nprob'\]"),
+             (flat, filters.to_json(filters.parse("price < 5")), {}, "index kind 'flat' takes no filter"),
+             (flat, None, {"rerank": 5}, r"unknown search parameter\(s\) \['rerank'\] for flat")]
+    assert re.match(cases[0][3], str(embedded.value))
+    for where, flt, params, message in cases:
+        for split in ("partitions", "queries"):
+            inv = LocalInvoker()
+            with pytest.raises(InvalidArgument, match=message):
+                client.search(q, 5, index=where.uri, function="f", invoker=inv, filter=flt, params=params,
+                              split=split, b=2, L=2)
+            assert dict(inv.counts) == {"f": 1}  # the coordinator alone: nothing fanned out
+    # a version published before manifests carried the schema: the saved index's attribute kinds serve instead
+    old = read_manifest(store)
+    old.pop("schema")
+    store.put(f"versions/{old['version']}/manifest.json", json_.dumps(old).encode())
+    with pytest.raises(InvalidArgument, match="did you mean 'price'"):
+        client.search(q, 5, index=store.uri, function="f", invoker=LocalInvoker(),
+                      filter=filters.to_json(filters.parse("prce < 5")))
+    ok = client.search(q, 5, index=store.uri, function="f", invoker=LocalInvoker(),
+                       filter=filters.to_json(filters.parse('price < 50 and color = "red"')))
+    assert np.array_equal(ok.I, search_inprocess(store, q, 5, filter='price < 50 and color = "red"')[1])
+
+
+def test_level0_runs_once_per_batch_and_allocators_check_the_routes_they_get(tmp_path):
+    """With the partition split the coordinator routes the batch once and hands each allocator its subtree's routes:
+    no allocator routes or loads router data; a payload without routes, or with routes outside the subtree, is
+    refused."""
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless import handler
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, D_DIM)).astype(np.float32)
+    index = OSQIndex(D_DIM, "l2", partitions=6)
+    index.train(x)
+    index.add(x, np.arange(3000, dtype=np.int64), attrs={"u": rng.random(3000)})
+    store = LocalStore(tmp_path / "osq")
+    OSQBackend.publish(store, index)
+    q = rng.standard_normal((12, D_DIM)).astype(np.float32)
+    I0 = search_inprocess(store, q, 10)[1]
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2)
+    assert np.array_equal(r.I, I0)
+    routed = [m for m in r.metrics if m.get("route_ms", 0) > 0]
+    assert [m["role"] for m in routed] == ["coordinator"]
+    assert all(m.get("route_ms", 0) == 0 for m in r.metrics if m["role"] == "allocator")
+    # the query split routes each slice in its allocator, once per query too
+    rq = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, split="queries")
+    assert np.array_equal(rq.I, I0)
+    assert sum(m["nq"] for m in rq.metrics if m.get("route_ms", 0) > 0) == q.shape[0]
+    ctx = {"index": store.uri, "version": current_version(store), "k": 10, "tree": {"b": 2, "L": 1},
+           "functions": {"allocator": "f", "processor": "f"}}
+    with pytest.raises(InvalidArgument, match="needs 'routes'"):
+        handler.handler({"role": "allocator", "node": 1, "ctx": ctx, "queries": q})
+    bad = [[1, np.arange(3, dtype=np.int64), {}]]  # node 1 of b=2, L=1 owns partitions 0, 2, 4
+    with pytest.raises(InvalidArgument, match="malformed route"):
+        handler.handler(json.loads(json.dumps(encode({"role": "allocator", "node": 1, "ctx": ctx, "queries": q,
+                                                      "routes": bad}))))
+    bad = [[0, np.array([0, 12], dtype=np.int64), {}]]
+    with pytest.raises(InvalidArgument, match="query rows outside"):
+        handler.handler(json.loads(json.dumps(encode({"role": "allocator", "node": 1, "ctx": ctx, "queries": q,
+                                                      "routes": bad}))))
 
 
 def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
@@ -736,7 +837,8 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
     x = rng.standard_normal((600, 8)).astype(np.float32)
     db = Database(str(tmp_path / "data"))
     col = db.create_collection("docs", dim=8, metric="l2", schema={"price": "float"}, index="Flat")
-    col.upsert(np.arange(600) + 100, x, attrs={"price": list(rng.uniform(0, 10, 600))})
+    col_price = rng.uniform(0, 10, 600)
+    col.upsert(np.arange(600) + 100, x, attrs={"price": list(col_price)})
     db.close()
     bucket = "shoal-cli-" + uuid.uuid4().hex[:8]
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
@@ -744,6 +846,10 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
     assert main(["push", "--data", str(tmp_path / "data"), "--name", "docs", "--to", uri, "--partitions", "4",
                  "--s3-endpoint", moto_endpoint]) == 0
     assert "600 vectors as flat with 4 partitions" in capsys.readouterr().out
+    osq_uri = f"s3://{bucket}/docs-osq"
+    assert main(["push", "--data", str(tmp_path / "data"), "--name", "docs", "--to", osq_uri, "--index",
+                 "OSQ(partitions=2)", "--s3-endpoint", moto_endpoint]) == 0
+    assert "600 vectors as osq with 2 partitions" in capsys.readouterr().out
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -773,6 +879,21 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
         assert out["stats"]["usd_per_1000_queries"] > 0
         # without --serverless the local collection path still needs --data/--name
         assert main(["search", "--vector", "1,2,3,4,5,6,7,8"]) == 2
+        # filters are checked against the published schema at the coordinator, before fan-out: one line, exit 2,
+        # the embedded search's message
+        base = ["search", "--serverless", "shoal", "--lambda-endpoint", f"http://127.0.0.1:{port}", "-k", "3",
+                "--vector=" + ",".join(f"{t:.6f}" for t in q[0])]
+        assert main(base + ["--index-uri", osq_uri, "--filter", "price < 5", "--json"]) == 0
+        hits = json.loads(capsys.readouterr().out)["results"][0]
+        assert hits and all(col_price[h["id"] - 100] < 5 for h in hits)
+        for flt, message in (("prce < 5", "unknown attribute 'prce' (did you mean 'price'?)"),
+                             ('price < "cheap"', "'price': '<' compares numbers")):
+            assert main(base + ["--index-uri", osq_uri, "--filter", flt]) == 2
+            out = capsys.readouterr()
+            assert out.out == "" and out.err.count("\n") == 1 and message in out.err, out.err
+            assert out.err.startswith("shoal search: error: invalid filter: ")
+        assert main(base + ["--index-uri", uri, "--filter", "price < 5"]) == 2  # exact partitions take no filter
+        assert "index kind 'flat' takes no filter" in capsys.readouterr().err
     finally:
         proc.terminate()
         proc.wait(20)
