@@ -154,6 +154,56 @@ def test_remote_rows_read_blocks_by_range_and_keep_them(tmp_path, rng):
         rows_of(r2, max_gap_bytes=-1)
 
 
+def test_cluster_major_codes_read_by_range_fill_only_the_clusters_asked(tmp_path, rng):
+    """osq_lists: a partition's records and head round-trip, in position order and not; ranged reads fill exactly the
+    asked clusters (neighbours closer than the gap share a GET), once; a short read is an error, not garbage."""
+    import copy as copy_
+
+    from shoal.index.osq import OSQIndex
+    from shoal.index.osq_partition import OSQPartition
+    from shoal.serverless import osq_lists as L
+    from shoal.serverless.cache import Reader
+
+    x = rng.standard_normal((1500, D_DIM)).astype(np.float32)
+    index = OSQIndex(D_DIM, "l2", partitions=1)
+    index.train(x)
+    index.add(x, np.arange(1500, dtype=np.int64) * 7)
+    src = index.parts[0]
+    perm = rng.permutation(src.size)  # the same partition with its positions out of cluster order
+    shuffled = OSQPartition(0, src.rows[perm], src.ids[perm], src.book, np.ascontiguousarray(src.segs[:, perm]),
+                            src.binary[perm], src.vectors[perm], src.metric, src.centroids, src.cluster[perm])
+    assert src.contiguous and not shuffled.contiguous
+    for part in (src, shuffled):
+        store = LocalStore(tmp_path / f"lists{int(part.contiguous)}")
+        store.put("v/lists/p0000.bin", L.pack(part))
+        head = L.load_head(L.pack_head(part, (np.dtype("<f4"), (part.size, D_DIM), 128)), "h")
+        np.testing.assert_array_equal(head["cluster"], part.cluster)
+        assert head["vectors_header"] == (np.dtype("<f4"), (part.size, D_DIM), 128)
+        assert all(np.array_equal(head["book"][k], v) for k, v in part.book.arrays().items())
+        blank = copy_.copy(part)
+        blank.segs, blank.binary = np.zeros_like(part.segs), np.zeros_like(part.binary)
+        blank.ids = np.full(part.size, -1, dtype=np.int64)
+        lists = L.ClusterLists("v/lists/p0000.bin", blank)
+        reader = Reader(store, "v1", LRUCache(1 << 20))
+        want = np.array([0, 1, 5, part.nclusters - 1])
+        gets = lists.ensure(reader, want)
+        # clusters 0 and 1 are neighbours: one GET for both; 5 and the last are far apart
+        assert gets == len(lists.runs(want)) <= 3
+        read = np.flatnonzero(lists.loaded & (np.diff(part.list_indptr) > 0))
+        assert set(want) <= set(read) and len(read) < part.nclusters
+        rows = np.isin(part.cluster, read)
+        np.testing.assert_array_equal(blank.ids[rows], part.ids[rows])
+        np.testing.assert_array_equal(blank.segs[:, rows], part.segs[:, rows])
+        np.testing.assert_array_equal(blank.binary[rows], part.binary[rows])
+        assert (blank.ids[~rows] == -1).all()
+        assert reader.metrics()["bytes_fetched"] == sum(lists.sizes[c0:c1].sum() for c0, c1 in lists.runs(want))
+        assert lists.ensure(reader, want) == 0  # read once
+    store.put("v/lists/p0000.bin", L.pack(part)[:100])  # truncated object
+    lists = L.ClusterLists("v/lists/p0000.bin", copy_.copy(part))
+    with pytest.raises(RuntimeError, match="read .* bytes, expected"):
+        lists.ensure(Reader(store, "v1", LRUCache(1 << 20)), [part.nclusters - 1])
+
+
 def test_payload_roundtrip_and_spill(tmp_path, rng):
     obj = {"role": "processor", "a": rng.standard_normal((50, 8)).astype(np.float32),
            "i": np.arange(-1, 30, dtype=np.int64), "z": np.zeros(5000, np.float32), "n": np.int64(3), "s": "x",
@@ -764,14 +814,48 @@ def test_level0_runs_once_per_batch_and_allocators_check_the_routes_they_get(tmp
                                                       "routes": bad}))))
 
 
+def test_osq_fan_out_equals_the_full_index_with_bounds_keys_under_filters(tmp_path):
+    """The fan-out answers what ``OSQIndex.search(..., level2="bounds")`` answers, filtered too: under a filter that
+    passes at most half the rows, level 0 tells the processors to keep every level-1 candidate, as the full index
+    does. Without that (issue 15: 'not (length < 9)' matched 18 of 20 queries) a filter that excludes the queries'
+    own clusters matched 6 of these 20: its passing rows lie far away, where sign codes rank poorly."""
+    from shoal import filters
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(15)
+    n, d = 4000, 64
+    centers = rng.standard_normal((20, d)).astype(np.float32) * 3
+    label = rng.integers(0, 20, n)
+    x = (centers[label] + rng.standard_normal((n, d))).astype(np.float32)
+    index = OSQIndex(d, "l2", partitions=4)
+    index.train(x)
+    index.add(x, np.arange(n, dtype=np.int64), attrs={"c": label.astype(np.int64), "u": rng.random(n)})
+    store = LocalStore(tmp_path / "osq")
+    OSQBackend.publish(store, index)
+    q = (centers[rng.integers(0, 10, 20)] + rng.standard_normal((20, d))).astype(np.float32)
+    for text in (None, "not (c < 12)", "c >= 10", "u < 0.5", "u > 0.3 and c > 15", "c = 3 and u < 0.2"):
+        flt = None if text is None else filters.to_json(filters.parse(text))
+        for mode in ("auto", "multilevel"):  # small data: auto mostly picks the exact plan
+            _, I0 = index.search(q, 10, filter=text, params={"level2": "bounds", "mode": mode})
+            assert index.last_stats.get("short_fixed", 0) == 0
+            r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, filter=flt,
+                              params={"mode": mode})
+            assert np.array_equal(r.I, I0), (text, mode, np.mean(np.all(r.I == I0, axis=1)))
+
+
 def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
-    """A cold tree fetches level 0 (once per allocator) and each partition's codes, never the full index's unrotated
-    copy; vectors are read only as the blocks of rows level 3 re-ranks, with ranged GETs, and a warm repeat reads
-    nothing."""
+    """A cold tree fetches level 0 once (the coordinator routes) and, per visited partition, its head (cluster sizes,
+    codebook, centroids, vectors header) whole, the codes of the clusters its queries visit by range of the
+    cluster-major records, and the vectors as the blocks of rows level 3 re-ranks; never the full index's unrotated
+    copy, the segment-major codes, ids or (without maybe rows) attributes. A warm repeat reads nothing; a version
+    published without cluster-major codes is read whole and answers the same."""
+    from shoal import filters
     from shoal.index.osq import OSQIndex
     from shoal.index.persist import load_meta
     from shoal.serverless import handler
     from shoal.serverless.osq_backend import OSQBackend
+    from shoal.serverless.osq_lists import head_key, lists_key, record_sizes
 
     rng = np.random.default_rng(6)
     n = 6000
@@ -781,7 +865,6 @@ def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
     index.add(x, np.arange(n, dtype=np.int64), attrs={"u": rng.random(n)})
     store = LocalStore(tmp_path / "osq")
     OSQBackend.publish(store, index)
-    handler.CACHE.clear()
     fetched, ranged = [], []
     get, get_range = LocalStore.get, LocalStore.get_range
     monkeypatch.setattr(LocalStore, "get", lambda self, key: fetched.append(key) or get(self, key))
@@ -791,34 +874,67 @@ def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOAL_ROW_GAP_KB", "0")
     q = rng.standard_normal((2, D_DIM)).astype(np.float32)
     params = {"nprobe": 2}  # a query re-ranks ~50 rows in the few clusters it visits, out of 2,000 a partition
-    ref = search_inprocess(store, q, 10, params=params)  # fills the cache: clear it for the cold tree
+    version = current_version(store)
+    lv = index.level0(q, 10, params)
+    for flt in (None, "u < 0.5"):
+        fj = None if flt is None else filters.to_json(filters.parse(flt))
+        handler.CACHE.clear()
+        ref = search_inprocess(store, q, 10, params=params, filter=fj)
+        handler.CACHE.clear()
+        fetched.clear(), ranged.clear()
+        r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params,
+                          filter=fj)
+        assert np.array_equal(r.I, ref[1])
+        names = sorted({k.split("/osq/", 1)[1][:-4] for k in fetched if k.endswith(".npy")})
+        assert "raw_vectors" not in names
+        arrays = load_meta(store, f"versions/{version}/osq")["arrays"]
+        expected = set(OSQIndex.level0_array_names(arrays))
+        visited = sorted({m["partition"] for m in r.metrics if m["role"] == "processor"})
+        assert visited and r.stats["invocations"]["processor"] == len(visited)
+        attrs = {a for p in visited for a in arrays if a.startswith(f"p{p:04d}/attr/")}
+        assert sorted(k.split("/lists/")[1] for k in fetched if "/lists/" in k) == \
+            [head_key(p).split("/")[1] for p in visited]
+        if flt is None:
+            assert set(names) == expected
+        else:  # u < 0.5 leaves maybe rows to re-check: partitions with some read the exact values, whole
+            assert expected < set(names) <= expected | attrs
+        # codes: ranged reads of the records of the clusters the queries visit, much less than the whole objects
+        code_reads = [(key, a, b) for key, a, b in ranged if "/lists/" in key]
+        assert {key.rsplit("/", 1)[1] for key, _, _ in code_reads} == {lists_key(p).rsplit("/", 1)[1]
+                                                                         for p in visited}
+        for p in visited:
+            part = index.parts[p]
+            sizes = record_sizes(np.diff(part.list_indptr), part.segs.shape[0], part.binary.shape[1])
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            want = np.flatnonzero(lv.clusters[:, p].any(axis=0) if flt is None else np.ones(part.nclusters, bool))
+            got = [(a, b) for key, a, b in code_reads if key.endswith(lists_key(p))]
+            covered = {c for a, b in got for c in range(part.nclusters) if offsets[c] >= a and offsets[c + 1] <= b}
+            if flt is None:
+                assert set(want.tolist()) <= covered
+                assert sum(b - a for a, b in got) < offsets[-1] / 2, (got, offsets[-1])
+        # vectors: ranged reads of row blocks (the header came with the head), far less than the whole objects
+        vec = [(key, a, b) for key, a, b in ranged if key.endswith("/vectors.npy")]
+        whole = sum(store.size(f"versions/{version}/osq/{OSQIndex.partition_vectors_name(p)}.npy")
+                    for p in visited)
+        data = sum(b - a for key, a, b in vec)
+        assert all(a > 0 for _, a, _ in vec) and 0 < data < whole / 2, (data, whole)
+        assert r.stats["bytes_fetched"] >= data
+        # warm: the same queries read nothing again
+        ranged.clear(), fetched.clear()
+        r2 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params,
+                           filter=fj)
+        assert np.array_equal(r2.I, ref[1])
+        assert ranged == [] and [k for k in fetched if k.endswith(".npy")] == []
+        assert r2.stats["bytes_fetched"] == 0
+    # a version without cluster-major codes (published before them): codes, ids and attributes read whole
+    OSQBackend.publish(store, index, lists=False)
+    before = search_inprocess(store, q, 10, params=params, version=version)[1]
     handler.CACHE.clear()
     fetched.clear(), ranged.clear()
-    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
-    assert np.array_equal(r.I, ref[1])
-    names = sorted({k.split("/osq/", 1)[1][:-4] for k in fetched if k.endswith(".npy")})
-    assert "raw_vectors" not in names
-    arrays = load_meta(store, f"versions/{current_version(store)}/osq")["arrays"]
-    expected = set(OSQIndex.level0_array_names(arrays))
-    visited = sorted({int(name[1:5]) for name in names if name.startswith("p0")})
-    assert visited and r.stats["invocations"]["processor"] == len(visited)
-    for p in visited:
-        expected |= set(OSQIndex.partition_array_names(arrays, p, vectors=False))
-    assert set(names) == expected
-    assert not any(name.endswith("/vectors") for name in names)
-    # vectors: one header read per partition, then ranged reads of row blocks, far less than the whole objects
-    vec = [(key, a, b) for key, a, b in ranged if key.endswith("/vectors.npy")]
-    whole = sum(store.size(f"versions/{current_version(store)}/osq/{OSQIndex.partition_vectors_name(p)}.npy")
-                for p in visited)
-    data = sum(b - a for key, a, b in vec if a > 0)
-    assert 0 < data < whole / 2, (data, whole)
-    assert r.stats["bytes_fetched"] >= data
-    # warm: the same queries read no block again
-    ranged.clear(), fetched.clear()
-    r2 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
-    assert np.array_equal(r2.I, ref[1])
-    assert ranged == [] and [k for k in fetched if k.endswith(".npy")] == []
-    assert r2.stats["bytes_fetched"] == 0
+    r3 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
+    assert r3.version != version and np.array_equal(r3.I, before)
+    assert not any("/lists/" in key for key, _, _ in ranged)
+    assert any(k.endswith("/binary.npy") for k in fetched) and any(k.endswith("/ids.npy") for k in fetched)
 
 
 def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys, kernels_dir):
