@@ -14,8 +14,10 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-#: Lambda does not bill an init phase of up to 10 s (the handler's import; SnapStart aside)
-FREE_INIT_MS = 10_000.0
+#: Lambda gives a container's init phase (the handler's import) at most 10 s; a longer one is cut and run again
+#: inside the first invocation, under the function's timeout. The init phase is billed like an invocation (container
+#: images always were; zip packages on managed runtimes since August 2025).
+INIT_LIMIT_MS = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class InitAssumptions:
 def lambda_init_ms(import_ms: float, kernels_ms: float, assumptions: InitAssumptions = InitAssumptions()) -> float:
     """Estimated init phase of a Lambda container of the image, from the handler's import time without kernels and
     the time its init phase took to seed and load the compiled kernels (both measured in fresh processes, e.g. by
-    ``bench/serverless.py``); compare with :data:`FREE_INIT_MS`."""
+    ``bench/serverless.py``); compare with :data:`INIT_LIMIT_MS`."""
     a = assumptions
     return a.runtime_ms + a.image_read_ms + (import_ms + kernels_ms) * a.cpu_scale
 
@@ -64,7 +66,7 @@ def summarize(metrics: list[dict], prices: Prices = X86) -> dict:
     Returns counts per role (invoked and inline), cold and warm containers, cache hits and misses, bytes fetched from
     storage, payload bytes, compute milliseconds per role (sum and max), GB-seconds and USD; and the cold start
     apart: ``first_ms`` (per role, the longest first invocation of a container), ``init_ms`` (the longest init phase a
-    container itself ran; Lambda does not bill it) and ``compiles`` / ``compile_ms`` (numba kernels compiled inside
+    container itself ran, billed too) and ``compiles`` / ``compile_ms`` (numba kernels compiled inside
     invocations: 0 when the init phase loaded them).
     """
     out = {"invocations": defaultdict(int), "inline": defaultdict(int), "cold": defaultdict(int),

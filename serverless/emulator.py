@@ -395,7 +395,7 @@ class Emulator:
         alive = True
         try:
             if not worker.ready:
-                # a new container: its init phase first (on Lambda, up to 10 s outside the billed duration)
+                # a new container: its init phase first (on Lambda: at most 10 s, billed, before the invocation)
                 init_ms = worker.wait_ready(timeout)
                 if init_ms is None:
                     alive = False

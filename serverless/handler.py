@@ -36,8 +36,8 @@ from .. import config
 from ..errors import DeadlineExceeded, InvalidArgument, ShoalError
 from ..index.topk import empty_result, merge_topk
 from ..index.validate import as_vectors, check_k
-from .backends import check_filter, check_params, get_backend, scatter
 from . import kernels
+from .backends import check_filter, check_params, get_backend, scatter
 from .cache import CACHE, Reader, default_capacity, store_for
 from .invokers import LambdaInvoker, RemoteError, Throttled
 from .manifest import cached_manifest, check_partition, current_version
@@ -318,18 +318,19 @@ def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context, routes: dict
 
 
 def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool = False,
-                  routes: dict | None = None) -> dict:
+                  routes: dict | None = None, reader: Reader | None = None) -> dict:
     """Node ``node``'s work: children first (in parallel), then its own share; merged results of its subtree.
 
     ``q`` holds the queries of the node's subtree: the whole batch with ``split="partitions"``, the subtree's
     contiguous slice with ``split="queries"``. With ``split="partitions"``, ``routes`` holds the coordinator's routes
     ``{partition: (query rows, extra)}`` of the subtree's partitions (a routed partition absent from it has no query);
-    with ``split="queries"`` the node routes its own slice.
+    with ``split="queries"`` the node routes its own slice. ``reader``: the invocation's (the coordinator's, which
+    routed through it), so that its metrics count every byte the invocation read.
     """
     t0 = time.perf_counter()
     after = None if inline else _fault("allocator", node=node)
     tree = Tree(**ctx["tree"])
-    reader = _reader(ctx)
+    reader = reader or _reader(ctx)
     manifest = cached_manifest(reader)
     P = manifest["n_partitions"]
     q = as_vectors(q, manifest["d"], name="queries")
@@ -461,7 +462,7 @@ def run_coordinator(event: dict, context) -> dict:
         t_route = time.perf_counter()
         routes = backend.router(reader, manifest).route(q, ctx["k"], ctx["params"], ctx["filter"])
         route_ms = (time.perf_counter() - t_route) * 1e3
-    out = run_allocator(ctx, 0, q, context, routes=routes)
+    out = run_allocator(ctx, 0, q, context, routes=routes, reader=reader)
     out["metrics"][0]["route_ms"] += route_ms
     if ctx["split"] == "queries":
         if out["nodes"] != list(range(Tree(**ctx["tree"]).n_nodes)):

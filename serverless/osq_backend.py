@@ -189,15 +189,6 @@ class OSQProcessor:
             plan = extra["plan"]
         except KeyError as exc:
             raise InvalidArgument(f"OSQ processor payload lacks {exc}") from None
-
-    def search(self, q, k, params, filter, extra):
-        try:
-            qrot = np.ascontiguousarray(extra["qrot"], dtype=np.float32)
-            status = np.ascontiguousarray(extra["status"], dtype=np.uint8)
-            sidx = np.asarray(extra["sidx"], dtype=np.int64)
-            plan = extra["plan"]
-        except KeyError as exc:
-            raise InvalidArgument(f"OSQ processor payload lacks {exc}") from None
         part = self.part
         if status.ndim != 2 or status.shape[1] != part.size or sidx.shape != (qrot.shape[0],) or \
                 (sidx.size and (sidx.min() < 0 or sidx.max() >= status.shape[0])):
