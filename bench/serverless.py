@@ -76,7 +76,7 @@ def summarize_run(r, nq, k, gt, ref_I, bounds_I=None) -> dict:
     m = r.metrics
     # calibration uses only processors that ran warm (no cold container, nothing loaded from S3)
     proc = [x for x in m if x["role"] == "processor" and not x.get("inline") and not x.get("cold")
-            and not x.get("cache_misses")]
+            and not x.get("cache_misses") and not x.get("bytes_fetched")]
     rtt_over = [x["rtt_ms"] - x["ms"] for x in m if "rtt_ms" in x and not x.get("inline") and not x.get("cold")]
     # level 0: in the coordinator (partition split: the whole batch, once) or in each allocator (its query slice)
     route = [(x.get("nq", nq), x.get("route_ms", 0.0)) for x in m

@@ -181,6 +181,7 @@ class ClusterLists:
                     if not self.loaded[c]:
                         self._fill(c, memoryview(blob)[self.offsets[c] - self.offsets[c0]:
                                                        self.offsets[c + 1] - self.offsets[c0]])
+            reader.note_misses(len(runs))  # data the container did not hold yet: a cold read, as a cache miss
             return len(runs)
 
     def _fill(self, c: int, rec) -> None:

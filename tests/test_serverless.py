@@ -197,6 +197,7 @@ def test_cluster_major_codes_read_by_range_fill_only_the_clusters_asked(tmp_path
         np.testing.assert_array_equal(blank.binary[rows], part.binary[rows])
         assert (blank.ids[~rows] == -1).all()
         assert reader.metrics()["bytes_fetched"] == sum(lists.sizes[c0:c1].sum() for c0, c1 in lists.runs(want))
+        assert reader.metrics()["cache_misses"] == gets  # cold reads, counted as such in the metrics
         assert lists.ensure(reader, want) == 0  # read once
     store.put("v/lists/p0000.bin", L.pack(part)[:100])  # truncated object
     lists = L.ClusterLists("v/lists/p0000.bin", copy_.copy(part))
