@@ -202,26 +202,42 @@ class Emulator:
         self.init: dict = {}
         self.container_init_ms: list[float] = []
         self.url = ""
+        self._t0 = 0.0
+        self._ready = threading.Event()
+        self._init_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
+    def listen(self) -> str:
+        """Bind the port and serve in a background thread; returns the endpoint URL. Invocations that arrive before
+        :meth:`start` has finished the init phase wait for it (as a first request waits for Lambda's init)."""
+        if self._server is None:
+            self._t0 = time.perf_counter()
+            emulator = self
+
+            class Handler(_RequestHandler):
+                pass
+
+            Handler.emulator = emulator
+            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+            self._server.daemon_threads = True
+            self.port = self._server.server_address[1]
+            self.url = f"http://{self.host}:{self.port}"
+            self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-local", daemon=True)
+            self._thread.start()
+        return self.url
+
     def start(self) -> str:
-        """The init phase (kernels built and loaded, forkserver ready), then serving in a background thread; returns
-        the endpoint URL. :attr:`init` records the init phase."""
-        t0 = time.perf_counter()
-        self.init = self._start_forkserver()
-        emulator = self
-
-        class Handler(_RequestHandler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-local", daemon=True)
-        self._thread.start()
-        self.init["ready_s"] = time.perf_counter() - t0
+        """:meth:`listen`, then the init phase (kernels built and loaded, forkserver ready); returns the endpoint
+        URL once ready. :attr:`init` records the init phase (``ready_s``: from listening to ready)."""
+        self.listen()
+        try:
+            self.init = self._start_forkserver()
+        except BaseException as exc:
+            self._init_error = f"the emulator's init phase failed: {exc!r}"
+            self._ready.set()
+            raise
+        self.init["ready_s"] = time.perf_counter() - self._t0
+        self._ready.set()
         return self.url
 
     def _start_forkserver(self) -> dict:
@@ -271,6 +287,9 @@ class Emulator:
             return dict(init)
 
     def stop(self) -> None:
+        if not self._ready.is_set():  # invocations still waiting for an init phase that will not finish
+            self._init_error = "the emulator stopped before its init phase finished"
+            self._ready.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -370,6 +389,9 @@ class Emulator:
         """Run one invocation; returns ``(HTTP status, headers, body)`` as the Lambda API would."""
         request_id = str(uuid.uuid4())
         headers = {"x-amzn-RequestId": request_id}
+        self._ready.wait()
+        if self._init_error:
+            return _error(500, "ServiceException", self._init_error, headers)
         if self.strict and not any(fnmatch.fnmatchcase(function, pat) for pat in self.functions):
             return _error(404, "ResourceNotFoundException", f"Function not found: {function}", headers)
         if len(body) > self.request_limit:
@@ -544,11 +566,14 @@ def run(args) -> int:
     emu = Emulator(host=args.host, port=args.port, max_workers=args.max_workers, timeout=args.timeout,
                    memory_mb=args.memory_mb, env=env, kernels_dir=None if args.kernels == "none" else args.kernels,
                    log=lambda msg: print(f"shoal lambda-local: {msg}", file=sys.stderr, flush=True))
-    url = emu.start()
-    print(f"shoal lambda-local: Lambda Invoke API at {url} (max {args.max_workers} workers, "
-          f"timeout {args.timeout:g} s); Ctrl-C to stop", flush=True)
-    print(f"shoal lambda-local: {describe_init(emu.init)}", file=sys.stderr, flush=True)
     try:
+        url = emu.listen()
+        print(f"shoal lambda-local: Lambda Invoke API at {url} (max {args.max_workers} workers, "
+              f"timeout {args.timeout:g} s); Ctrl-C to stop", flush=True)
+        print("shoal lambda-local: init phase: kernels (the first start compiles them, later ones find them); "
+              "invocations wait for it", file=sys.stderr, flush=True)
+        emu.start()
+        print(f"shoal lambda-local: {describe_init(emu.init)}", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

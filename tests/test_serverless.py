@@ -977,11 +977,8 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
                              "--max-workers", "8", "--s3-endpoint", moto_endpoint, "--kernels", kernels_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        while not any("Lambda Invoke API at" in line for line in lines):  # after the kernels' build or load
-            lines.append(proc.stdout.readline())
-            assert lines[-1], "".join(lines)
-        assert "ready in" in proc.stdout.readline()
+        # listening at once; the first search goes out during the init phase (the kernels' build or load) and waits
+        assert "Lambda Invoke API at" in proc.stdout.readline()
         monkeypatch.setenv("SHOAL_S3_ENDPOINT", moto_endpoint)
         q = x[:3] + 0.01
         argv = ["search", "--serverless", "shoal", "--index-uri", uri, "--lambda-endpoint",
@@ -992,6 +989,10 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
         assert main(argv) == 0
         out = json.loads(capsys.readouterr().out)
         assert [h["id"] for h in out["results"][0]][:1] == [100] and time.time() - t0 < 120
+        lines = []
+        while not any("ready in" in line for line in lines):
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)
         st = out["stats"]
         done = {r: st["invocations"].get(r, 0) + st["inline"].get(r, 0) for r in ("coordinator", "allocator",
                                                                                  "processor")}
