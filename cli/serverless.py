@@ -91,6 +91,7 @@ def cmd_push(args) -> int:
         col = db.collection(args.name)
         spec = args.index or col.index_spec
         metric = col.metric
+        schema = dict(col.info().get("schema") or {})
         x, ids, cols = collection_arrays(col)
     finally:
         db.close()
@@ -107,7 +108,7 @@ def cmd_push(args) -> int:
         index = index_factory(x.shape[1], spec, metric)
         index.train(x)
         index.add(x, ids, attrs=cols or None)
-        manifest = OSQBackend.publish(store, index)
+        manifest = OSQBackend.publish(store, index, schema=schema)
     elif spec.strip() == "Flat" or spec.strip().startswith("Curator"):
         # Curator's tenants do not travel to the serverless layout; its vectors are searched exactly per partition
         manifest = FlatBackend.build(store, x, ids, n_partitions=min(args.partitions, x.shape[0]), metric=metric)
@@ -227,7 +228,12 @@ def cmd_search_serverless(args) -> int:
     for key in ("nprobe", "rerank"):
         if getattr(args, key, None) is not None:
             params[key] = getattr(args, key)
-    flt = filters.to_json(filters.parse(args.filter)) if args.filter else None
+    try:
+        # parsed here (syntax, and types that need no schema); the coordinator checks it against the schema
+        flt = filters.to_json(filters.parse(args.filter)) if args.filter else None
+    except (filters.FilterSyntaxError, filters.FilterTypeError) as exc:
+        # one line, as the coordinator's errors (its position is in the message; the caret lines are left out)
+        raise InvalidArgument(f"invalid filter: {str(exc).splitlines()[0]}") from None
     res = search(q, args.k, index=args.index_uri, function=args.serverless, allocator=args.allocator,
                  processor=args.processor, b=args.branching, L=args.depth, params=params, filter=flt,
                  invoker=LambdaInvoker(args.lambda_endpoint))
