@@ -841,8 +841,8 @@ def test_osq_fan_out_equals_the_full_index_with_bounds_keys_under_filters(tmp_pa
     for text in (None, "not (c < 12)", "c >= 10", "u < 0.5", "u > 0.3 and c > 15", "c = 3 and u < 0.2"):
         flt = None if text is None else filters.to_json(filters.parse(text))
         for mode in ("auto", "multilevel"):  # small data: auto mostly picks the exact plan
-            _, I0 = index.search(q, 10, filter=text, params={"level2": "bounds", "mode": mode})
-            assert index.last_stats.get("short_fixed", 0) == 0
+            _, I0, st = index.search_with_stats(q, 10, filter=text, params={"level2": "bounds", "mode": mode})
+            assert st.get("short_fixed", 0) == 0
             r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, filter=flt,
                               params={"mode": mode})
             assert np.array_equal(r.I, I0), (text, mode, np.mean(np.all(r.I == I0, axis=1)))
