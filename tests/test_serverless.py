@@ -624,7 +624,7 @@ def test_the_lambda_zip_holds_every_module_the_handler_imports(tmp_path):
     assert [f for f in files if not f.startswith(str(tmp_path / "shoal") + "/")] == []
 
 
-def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path):
+def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path, capsys):
     import uuid
 
     import boto3
@@ -668,8 +668,15 @@ def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path):
     zpath = tmp_path / "shoal.zip"
     zpath.write_bytes(zipped)
     fn2 = fn + "-cli"
+    capsys.readouterr()
+    assert main(["deploy", "--function", fn2, "--role-arn", arn, "--zip", str(zpath), "--memory", "1024",
+                 "--index", "s3://bucket/idx", "--env", "SHOAL_CACHE_MB=256", "--endpoint-url", moto_endpoint,
+                 "--json"]) == 0
+    out, err = capsys.readouterr()  # --json: one document on stdout, the progress on stderr
+    assert [f["name"] for f in json.loads(out)["functions"]] == [fn2] and f"function {fn2}: created" in err
     assert main(["deploy", "--function", fn2, "--role-arn", arn, "--zip", str(zpath), "--memory", "1024",
                  "--index", "s3://bucket/idx", "--env", "SHOAL_CACHE_MB=256", "--endpoint-url", moto_endpoint]) == 0
+    assert capsys.readouterr().out.strip() == f"deployed 1 function (1024 MB, 120 s): {fn2} (updated)"
     env = lam.get_function_configuration(FunctionName=fn2)["Environment"]["Variables"]
     assert env == {"SHOAL_INDEX": "s3://bucket/idx", "SHOAL_CACHE_MB": "256"}
     assert main(["deploy", "--role-arn", arn, "--memory", "64", "--endpoint-url", moto_endpoint]) == 2
@@ -988,16 +995,16 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
         t0 = time.time()
         assert main(argv) == 0
         out = json.loads(capsys.readouterr().out)
-        assert [h["id"] for h in out["results"][0]][:1] == [100] and time.time() - t0 < 120
+        assert [h["id"] for h in out["results"][0]["hits"]][:1] == [100] and time.time() - t0 < 120
         lines = []
         while not any("ready in" in line for line in lines):
             lines.append(proc.stdout.readline())
             assert lines[-1], "".join(lines)
-        st = out["stats"]
+        st = out["source"]["metrics"]  # the shape of every shoal search --json (tests/test_cli_interface.py)
         done = {r: st["invocations"].get(r, 0) + st["inline"].get(r, 0) for r in ("coordinator", "allocator",
                                                                                  "processor")}
         assert done == {"coordinator": 1, "allocator": 6, "processor": 4}  # 11 > 8 workers: some ran inline
-        assert out["stats"]["usd_per_1000_queries"] > 0
+        assert st["usd_per_1000_queries"] > 0
         # without --serverless the local collection path still needs --data/--name
         assert main(["search", "--vector", "1,2,3,4,5,6,7,8"]) == 2
         # filters are checked against the published schema at the coordinator, before fan-out: one line, exit 2,
@@ -1005,7 +1012,7 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
         base = ["search", "--serverless", "shoal", "--lambda-endpoint", f"http://127.0.0.1:{port}", "-k", "3",
                 "--vector=" + ",".join(f"{t:.6f}" for t in q[0])]
         assert main(base + ["--index-uri", osq_uri, "--filter", "price < 5", "--json"]) == 0
-        hits = json.loads(capsys.readouterr().out)["results"][0]
+        hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
         assert hits and all(col_price[h["id"] - 100] < 5 for h in hits)
         for flt, message in (("prce < 5", "unknown attribute 'prce' (did you mean 'price'?)"),
                              ('price < "cheap"', "'price': '<' compares numbers")):
