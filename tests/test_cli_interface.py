@@ -86,7 +86,7 @@ def test_json_on_every_subcommand_that_prints():
 
 # ---------------------------------------------------------------------------------------------------- one shape
 @pytest.fixture(scope="module")
-def three_ways(tmp_path_factory):
+def three_ways(tmp_path_factory, kernels_dir):
     """A Flat collection built by the CLI, pushed to a directory, served over gRPC and by the Lambda emulator."""
     from shoal.serverless.emulator import Emulator
     from shoal.server.app import LocalServer
@@ -99,7 +99,7 @@ def three_ways(tmp_path_factory):
     assert main(["build", str(tmp / "x.npy"), "--data", str(data), "--name", "v", "--quiet"]) == 0
     assert main(["push", "--data", str(data), "--name", "v", "--to", str(tmp / "pub"), "--partitions", "3",
                  "--json"]) == 0
-    with LocalServer(data) as srv, Emulator(max_workers=6, timeout=60) as emu:
+    with LocalServer(data) as srv, Emulator(max_workers=6, timeout=60, kernels_dir=kernels_dir) as emu:
         yield {"x": x, "data": data, "pub": tmp / "pub", "server": srv.address, "lambda": emu.url, "tmp": tmp}
 
 

@@ -546,13 +546,14 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
             c.upsert("big", np.arange(n), x)
             probe = rng.standard_normal((512, d)).astype(np.float32)
             c.search("big", probe[:64], k=10)  # warm up
-            t0 = time.perf_counter()
-            c.search("big", probe[:64], k=10)
-            t1 = time.perf_counter()
-            c.search("big", probe, k=10)
-            t2 = time.perf_counter()
-            # marginal cost per query (a batch has a fixed cost too); the whole search: 12 s or more
-            per_query = max((t2 - t1) - (t1 - t0), 1e-3 * (t2 - t1)) / (probe.shape[0] - 64)
+            # cost per query of a whole batch (fixed costs included, so never underestimated), the fastest of three
+            # tries on a busy machine; the whole search below: 12 s or more
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                c.search("big", probe, k=10)
+                runs.append((time.perf_counter() - t0) / probe.shape[0])
+            per_query = min(runs)
             nq = int(min(200_000, max(2_000, 12.0 / per_query)))
             queries = rng.standard_normal((nq, d)).astype(np.float32)
             t0 = time.monotonic()
@@ -582,9 +583,9 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
 
             watcher = threading.Thread(target=follow)
             watcher.start()
-            mid = queries[: max(8, int(1.5 / per_query))]
+            mid = queries[: max(8, min(int(1.5 / per_query), 50_000))]
             result: dict = {}
-            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=60)))
+            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=120)))
             t.start()
             time.sleep(0.3)
             assert seen == ["SERVING"]

@@ -335,13 +335,6 @@ def s3_index(moto_endpoint):
 
 
 @pytest.fixture(scope="module")
-def kernels_dir(tmp_path_factory):
-    """An EMPTY directory for compiled kernels: the first emulator of this process builds them there (the forkserver,
-    which loads them, is one per process, so every emulator here uses this directory)."""
-    return str(tmp_path_factory.mktemp("kernels"))
-
-
-@pytest.fixture(scope="module")
 def emulator(moto_endpoint, tmp_path_factory, kernels_dir):
     from shoal.serverless.emulator import Emulator
 
