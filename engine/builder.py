@@ -18,6 +18,7 @@ from ..errors import FailedPrecondition, InvalidArgument
 from ..index.calibrate import RowVectors, calibrate_rows
 from ..index.factory import index_factory
 from .jobs import BuildJob
+from .planner import calibration_min_rows
 from .view import View
 
 #: rows per ``index.add`` call (progress and cancellation granularity)
@@ -65,7 +66,8 @@ class CalibrationSettings:
     """What a build calibrates for (collection settings)."""
 
     target: float = 0.95
-    min_rows: int = 0       # the collection's exact_threshold: calls with at most this many matches are scanned
+    min_rows: int | None = 0  # the collection's exact_threshold (None: automatic per kind): calls with at most
+                              # this many matches are scanned
 
 
 def extendable(index, spec: str, dim: int, metric: str) -> bool:
@@ -147,6 +149,7 @@ def build(inp: BuildInput, job: BuildJob, train_kwargs: dict | None = None,
         job.done = hi
         if progress:
             progress(hi, job.total, "add")
+    new.compact()  # rows came in chunks: give back what growth by doubling left unused
     job.checkpoint()
     row_slot = np.concatenate([inp.base_row_slot, _rows_to_slots(new.row_ids[base_rows:], ids, slots)])
     # queries for the calibration: rows the index was not trained on (held out above, or an extend's new rows)
@@ -163,7 +166,8 @@ def calibrate(index, inp: BuildInput, row_slot: np.ndarray, job: BuildJob, setti
     settings on its own vectors, read from the records through ``row_slot``, with the exact scans the planner can
     run as a choice. An extend build keeps the copied calibration while it still fits (``REFRESH_GROWTH``).
 
-    Returns ``{"seconds", "reused", "share"}`` (share: of the train + add time), or None for exact kinds."""
+    Returns ``{"seconds", "reused", "share", "build_seconds"}`` (share: of the train + add time, ``build_seconds``),
+    or None for exact kinds."""
     primary, _ = index.calibration_ladder(10)
     if not primary:
         index.calibration = None
@@ -173,14 +177,16 @@ def calibrate(index, inp: BuildInput, row_slot: np.ndarray, job: BuildJob, setti
     old = index.calibration
     if inp.extend and old is not None and old.nrows / REFRESH_GROWTH <= index.nlive <= old.nrows * REFRESH_GROWTH \
             and all(b.pick(settings.target, exact_ok=True)[1] for b in old.bands):
-        return {"seconds": 0.0, "reused": True, "share": 0.0}
+        return {"seconds": 0.0, "reused": True, "share": 0.0, "build_seconds": round(build_seconds, 3)}
     t0 = time.perf_counter()
     vectors = inp.vectors
     vec = RowVectors(lambda rows: vectors[row_slot[rows]], index.metric)
-    calibrate_rows(index, vec, target=settings.target, min_rows=settings.min_rows, exact=True, queries=pool,
-                   budget_s=CALIBRATION_BUDGET * build_seconds, progress=progress, checkpoint=job.checkpoint)
+    calibrate_rows(index, vec, target=settings.target, min_rows=calibration_min_rows(settings.min_rows, index),
+                   exact=True, queries=pool, budget_s=CALIBRATION_BUDGET * build_seconds, progress=progress,
+                   checkpoint=job.checkpoint)
     seconds = time.perf_counter() - t0
-    return {"seconds": round(seconds, 3), "reused": False, "share": round(seconds / max(build_seconds, 1e-9), 3)}
+    return {"seconds": round(seconds, 3), "reused": False, "share": round(seconds / max(build_seconds, 1e-9), 3),
+            "build_seconds": round(build_seconds, 3)}
 
 
 def _rows_to_slots(new_rows: np.ndarray, ids: np.ndarray, slots: np.ndarray) -> np.ndarray:

@@ -42,12 +42,12 @@ DEFAULT_MAX_RESULTS = 1 << 22
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The collection settings a search depends on."""
+    """The collection settings a search depends on (built once per configuration, not per call)."""
 
     dim: int
     metric: str
     index_spec: str
-    exact_threshold: int
+    exact_threshold: int | None
     max_k: int = DEFAULT_MAX_K
     max_results: int = DEFAULT_MAX_RESULTS
     target_recall: float = DEFAULT_TARGET
@@ -89,6 +89,113 @@ def _exact(view: View, metric: str, qn: np.ndarray, k: int, slots: np.ndarray | 
     return exact_search(qn, np.ascontiguousarray(x), k, metric, labels=labels, allowed=allowed)
 
 
+_NONE = np.zeros(0, np.int64)
+
+#: exact_threshold when the collection leaves it to the planner (``None``), by how the index would take the
+#: constraint: a kind that handles a tenant natively (Curator: shortlists made for small tenants) answers faster than
+#: gathering and scanning even a few hundred rows (measured by bench/engine.py); a native filter (OSQ) plans its own
+#: exact scans with its cost model; a mask over an approximate index loses to an exact scan of a few thousand rows
+AUTO_EXACT_NATIVE_TENANT = 64
+AUTO_EXACT_MASKED = 4096
+
+
+def exact_threshold(cfg: SearchSettings, index, native_t: bool, native_f: bool, masked: bool) -> int | float:
+    """Matching rows at or below which a constrained search scans them exactly instead of asking the index."""
+    if cfg.exact_threshold is not None:
+        return cfg.exact_threshold
+    if index is None or index.kind == "Flat":
+        return np.inf  # a masked Flat index scans the same rows, after building a mask over all of them
+    if masked:
+        return AUTO_EXACT_MASKED
+    if native_f:
+        return 0
+    return AUTO_EXACT_NATIVE_TENANT if native_t else 0
+
+
+def calibration_min_rows(exact_threshold_setting: int | None, index) -> int:
+    """Matching rows at or below which the planner answers a constrained call without ``index`` (an exact scan), so
+    its calibration needs no band there: the collection's ``exact_threshold``, or the automatic one for how the
+    kind takes constraints (native tenants, native filters, masks)."""
+    if exact_threshold_setting is not None:
+        return int(exact_threshold_setting)
+    if index.supports_tenants and index.calibration_axis == "tenant_size":
+        return AUTO_EXACT_NATIVE_TENANT
+    return 0 if index.supports_filter else AUTO_EXACT_MASKED
+
+
+def calibrated_params(index, params: dict, cfg: SearchSettings, *, tenant=None, fraction=None, filter=None):
+    """``index.tuned_params`` for a call of the planner: the band's calibrated settings, or its exact scan where the
+    calibration found that cheaper. A tenant the index takes natively gets the exact scan only where no index
+    setting reached the target: the calibration prices scans in multiply-adds, and gathering a tenant's rows costs
+    more than the native search for all but the smallest tenants (bench/engine.py)."""
+    out = index.tuned_params(params, tenant=tenant, fraction=fraction, filter=filter, target=cfg.target_recall,
+                             exact_ok=tenant is None)
+    if tenant is not None and out[1] and not out[1].get("reached"):
+        out = index.tuned_params(params, tenant=tenant, fraction=fraction, filter=filter, target=cfg.target_recall,
+                                 exact_ok=True)
+    return out
+
+
+class _Constraint:
+    """The rows one search may return (live, visible to the tenant, matching the filter), computed only as far as
+    a plan needs: counts from the tenant registry are free, masks over every slot are not."""
+
+    def __init__(self, rec, n: int, expr, tid: int | None):
+        self.rec, self.n, self.expr, self.tid = rec, n, expr, tid
+        self._mask = None
+
+    @property
+    def any(self) -> bool:
+        return self.expr is not None or self.tid is not None
+
+    def cheap_count(self) -> int | None:
+        """Matching live rows when known without a pass over the slots."""
+        if self.expr is None:
+            return self.rec.nlive if self.tid is None else self.rec.tenant_count(self.tid)
+        return None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool (n,) over slots."""
+        if self._mask is None:
+            rec, n = self.rec, self.n
+            mask = rec.alive[:n]
+            if self.tid is not None:
+                mask = mask & rec.tenant_mask(self.tid, n)
+            if self.expr is not None:
+                mask = mask & rec.filter_mask(self.expr, n)
+            self._mask = mask
+        return self._mask
+
+    def count(self) -> int:
+        c = self.cheap_count()
+        return int(np.count_nonzero(self.mask)) if c is None else c
+
+    def slots(self) -> np.ndarray:
+        """Sorted matching slots."""
+        if self.expr is None and self.tid is not None:
+            return self.rec.tenant_members(self.tid)
+        return np.flatnonzero(self.mask)
+
+    def tail(self, b: int) -> np.ndarray | None:
+        """bool (n - b,) over the tail's slots, without a pass over the indexed ones; None when nothing there."""
+        rec, n = self.rec, self.n
+        if b >= n:
+            return None
+        if self._mask is not None:
+            return self._mask[b:n]
+        mask = rec.alive[b:n]
+        if self.tid is not None:
+            members = rec.tenant_members(self.tid)
+            inside = members[np.searchsorted(members, b):np.searchsorted(members, n)]
+            tmask = np.zeros(n - b, bool)
+            tmask[inside - b] = True
+            mask = mask & tmask
+        if self.expr is not None:
+            mask = mask & rec.filter_mask_range(self.expr, b, n)
+        return mask
+
+
 def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, params,
            include_attrs: bool) -> SearchResult:
     """Answer a batch of queries on ``view`` (the caller holds the collection's read lock).
@@ -104,75 +211,101 @@ def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, p
         Search parameters of the index kind.
     """
     t0 = time.perf_counter()
+    index = view.index
+    rec = view.records
+    n, b = rec.n, view.boundary
+    if (index is not None and b == n and expr is None and type(queries) is np.ndarray and queries.ndim == 2
+            and queries.dtype == np.float32 and queries.shape[1] == cfg.dim and queries.shape[0] and (
+            tid is None or (index.supports_tenants and cfg.exact_threshold is None
+                            and rec.tenant_count(tid) > AUTO_EXACT_NATIVE_TENANT))):
+        # the thin path: everything indexed and no mask to build (no constraint, or a tenant the index takes
+        # natively); the index's own edge checks the queries' values, so they are not checked twice
+        nq = queries.shape[0]
+        k = check_limits(nq, k, cfg.max_k, cfg.max_results)
+        p = as_params(params, (*index.search_params, RECALL_PARAM))
+        tuned: dict = {}
+        if index.calibration is not None:  # the calibrated settings of the call's band (explicit params override)
+            p, tuned = calibrated_params(index, p, cfg, tenant=tid, fraction=1.0 if tid is None else None)
+        if not tuned.get("exact"):  # else the general path below scans exactly, as the calibration advised
+            D, I, info = index.search_with_stats(queries, k, params=p, tenant=tid)
+            if k <= index.ntotal and (I[0, k - 1] >= 0 if nq == 1 else (I[:, k - 1] >= 0).all()):
+                scores, kind = keys_to_scores(D, cfg.metric)
+                sub = info.get("plan")
+                plan = f"index({index.kind}:{sub})" if sub else f"index({index.kind})"
+                matched = rec.nlive if tid is None else rec.tenant_count(tid)
+                ndis = info.get("ndis", nq * matched if index.kind == "Flat" else 0)
+                stats = SearchStats(plan + ("[tenant]" if tid is not None else ""), int(ndis), nq * matched,
+                                    (time.perf_counter() - t0) * 1e3, matched=matched, band=tuned.get("band"),
+                                    calibrated_recall=tuned.get("recall"), params=tuned.get("params") or None)
+                attrs = _attributes(rec, I) if include_attrs else None
+                return SearchResult(I, scores, kind, stats, attrs)
     q = as_vectors(queries, cfg.dim, name="queries")
     nq = q.shape[0]
     k = check_limits(nq, k, cfg.max_k, cfg.max_results)
-    index = view.index
     params = as_params(params, search_params(cfg.index_spec, index))
-    rec = view.records
-    n, b = rec.n, view.boundary
     qn = normalize_rows(q) if cfg.metric == "cosine" else q
-    alive = rec.alive[:n]
-    fmask = tmask = mask = None
-    if expr is not None:
-        from .. import filters
-
-        cols = rec.attrs.columns(n=n, names=sorted(filters.attributes(expr)))
-        fmask = alive & filters.evaluate(expr, cols, n) if alive.any() else alive.copy()
-    if tid is not None:
-        tmask = rec.tenant_mask(tid, n)
-    if fmask is not None or tmask is not None:
-        mask = alive.copy()
-        for m in (fmask, tmask):
-            if m is not None:
-                mask &= m
-    eligible = rec.nlive if mask is None else int(np.count_nonzero(mask))
-    why = "+".join(w for w, m in (("filter", fmask), ("tenant", tmask)) if m is not None)
-    # the index's calibrated settings for this call's band (explicit params override), or its exact scan where
-    # the calibration measured that as the cheaper way to the target
+    cons = _Constraint(rec, n, expr, tid)
+    why = "filter+tenant" if expr is not None and tid is not None else "filter" if expr is not None else \
+        "tenant" if tid is not None else ""
+    native_t = tid is not None and index is not None and index.supports_tenants
+    native_f = expr is not None and index is not None and index.supports_filter
+    masked = (tid is not None and not native_t) or (expr is not None and not native_f)
+    eligible = cons.cheap_count()
+    if cons.any and (masked or eligible is not None or (cfg.exact_threshold or 0) > 0):
+        eligible = cons.count()  # a native filter alone is counted only when the collection sets a threshold
+    ndis = nscanned = 0
+    # the index's calibrated settings for this call's band (explicit params override), or its exact scan where the
+    # calibration measured that as the cheaper way to the target; a native filter's band comes from the index's own
+    # estimate of its matches when they were not counted here
     tuned: dict = {}
     if index is not None and b > 0 and index.calibration is not None:
-        params, tuned = index.tuned_params(params, fraction=eligible / max(1, rec.nlive), target=cfg.target_recall,
-                                           tenant=tid if index.supports_tenants else None, exact_ok=True)
-    if (mask is not None and (index is None or eligible <= cfg.exact_threshold)) or tuned.get("exact"):
-        slots = np.flatnonzero(alive if mask is None else mask)
+        share = None if eligible is None else eligible / max(1, rec.nlive)
+        params, tuned = calibrated_params(index, params, cfg, fraction=share, tenant=tid if native_t else None,
+                                   filter=expr if native_f else None)
+    if tuned.get("exact") or (cons.any and index is not None and b > 0 and eligible is not None
+                              and eligible <= exact_threshold(cfg, index, native_t, native_f, masked)):
+        slots = cons.slots() if cons.any else rec.live_slots(0, n)
+        if eligible is None:
+            eligible = int(slots.size)
         D, I = _exact(view, cfg.metric, qn, k, slots)
         plan = f"exact({why})" if not tuned.get("exact") else f"exact({why + ';' if why else ''}calibrated)"
         ndis = nscanned = nq * int(slots.size)
     elif index is None or b == 0:
-        tail_mask = alive if mask is None else mask
-        D, I = _exact(view, cfg.metric, qn, k, None, 0, n, tail_mask)
+        mask = cons.mask if cons.any else rec.alive[:n]
+        D, I = _exact(view, cfg.metric, qn, k, None, 0, n, mask)
         plan = "tail"
+        eligible = cons.count()
         ndis = nscanned = nq * eligible
     else:
-        Di, Ii, idx_scanned, idx_ndis, sub = _index_part(view, q, k, params, expr, tid, fmask, tmask)
-        tail_mask = (alive if mask is None else mask)[b:n]
-        ntail = int(np.count_nonzero(tail_mask))
-        parts = [(Di, Ii)]
+        Di, Ii, idx_scanned, idx_ndis, sub = _index_part(view, q, k, params, expr, tid, cons, native_t, native_f,
+                                                         masked)
+        tail_mask = cons.tail(b) if cons.any else (rec.alive[b:n] if b < n else None)
+        ntail = 0 if tail_mask is None else int(np.count_nonzero(tail_mask))
         if ntail:
-            parts.append(_exact(view, cfg.metric, qn, k, None, b, n, tail_mask))
-        D, I = merge_topk(parts, k) if len(parts) > 1 else (Di, Ii)
+            D, I = merge_topk([(Di, Ii), _exact(view, cfg.metric, qn, k, None, b, n, tail_mask)], k)
+        else:
+            D, I = Di, Ii
         plan = f"index({index.kind}{':' + sub if sub else ''})" + (f"[{why}]" if why else "") + ("+tail" if ntail else "")
         nscanned = idx_scanned + nq * ntail
         ndis = idx_ndis + nq * ntail
-    # no silent short lists: queries with fewer than min(k, eligible) results are answered exactly
-    need = min(k, eligible)
-    short = np.flatnonzero(np.count_nonzero(I >= 0, axis=1) < need)
+    # no silent short lists: queries with fewer than min(k, eligible) results are answered exactly (results are
+    # packed to the left, so a filled last column means a full list)
+    short = _NONE
+    if nq and not (I[:, k - 1] >= 0).all():
+        if eligible is None:
+            eligible = cons.count()  # a native filter came back short somewhere: count the matches now
+        short = np.flatnonzero(np.count_nonzero(I >= 0, axis=1) < min(k, eligible))
     if short.size:
-        slots = np.flatnonzero(alive if mask is None else mask)
+        slots = cons.slots() if cons.any else rec.live_slots(0, n)
         Ds, Is = _exact(view, cfg.metric, qn[short], k, slots)
         D, I = D.copy(), I.copy()
         D[short], I[short] = Ds, Is
         plan += f"+exact_fallback({short.size})"
         ndis += short.size * int(slots.size)
         nscanned += short.size * int(slots.size)
-    attrs = None
-    if include_attrs:
-        slot_of = rec.slot_of
-        attrs = [[rec.attrs.record(slot_of[int(u)]) if u >= 0 else {} for u in row] for row in I]
+    attrs = _attributes(rec, I) if include_attrs else None
     scores, kind = keys_to_scores(D, cfg.metric)
-    scores = np.where(I >= 0, scores, np.float32(np.inf if kind == "distance" else -np.inf)).astype(np.float32)
-    calibrated = tuned and plan.startswith("index") or tuned.get("exact")
+    calibrated = bool(tuned) and plan.startswith("index") or bool(tuned.get("exact"))
     stats = SearchStats(plan, int(ndis), int(nscanned), (time.perf_counter() - t0) * 1e3,
                         matched=eligible, exact_fallback=int(short.size),
                         band=tuned.get("band") if calibrated else None,
@@ -181,22 +314,25 @@ def search(view: View, cfg: SearchSettings, queries, k, expr, tid: int | None, p
     return SearchResult(I, scores, kind, stats, attrs)
 
 
-def _index_part(view: View, q, k, params, expr, tid, fmask, tmask):
+def _attributes(rec, I: np.ndarray) -> list[list[dict]]:
+    slot_of = rec.slot_of
+    return [[rec.attrs.record(slot_of[int(u)]) if u >= 0 else {} for u in row] for row in I]
+
+
+def _index_part(view: View, q, k, params, expr, tid, cons: _Constraint, native_t: bool, native_f: bool,
+                masked: bool):
     """Search the index part: ``(D, I, nscanned, ndis, sub-plan)``."""
     index = view.index
-    b = view.boundary
     nq = q.shape[0]
-    native_t = tid is not None and index.supports_tenants
-    native_f = expr is not None and index.supports_filter
-    if tmask is not None and not tmask[:b].any():
-        return (*empty_result(nq, k), 0, 0, "")
-    smask = None
-    for m, native in ((fmask, native_f), (tmask, native_t)):
-        if m is not None and not native:
-            smask = m if smask is None else smask & m
     allowed = None
     ntotal = index.ntotal
-    if smask is not None:
+    if masked:
+        rec, n = cons.rec, cons.n
+        smask = rec.alive[:n]
+        if tid is not None and not native_t:
+            smask = smask & rec.tenant_mask(tid, n)
+        if expr is not None and not native_f:
+            smask = smask & rec.filter_mask(expr, n)
         rs = view.row_slot
         allowed = np.zeros(ntotal, bool)
         ok = rs >= 0
@@ -205,7 +341,8 @@ def _index_part(view: View, q, k, params, expr, tid, fmask, tmask):
         if eligible == 0:
             return (*empty_result(nq, k), 0, 0, "")
     else:
-        eligible = index.nlive
+        # rows the index may return for these queries, for the stats: known without a pass over the index
+        eligible = cons.cheap_count() or 0
     kk = min(k, max(ntotal, 1))
     try:
         D, I, info = index.search_with_stats(q, kk, params=params, allowed=allowed,

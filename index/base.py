@@ -236,6 +236,10 @@ class Index(abc.ABC):
     def load(cls, store, prefix: str, *, mmap: bool = False) -> "Index":
         """Inverse of :meth:`save`."""
 
+    def compact(self) -> None:
+        """Give back spare capacity held for future adds (growth buffers, pool slack). Called by the engine after
+        a build's last add; a no-op for kinds that allocate exactly."""
+
     def copy(self) -> "Index":
         """An independent index with the same contents (copy-on-write builds extend a copy while the original keeps
         serving). The default copies through the kind's own ``save`` and ``load`` in memory, so whatever a kind

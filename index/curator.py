@@ -248,7 +248,10 @@ class CuratorIndex(Index):
         cap = self._ids.shape[0]
         if need <= cap:
             return
-        new = max(need, 2 * cap, 1024)
+        self._resize_rows(max(need, 2 * cap, 1024))
+
+    def _resize_rows(self, new: int) -> None:
+        """Reallocate the per-row buffers to ``new`` rows (>= ``_n``): growth by doubling, or shrinking to fit."""
 
         def grow(a, fill=0):
             out = np.full((new,) + a.shape[1:], fill, a.dtype) if fill else np.zeros((new,) + a.shape[1:], a.dtype)
@@ -508,9 +511,12 @@ class CuratorIndex(Index):
             self._compact_acc(slack=1.1)
 
     def compact(self) -> None:
-        """Reclaim all pool slack now (e.g. before measuring memory or saving)."""
+        """Give back all spare capacity now: pool slack, and row buffers beyond the rows held (a build feeds rows in
+        chunks, and doubling leaves up to half of the last allocation unused)."""
         with self._lock.write:
             self._trim()
+            if self._ids.shape[0] > self._n:
+                self._resize_rows(self._n)
 
     # ------------------------------------------------------------------ queries
     def tenants_of(self, id) -> list[int]:
@@ -598,10 +604,19 @@ class CuratorIndex(Index):
         -------
         D float32 (nq, k), I int64 (nq, k)
         """
-        # Fast path for the common call (one tenant, no mask, a well-formed float32 batch): the same checks as
-        # check_search, minus the conversions, since at ~100 us per query the Python edge is a large share. The
-        # kernel checks that the queries are finite (it flags a query that is not with nscored -1; the slow path
-        # then raises the usual error) and takes the tenant as a scalar.
+        hit = self._fast(q, k, params, allowed, tenant, filter)
+        if hit is not None:
+            return hit[0], hit[1]
+        D, I, _ = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def _fast(self, q, k, params, allowed, tenant, filter):
+        """``(D, I, nscored)`` for the common call (one tenant, no mask, a well-formed float32 batch), or ``None``.
+
+        The same checks as check_search, minus the conversions, since at tens of microseconds per query the Python
+        edge is a large share. The kernel checks that the queries are finite (it flags a query that is not with
+        nscored -1; the slow path then raises the usual error) and takes the tenant as a scalar.
+        """
         if (allowed is None and filter is None and type(q) is np.ndarray and q.dtype == np.float32 and q.ndim == 2
                 and q.shape[1] == self.d and q.flags.c_contiguous and type(k) is int and k > 0
                 and type(tenant) is int and self._tree is not None and 0 <= tenant < self._talive.shape[0]
@@ -619,9 +634,8 @@ class CuratorIndex(Index):
                     D, I, ns = self._kernel(q, _NO_TENS, k, max(k, math.ceil(gamma * k)), vboost, rerank, _NO_MASK,
                                             0, tenant)
                 if ns.shape[0] == 0 or (ns[0] >= 0 if ns.shape[0] == 1 else ns.min() >= 0):
-                    return D, I
-        D, I, _ = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
-        return D, I
+                    return D, I, ns
+        return None
 
     def _kernel(self, q, tens, k, budget, vboost, rerank, mask, mode, tenant=0):
         cent, var, lo, hi, parent, depth, bidx, bloom = self._tree
@@ -632,8 +646,10 @@ class CuratorIndex(Index):
                                self._codes, self._sq[0], self._sq[1], rerank, tenant)
 
     def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
-        D, I, counts = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
-        return D, I, {"ndis": int(counts.sum())}
+        hit = self._fast(q, k, params, allowed, tenant, filter)
+        if hit is None:
+            hit = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return hit[0], hit[1], {"ndis": sum(hit[2].tolist())}
 
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """:meth:`search` that also returns the number of candidates scored per query (int64 (nq,))."""

@@ -104,7 +104,6 @@ class OSQIndex(Level0Planner, Index):
         # scans them without rotating the queries (d^2 flops a query, more than the scan itself when few rows pass)
         self.raw = np.empty((0, self.d), dtype=np.float32)
         self.raw_norms = np.empty(0, dtype=np.float32)
-        self.last_stats: dict = {}
         #: rows the partitions' capacity is planned for (the training set's size): adds in chunks then fill
         #: partitions against the final size instead of against the rows added so far
         self.planned_rows = 0
@@ -362,10 +361,10 @@ class OSQIndex(Level0Planner, Index):
         return [{"nprobe": p} for p in ladder_values(1, G)], [{"rerank": r} for r in (20, 50, 100, 200)]
 
     def calibration_cost(self, params: dict, info: dict, nq: int) -> float:
-        """Per query, from the call's ``last_stats`` (the calibration's own, on this private index): query rotation
+        """Per query, from the call's stats (``info`` of :meth:`search_with_stats`): query rotation
         and cluster ranking, sign-code comparisons, level-2 keys (``min(d, 64)`` dimensions each) and exact
         distances, in multiply-adds."""
-        st = self.last_stats
+        st = info
         G = self.nparts * self.nclusters
         if st.get("plan") == "exact":
             return float(st.get("ndis", 0)) / max(1, nq) * self.d
@@ -532,14 +531,19 @@ class OSQIndex(Level0Planner, Index):
 
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
+        D, I, _ = self.search_with_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """:meth:`search` plus this call's stats: ``plan`` (``exact`` / ``multilevel``), ``sure`` / ``maybe`` rows,
+        ``ndis``, bytes touched, ``partitions_visited``, ``elapsed_ms``, ..."""
         q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
         self._place_pending()
         t0 = time.perf_counter()
         nq = q.shape[0]
         D, I = self.empty(nq, k)
         if nq == 0 or self.ntotal == 0:
-            self.last_stats = {"plan": "empty", "nq": nq}
-            return D, I
+            return D, I, {"plan": "empty", "nq": nq}
         expr = None if filter is None else as_expr(filter)
         p = dict(DEFAULT_PARAMS)
         p.update(params)
@@ -563,8 +567,7 @@ class OSQIndex(Level0Planner, Index):
             D, I = self._fill_short(lv, D, I, k, expr, stats)
         stats["bytes_per_query"] = (stats["level0_bytes"] + stats["query_bytes"]) / nq
         stats["elapsed_ms"] = (time.perf_counter() - t0) * 1e3
-        self.last_stats = stats
-        return D, I
+        return D, I, stats
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """Rotated vectors of internal ``rows`` (float32 (m, d))."""

@@ -77,6 +77,8 @@ def test_defaults_reach_the_target_on_every_shape_and_filter_band(tmp_path, rng,
         load(col, x, attrs={"u": u})
         summary = col.build()
         assert summary["calibration"]["seconds"] > 0 and not summary["calibration"]["reused"]
+        assert 0 < summary["calibration"]["share"] == pytest.approx(summary["calibration"]["seconds"]
+                                                                 / summary["calibration"]["build_seconds"], rel=0.05, abs=2e-3)
         res = col.search(q, k=K)
         assert res.stats.plan.startswith("index(")
         assert res.stats.band == "fraction>=1" and res.stats.calibrated_recall >= 0.95

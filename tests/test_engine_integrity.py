@@ -6,6 +6,7 @@ section is one of the reproductions of the engine-integrity issue."""
 from __future__ import annotations
 
 import gc
+import json
 import hashlib
 import os
 import signal
@@ -479,3 +480,108 @@ def test_kill_9_at_each_crash_point_keeps_every_acknowledged_write(tmp_path, poi
     col.compact()
     db.close()
     assert Database(path).collection("c").count() == 300
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI's build
+def shoal(*argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_shoal_build_overwrite_is_all_or_nothing(tmp_path):
+    data = tmp_path / "data"
+    good = tmp_path / "good.npy"
+    np.save(good, vectors(2000, seed=1))
+    r = shoal("build", good, "--data", data, "--name", "docs", "--quiet")
+    assert r.returncode == 0, r.stderr
+    before = tree_digest(data)
+    # NaN deep in the file: refused before anything is staged, naming the row of the file (not of a batch)
+    bad = vectors(60_000, seed=2)
+    bad[55_000, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    r = shoal("build", tmp_path / "nan.npy", "--data", data, "--name", "docs", "--overwrite", "--batch", "5000",
+              "--quiet")
+    assert r.returncode == 2 and "row 55000" in r.stderr, r.stderr
+    # an index that can never train on this data
+    r = shoal("build", good, "--data", data, "--name", "docs", "--overwrite", "--index", "IVF99999,PQ8x8", "--quiet")
+    assert r.returncode == 2, r.stderr
+    # duplicate ids across batches are refused like duplicates within one, naming both rows
+    ids = np.arange(2000)
+    ids[1500] = 3
+    np.save(tmp_path / "ids.npy", ids)
+    r = shoal("build", good, "--ids", tmp_path / "ids.npy", "--data", data, "--name", "docs", "--overwrite",
+              "--batch", "500", "--quiet")
+    assert r.returncode == 2 and "id 3 appears twice (rows 3 and 1500)" in r.stderr, r.stderr
+    assert tree_digest(data) == before
+    r = shoal("info", "--data", data, "--json")
+    assert r.returncode == 0
+    # Ctrl-C while loading: exit 130, old collection as it was, the new name invisible and buildable again
+    big = tmp_path / "big.npy"
+    np.save(big, vectors(600_000, seed=3))
+    for name, extra in (("docs", ["--overwrite"]), ("fresh", [])):
+        proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "build", str(big), "--data", str(data),
+                                 "--name", name, "--batch", "2000", *extra], stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "load [" not in seen:
+            ch = proc.stderr.read(1)
+            assert ch, "the build ended before it loaded anything"
+            seen += ch
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(60) == 130, seen + rest
+        assert "interrupted" in rest
+        assert tree_digest(data) == before
+    db = Database(data)
+    assert db.list_collections() == ["docs"] and db.collection("docs").count() == 2000
+    db.close()
+    r = shoal("build", good, "--data", data, "--name", "fresh", "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
+def test_shoal_build_overwrite_refuses_while_another_process_holds_the_collection(tmp_path):
+    data = tmp_path / "data"
+    make_collection(data, n=10)
+    good = tmp_path / "good.npy"
+    np.save(good, vectors(50, seed=1))
+    holder = run_child(HOLDER, str(data))
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        r = shoal("build", good, "--data", data, "--name", "docs", "--overwrite", "--quiet")
+        assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr, r.stderr
+        # the holder's writes after the refusal are acknowledged and kept
+        holder.stdin.write("upsert 77\nclose\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().split() == ["ack", "77"]
+        assert holder.stdout.readline().strip() == "closed"
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    db = Database(data)
+    assert db.collection("docs").count() == 11
+    db.close()
+    r = shoal("build", good, "--data", data, "--name", "docs", "--overwrite", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert Database(data, read_only=True).collection("docs").count() == 50
+
+
+def test_shoal_repair(tmp_path):
+    data = tmp_path / "data"
+    db = Database(data)
+    col = db.create_collection("c", dim=D)
+    for i in range(3):
+        col.upsert([i], vectors(1, seed=i))
+    wal = col.wal_path
+    col._abandon()
+    db.close()
+    raw = bytearray(open(wal, "rb").read())
+    raw[40] ^= 0x01
+    open(wal, "wb").write(bytes(raw))
+    r = shoal("info", "--data", data, "--name", "c")
+    assert r.returncode == 2 and "shoal repair" in r.stderr
+    r = shoal("repair", "--data", data, "--name", "c", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["kept"] == 2 and os.path.exists(report["moved_to"])
+    assert shoal("info", "--data", data, "--name", "c", "--json").returncode == 0
+    r = shoal("repair", "--data", data, "--name", "c")
+    assert r.returncode == 0 and "nothing to repair" in r.stdout

@@ -113,16 +113,16 @@ def test_fewer_sure_than_k_resolves_maybe_rows():
     sure, maybe = index.estimate_matches(expr)
     mask = filters.evaluate(expr, cols, N)
     assert sure < 10 and sure + maybe >= mask.sum() > 10
-    D, I = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
-    assert index.last_stats["resolved"]
+    D, I, st = index.search_with_stats(q, 10, filter=expr, params={"mode": "multilevel"})
+    assert st["resolved"]
     assert np.all((I >= 0).sum(1) == 10) and np.isin(I, ids[mask]).all()
 
 
 def test_planner_scans_few_matches_exactly_without_rotating():
     index, x, q, cols, ids = build("cosine")
     expr = filters.parse("year = 1999 and price < 10")  # a handful of matches
-    D, I = index.search(q, 10, filter=expr)
-    assert index.last_stats["plan"] == "exact"
+    D, I, st = index.search_with_stats(q, 10, filter=expr)
+    assert st["plan"] == "exact"
     mask = filters.evaluate(expr, cols, N)
     kd, ki = exact_filtered(x, q, ids, mask, 10, "cosine")
     assert np.array_equal(I >= 0, ki >= 0) and np.isin(I[I >= 0], ids[mask]).all()
@@ -135,8 +135,7 @@ def test_planner_scans_few_matches_exactly_without_rotating():
     finally:
         index.rotation = R
     # a positive exact_below replaces the cost model by a plain threshold
-    index.search(q, 10, filter=expr, params={"exact_below": 1e-9})
-    assert index.last_stats["plan"] == "multilevel"
+    assert index.search_with_stats(q, 10, filter=expr, params={"exact_below": 1e-9})[2]["plan"] == "multilevel"
     # the allocator's level 0 (no exact numbers loaded) plans on the codes and rotates for its processors
     lv = index.level0(q, 10, {"mode": "exact"}, filter=expr)
     assert lv.plan == "exact" and lv.qrot is not None and np.allclose(lv.qrot, index.rotate(q), atol=1e-5)
@@ -437,9 +436,9 @@ def test_multilevel_plan_on_exact_statuses_equals_exact_filtered_search(built, t
     expr = None if text is None else filters.parse(text)
     mask = filters.evaluate(expr, cols, N)
     params = {**MAX, "mode": "auto", "exact_below": 1e-9, "level2": "exact"}
-    D, I = index.search(q, 10, filter=expr, params=params)
+    D, I, st = index.search_with_stats(q, 10, filter=expr, params=params)
     if mask.any():
-        assert index.last_stats["plan"] == "multilevel" and index.last_stats["maybe"] == 0
+        assert st["plan"] == "multilevel" and st["maybe"] == 0
     kd, ki = exact_filtered(x, q, ids, mask, 10, index.metric)
     assert np.array_equal(I >= 0, ki >= 0)
     np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-3)
