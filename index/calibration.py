@@ -213,6 +213,10 @@ class Calibration:
         smaller fractions; OSQ visits clusters until it has seen as many passing rows, so it covers more ground
         at smaller ones): a call between two measured fractions takes, setting by setting, the larger of the two
         bands' choices (every calibrated setting buys recall as it grows), or the exact scan where both chose it.
+        Where only the lower band chose the scan, the call takes it too while the scan, whose cost grows with the
+        rows it reads (``exact.cost * value / lo``), stays cheaper than the combined index setting: a correlated
+        filter between two bands can defeat an index setting both bands' own queries were content with (IVF-PQ on
+        GloVe, frequency rank < 10%, recall 0.79), never an exact scan.
         ``tenant_size`` bands are measured on their largest tenants and serve their range as they are.
         """
         b = self.band_index(value)
@@ -224,6 +228,8 @@ class Calibration:
             band = self.bands[b]
             rung, ok = band.pick(target, exact_ok)
             label = band.label
+            scan_below = -1.0  # band values up to which the lower band's exact scan serves instead of ``rung``
+            lower_exact = rung if rung.exact else None
             if nxt is not None:
                 upper = self.bands[nxt]
                 other, ok2 = upper.pick(target, exact_ok)
@@ -238,10 +244,15 @@ class Calibration:
                             k: v for k, v in a.params.items() if k not in c.params},
                             min(a.recall, c.recall), min(a.lcb, c.lcb), max(a.cost, c.cost))
                         ok = a_ok and c_ok
+                        if lower_exact is not None and lower_exact.cost > 0:
+                            scan_below = band.lo * rung.cost / lower_exact.cost
             if len(self._picks) > 256:
                 self._picks.clear()
-            hit = self._picks[key] = (label, rung, ok)
-        return hit
+            hit = self._picks[key] = (label, rung, ok, scan_below, lower_exact)
+        label, rung, ok, scan_below, lower_exact = hit
+        if lower_exact is not None and value is not None and float(value) <= scan_below:
+            return label, lower_exact, True
+        return label, rung, ok
 
     def settings(self, params: dict[str, Any], value: float | None, target: float | None = None,
                  exact_ok: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
