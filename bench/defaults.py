@@ -322,7 +322,9 @@ def plot(rows, png) -> None:
         ax.bar(x - 0.2, [r["recall_old"] for r in rs], 0.4, label="old defaults", color="#bbbbbb")
         ax.bar(x + 0.2, [r["recall"] for r in rs], 0.4, label="calibrated defaults", color="#3070b0")
         ax.axhline(0.95, color="red", lw=0.8, ls="--")
-        ax.set_xticks(x, [f"{r['kind']}\n{r['group']}" for r in rs], fontsize=6, rotation=60, ha="right")
+        names = [r["kind"] + ("" if r.get("order", "meaningful") == "meaningful" else f" ({r['order']})") for r in rs]
+        ax.set_xticks(x, [f"{name}\n{r['group']}" for name, r in zip(names, rs)], fontsize=6, rotation=60,
+                      ha="right")
         ax.set_ylim(0.5, 1.0)
         ax.set_ylabel("recall@10")
         ax.set_title(f"{setup}: no params, through the collection API")

@@ -393,7 +393,8 @@ def test_calibrated_defaults_travel_over_grpc(server, rng):
         assert table["axis"] == "fraction" and table["bands"][0]["reached"]
         res = c.search("cal", x[:5], k=10)
         assert res.stats.band == "fraction>=1" and res.stats.calibrated_recall >= 0.95
-        assert set(res.stats.params) == {"nprobe", "rerank"}
+        # the index's settings, or its exact scan where the build timed that cheaper (3,000 rows: it can be)
+        assert res.stats.plan.startswith("exact(calibrated)") or set(res.stats.params) == {"nprobe", "rerank"}
         own = c.search("cal", x[:5], k=10, params={"nprobe": 2})
         assert own.stats.calibrated_recall is None and own.stats.band == "fraction>=1"
         assert c.search("cal", x[:5], k=10, params={"recall": 0.99}).stats.calibrated_recall >= 0.99
