@@ -1,0 +1,263 @@
+"""numba kernels of the 4-bit fast-scan path: block packing, quantized look-up tables, and the IVF search.
+
+Layout and table quantization are described in ``quantization/fastscan.py``; the SIMD block sum in ``._simd``.
+The search keeps faiss's fast-scan structure (8-bit tables, 16-bit sums, a threshold test on 32 rows at a time) but
+only the rows that pass the test are looked at one by one: their float key is ``b0 + sum / scale``, checked against
+the heap by ``(key, row)`` like every other scan here, so results do not depend on scan order or SIMD width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._heap_kernels import heap_sort
+from ._ivf_kernels import _NO_ROW, _query_table, _rerank
+from ._select_kernels import _EMPTY, pack_key, smallest_sorted, u64_heap_replace_top, unpack_index, unpack_key
+from ._simd import pq4_block_sums, prefetch_row, trailing_zeros
+
+BLOCK = 32
+
+
+@njit(cache=True)
+def pack_blocks(sub, list_offsets, block_offsets, Mp, out):
+    """Write one segment's codes into the blocked layout.
+
+    Parameters
+    ----------
+    sub : uint8 (n, M)
+        Sub-quantizer codes (0..15) of the segment's rows in row order (sorted by list).
+    list_offsets : int64 (nlist + 1,)
+        Row range of each list, relative to the segment's first row.
+    block_offsets : int64 (nlist + 1,)
+        First block of each list, relative to the segment's first block.
+    Mp : int
+        Sub-quantizers per block (M padded to a multiple of 4; the padding codes are 0).
+    out : uint8 (nblocks, 16 * Mp)
+        Zero-filled; receives the blocks.
+    """
+    M = sub.shape[1]
+    nlist = list_offsets.shape[0] - 1
+    for l in range(nlist):
+        b0 = block_offsets[l]
+        for r in range(list_offsets[l], list_offsets[l + 1]):
+            i = r - list_offsets[l]
+            blk = b0 + i // BLOCK
+            pos = i % BLOCK
+            shift = 0 if pos < 16 else 4
+            lane = pos % 16
+            for m in range(M):
+                out[blk, 16 * m + lane] |= np.uint8(sub[r, m] << shift)
+
+
+@njit(cache=True)
+def unpack_blocks(blocks, offsets, block_offsets, M, out):
+    """Inverse of :func:`pack_blocks` over every segment: ``out`` uint8 (ntotal, M) receives the codes by row.
+
+    ``offsets`` / ``block_offsets`` are int64 (nseg, nlist + 1), absolute rows and blocks.
+    """
+    nseg, nl1 = offsets.shape
+    for g in range(nseg):
+        for l in range(nl1 - 1):
+            b0 = block_offsets[g, l]
+            for r in range(offsets[g, l], offsets[g, l + 1]):
+                i = r - offsets[g, l]
+                blk = b0 + i // BLOCK
+                pos = i % BLOCK
+                shift = 0 if pos < 16 else 4
+                lane = pos % 16
+                for m in range(M):
+                    out[r, m] = (blocks[blk, 16 * m + lane] >> shift) & 15
+
+
+@njit(cache=True)
+def quantize_table(t, qmax, lut):
+    """Quantize a float32 (M, 16) sub-space table to uint8 in place of ``lut`` uint8 (16 * Mp,).
+
+    Entry ``(m, j)`` becomes ``round((t[m, j] - min_m) * scale)`` with one ``scale`` for all sub-spaces (so sums of
+    entries are comparable) chosen so the widest sub-space spans ``0..qmax``; padding sub-spaces stay 0.
+
+    Returns
+    -------
+    bias : float64
+        ``sum_m min_m``: the float key of a 16-bit sum ``s`` is ``bias + s / scale``.
+    scale : float64
+    """
+    M, K = t.shape
+    bias = 0.0
+    span = 0.0
+    for m in range(M):
+        lo = t[m, 0]
+        hi = t[m, 0]
+        for j in range(1, K):
+            v = t[m, j]
+            lo = min(lo, v)
+            hi = max(hi, v)
+        bias += lo
+        span = max(span, np.float64(hi) - np.float64(lo))
+    scale = qmax / span if span > 0.0 else 1.0
+    for m in range(M):
+        lo = t[m, 0]
+        for j in range(1, K):
+            lo = min(lo, t[m, j])
+        for j in range(K):
+            q = np.floor((np.float64(t[m, j]) - np.float64(lo)) * scale + 0.5)
+            lut[16 * m + j] = np.uint8(min(max(q, 0.0), np.float64(qmax)))
+    return bias, scale
+
+
+@njit(cache=True, inline="always")
+def _threshold(h0, b0, scale, slack):
+    """Largest 16-bit sum whose key can still enter the heap whose root (worst kept) is the packed ``h0``; -1 when
+    none can. The slack (one unit plus the float32 rounding of keys) keeps the test from dropping a row the heap
+    would take; the heap decides exactly."""
+    if h0 == _EMPTY:
+        return 65535
+    x = (np.float64(unpack_key(h0)) - b0) * scale + slack
+    if x < 0.0:
+        return -1
+    if x >= 65535.0:
+        return 65535
+    return np.int64(x)
+
+
+@njit(cache=True, inline="always")
+def _scan_list(blocks, bbytes, ngroups, lut, blk0, r0, r1, b0, inv, scale, mask, mrow, use_mask, h, kk, sums):
+    """Scan rows ``r0:r1`` (blocks from ``blk0``) into the packed heap ``h`` of size ``kk``; returns rows scanned.
+
+    A row's key is ``b0 + sum / scale`` (``inv = 1 / scale``): the 16-bit test only skips rows that cannot enter.
+    """
+    # keys of this list are >= b0 and the root only falls, so |root| <= max(|b0|, |root now|) while scanning
+    top = abs(np.float64(unpack_key(h[0]))) if h[0] != _EMPTY else abs(b0) + 65535.0 * inv
+    slack = 1.0 + 2e-6 * scale * (abs(b0) + max(abs(b0), top))
+    thr = _threshold(h[0], b0, scale, slack)
+    if thr < 0:
+        return 0
+    nblk = (r1 - r0 + BLOCK - 1) // BLOCK
+    for b in range(nblk):
+        bits = pq4_block_sums(blocks, (blk0 + b) * bbytes, lut, ngroups, thr, sums)
+        rb = r0 + b * BLOCK
+        while bits != 0:
+            i = trailing_zeros(bits)
+            bits &= bits - np.uint32(1)
+            r = rb + np.int64(i)
+            if r >= r1:
+                break
+            if use_mask and not mask[mrow, r]:
+                continue
+            v = pack_key(np.float32(b0 + np.float64(sums[i]) * inv), r)
+            if v < h[0]:
+                u64_heap_replace_top(h, kk, v)
+                thr = _threshold(h[0], b0, scale, slack)
+                if thr < 0:
+                    return min(r1 - r0, (b + 1) * BLOCK)
+    return r1 - r0
+
+
+@njit(cache=True)
+def _rerank_prefetched(qv, vectors, cand, n, metric_l2, fd, fi, k):
+    """:func:`._ivf_kernels._rerank` after asking for every candidate row's cache lines (memory-mapped or cold
+    rows then load in parallel rather than one group of four at a time)."""
+    for j in range(n):
+        prefetch_row(vectors, cand[j])
+    _rerank(qv, vectors, cand, n, metric_l2, fd, fi, k)
+
+
+@njit(cache=True)
+def ivf_fastscan_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode, coarse, pq_cent, list_terms,
+                        list_slot, offsets, block_offsets, blocks, ngroups, mask, mask_mode, kk, k, rerank, vectors,
+                        queries, metric_l2):
+    """Search a batch of queries over a 4-bit IVF-PQ index in the blocked layout.
+
+    Parameters are those of :func:`._ivf_kernels.ivf_pq_search` (tables, probing, masks, re-rank), except:
+
+    block_offsets : int64 (nseg, nlist + 1)
+        First block of each list of each segment.
+    blocks : uint8 (nblocks * 64 * ngroups,)
+        The blocked codes, flattened.
+    ngroups : int
+        Groups of four sub-quantizers per block.
+
+    Rows must be below 2**32 (they are packed with their keys).
+
+    Returns
+    -------
+    D : float32 (nq, k), R : int64 (nq, k) internal rows (``-1`` padding), nscanned : int64 (nq,)
+        Without re-ranking, ``D`` are the keys of the quantized tables.
+    """
+    nq, nlist = probe_keys.shape
+    M, K = dots.shape[1], dots.shape[2]
+    per_list = table_mode == 2
+    nseg = offsets.shape[0]
+    dsub = pq_cent.shape[2]
+    bbytes = 64 * ngroups
+    qmax = min(255, 65535 // M)
+    D = np.full((nq, k), np.inf, dtype=np.float32)
+    R = np.full((nq, k), -1, dtype=np.int64)
+    nscanned = np.zeros(nq, dtype=np.int64)
+    lut = np.zeros(bbytes, dtype=np.uint8)
+    sums = np.empty(BLOCK, dtype=np.uint16)
+    lt = np.empty((M, K), dtype=np.float32)
+    qt = np.empty((M, K), dtype=np.float32)
+    lists = np.empty(nlist, dtype=np.int64)
+    work = np.empty(nlist, dtype=np.uint64)
+    h = np.empty(kk, dtype=np.uint64)
+    fd = np.empty(k, dtype=np.float32)
+    fi = np.empty(k, dtype=np.int64)
+    cand = np.empty(kk, dtype=np.int64)
+    use_mask = mask_mode != 0
+    for q in range(nq):
+        mrow = 0 if mask_mode == 1 else q
+        np_ = smallest_sorted(probe_keys[q], nprobe, lists, work)
+        _query_table(dots[q], cn, qsub[q] if table_mode == 1 else cn[0], table_mode, qt)
+        bias, scale = 0.0, 1.0
+        if not per_list:
+            bias, scale = quantize_table(qt, qmax, lut)
+        h[:] = _EMPTY
+        scanned = 0
+        for j in range(np_):
+            l = lists[j]
+            if per_list:
+                # residual l2: the list adds 2 <c_l,m, C_mk> to the tables (see ivf_pq_search)
+                slot = list_slot[l] if list_slot.shape[0] > 0 else -1
+                if slot >= 0:
+                    for m in range(M):
+                        for kc in range(K):
+                            lt[m, kc] = qt[m, kc] + list_terms[slot, m, kc]
+                else:
+                    for m in range(M):
+                        for kc in range(K):
+                            acc = np.float32(0.0)
+                            for t in range(dsub):
+                                acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
+                            lt[m, kc] = qt[m, kc] + 2.0 * acc
+                bias, scale = quantize_table(lt, qmax, lut)
+            b0 = bias + (np.float64(base[q, l]) if use_base else 0.0)
+            inv = 1.0 / scale
+            for g in range(nseg):
+                r0 = offsets[g, l]
+                r1 = offsets[g, l + 1]
+                if r1 > r0:
+                    scanned += _scan_list(blocks, bbytes, ngroups, lut, block_offsets[g, l], r0, r1, b0, inv, scale,
+                                          mask, mrow, use_mask, h, kk, sums)
+        nscanned[q] = scanned
+        nc = 0
+        for j in range(kk):
+            if h[j] != _EMPTY:
+                cand[nc] = unpack_index(h[j])
+                nc += 1
+        if rerank:
+            fd[:] = np.inf
+            fi[:] = _NO_ROW
+            _rerank_prefetched(queries[q], vectors, cand, nc, metric_l2, fd, fi, k)
+            heap_sort(fd, fi)
+            for j in range(k):
+                if fi[j] != _NO_ROW:
+                    D[q, j] = fd[j]
+                    R[q, j] = fi[j]
+        else:
+            srt = np.sort(h)
+            for j in range(min(k, nc)):
+                D[q, j] = unpack_key(srt[j])
+                R[q, j] = unpack_index(srt[j])
+    return D, R, nscanned
