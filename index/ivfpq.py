@@ -440,18 +440,21 @@ class IVFPQIndex(Index):
         # the kept tables hold the terms of the scoring centroids only (tuning scores with centroids in training)
         table = self.list_table() if self.precomputed and C is self.pq.score_centroids() else None
         all_slots = np.arange(self.nlist, dtype=np.int64)
-        coarse_norms = np.einsum("ij,ij->i", self.coarse, self.coarse)
+        coarse_norms = np.ascontiguousarray(np.einsum("ij,ij->i", self.coarse, self.coarse), dtype=np.float32)
         Ds, Rs, scanned = [], [], []
         for s in range(0, nq, _QUERY_BLOCK):
             yb = y[s:s + _QUERY_BLOCK]
             # one product with the coarse centroids serves both the probe keys (squared L2, the arithmetic of
-            # sq_distances) and, for inner product, the per-list base keys
-            ipc = yb @ self.coarse.T
-            cl2 = ipc * np.float32(-2.0)
-            cl2 += np.einsum("ij,ij->i", yb, yb)[:, None]
-            cl2 += coarse_norms[None, :]
-            np.maximum(cl2, 0.0, out=cl2)
-            probe = cl2 - self.coarse_bias[None, :] if self.ivf_balanced else cl2
+            # sq_distances) and, for inner product, the per-list base keys; the fast-scan kernel derives both itself
+            ipc = np.ascontiguousarray(yb @ self.coarse.T, dtype=np.float32)
+            qn = np.einsum("ij,ij->i", yb, yb)
+            probe = cl2 = None
+            if not blocked or (l2 and self.residual and table is None):
+                cl2 = ipc * np.float32(-2.0)
+                cl2 += qn[:, None]
+                cl2 += coarse_norms[None, :]
+                np.maximum(cl2, 0.0, out=cl2)
+                probe = cl2 - self.coarse_bias[None, :] if self.ivf_balanced else cl2
             qs = yb.reshape(yb.shape[0], M, dsub)
             terms, slots = np.zeros((0, M, K), np.float32), np.zeros(0, np.int64)
             # one BLAS product per sub-space straight into the (nb, M, K) layout the kernel reads (einsum returned
@@ -473,18 +476,20 @@ class IVFPQIndex(Index):
                 base = cl2
             else:
                 table_mode = 0
-                base = -ipc
+                base = None if blocked else -ipc
             qb = (q_orig if q_orig is not None else q)[s:s + _QUERY_BLOCK]
             mb = mask_arr[s:s + _QUERY_BLOCK] if mask_mode == 2 else mask_arr
-            probe = np.ascontiguousarray(probe, dtype=np.float32)
-            base = np.ascontiguousarray(base, dtype=np.float32)
             qb = np.ascontiguousarray(qb, dtype=np.float32)
             if blocked:
-                D, R, ns = ivf_fastscan_search(probe, int(nprobe), base, self.residual, dots, cn, qsub, table_mode,
-                                               self.coarse, C, terms, slots, offsets, self.block_offsets,
-                                               self.blocks.reshape(-1), self.blocks.shape[1] // 64, mb, mask_mode,
-                                               kk, k, bool(rerank), vectors, qb, l2)
+                D, R, ns = ivf_fastscan_search(ipc, np.ascontiguousarray(qn, dtype=np.float32), coarse_norms,
+                                               self.coarse_bias, self.ivf_balanced, int(nprobe), self.residual,
+                                               dots, cn, qsub, table_mode, self.coarse, C, terms, slots, offsets,
+                                               self.block_offsets, self.blocks.reshape(-1),
+                                               self.blocks.shape[1] // 64, mb, mask_mode, kk, k, bool(rerank),
+                                               vectors, qb, l2)
             else:
+                probe = np.ascontiguousarray(probe, dtype=np.float32)
+                base = np.ascontiguousarray(base, dtype=np.float32)
                 D, R, ns = ivf_pq_search(probe, int(nprobe), base, self.residual, dots, cn, qsub, table_mode,
                                          self.pq.nbits, self.coarse, C, terms, slots, offsets, codes, mb, mask_mode,
                                          kk, k, bool(rerank), vectors, qb, l2)

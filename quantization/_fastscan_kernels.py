@@ -14,9 +14,11 @@ from numba import njit
 from ._heap_kernels import heap_sort
 from ._ivf_kernels import _NO_ROW, _query_table, _rerank
 from ._select_kernels import _EMPTY, pack_key, smallest_sorted, u64_heap_replace_top, unpack_index, unpack_key
-from ._simd import pq4_block_sums, prefetch_row, trailing_zeros
+from ._simd import pq4_block_sums, prefetch_bytes, prefetch_row, trailing_zeros
 
 BLOCK = 32
+#: bytes of the next list's blocks asked for ahead of its scan (per segment)
+_PREFETCH_BYTES = 1024
 
 
 @njit(cache=True)
@@ -154,6 +156,16 @@ def _scan_list(blocks, bbytes, ngroups, lut, blk0, r0, r1, b0, inv, scale, mask,
     return r1 - r0
 
 
+@njit(cache=True, inline="always")
+def _prefetch_list(blocks, bbytes, offsets, block_offsets, l):
+    """Ask for the first bytes of list ``l``'s blocks in every segment (the next list to scan)."""
+    for g in range(offsets.shape[0]):
+        n = offsets[g, l + 1] - offsets[g, l]
+        if n > 0:
+            prefetch_bytes(blocks, block_offsets[g, l] * bbytes, min(((n + BLOCK - 1) // BLOCK) * bbytes,
+                                                                   _PREFETCH_BYTES))
+
+
 @njit(cache=True)
 def _rerank_prefetched(qv, vectors, cand, n, metric_l2, fd, fi, k):
     """:func:`._ivf_kernels._rerank` after asking for every candidate row's cache lines (memory-mapped or cold
@@ -164,13 +176,24 @@ def _rerank_prefetched(qv, vectors, cand, n, metric_l2, fd, fi, k):
 
 
 @njit(cache=True)
-def ivf_fastscan_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode, coarse, pq_cent, list_terms,
-                        list_slot, offsets, block_offsets, blocks, ngroups, mask, mask_mode, kk, k, rerank, vectors,
-                        queries, metric_l2):
+def ivf_fastscan_search(coarse_ip, qnorms, coarse_norms, coarse_bias, balanced, nprobe, use_base, dots, cn, qsub,
+                        table_mode, coarse, pq_cent, list_terms, list_slot, offsets, block_offsets, blocks, ngroups,
+                        mask, mask_mode, kk, k, rerank, vectors, queries, metric_l2):
     """Search a batch of queries over a 4-bit IVF-PQ index in the blocked layout.
 
-    Parameters are those of :func:`._ivf_kernels.ivf_pq_search` (tables, probing, masks, re-rank), except:
+    Parameters are those of :func:`._ivf_kernels.ivf_pq_search` (tables, masks, re-rank), except that the probe
+    keys and base keys are derived here, one query at a time, from the query-centroid products (a row stays in
+    cache; as whole (nq, nlist) arrays made by numpy they cost several passes over memory per batch, and the
+    scattered base look-ups missed cache):
 
+    coarse_ip : float32 (nq, nlist)
+        ``<q, coarse[l]>``.
+    qnorms : float32 (nq,)
+        ``||q||^2``.
+    coarse_norms : float32 (nlist,)
+        ``||coarse[l]||^2``. The probe key is ``max(-2 coarse_ip + qnorms + coarse_norms, 0)`` (numpy's float32
+        operations in numpy's order), minus ``coarse_bias`` float32 (nlist,) when ``balanced``; the residual base
+        key is that squared distance (l2) or ``-coarse_ip`` (inner product).
     block_offsets : int64 (nseg, nlist + 1)
         First block of each list of each segment.
     blocks : uint8 (nblocks * 64 * ngroups,)
@@ -185,7 +208,7 @@ def ivf_fastscan_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, tabl
     D : float32 (nq, k), R : int64 (nq, k) internal rows (``-1`` padding), nscanned : int64 (nq,)
         Without re-ranking, ``D`` are the keys of the quantized tables.
     """
-    nq, nlist = probe_keys.shape
+    nq, nlist = coarse_ip.shape
     M, K = dots.shape[1], dots.shape[2]
     per_list = table_mode == 2
     nseg = offsets.shape[0]
@@ -201,6 +224,8 @@ def ivf_fastscan_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, tabl
     qt = np.empty((M, K), dtype=np.float32)
     lists = np.empty(nlist, dtype=np.int64)
     work = np.empty(nlist, dtype=np.uint64)
+    pk = np.empty(nlist, dtype=np.float32)
+    cl2 = np.empty(nlist, dtype=np.float32)
     h = np.empty(kk, dtype=np.uint64)
     fd = np.empty(k, dtype=np.float32)
     fi = np.empty(k, dtype=np.int64)
@@ -208,7 +233,16 @@ def ivf_fastscan_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, tabl
     use_mask = mask_mode != 0
     for q in range(nq):
         mrow = 0 if mask_mode == 1 else q
-        np_ = smallest_sorted(probe_keys[q], nprobe, lists, work)
+        qq = qnorms[q]
+        for l in range(nlist):
+            v = coarse_ip[q, l] * np.float32(-2.0)
+            v = v + qq
+            v = v + coarse_norms[l]
+            if v < np.float32(0.0):
+                v = np.float32(0.0)
+            cl2[l] = v
+            pk[l] = v - coarse_bias[l] if balanced else v
+        np_ = smallest_sorted(pk, nprobe, lists, work)
         _query_table(dots[q], cn, qsub[q] if table_mode == 1 else cn[0], table_mode, qt)
         bias, scale = 0.0, 1.0
         if not per_list:
@@ -232,8 +266,11 @@ def ivf_fastscan_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, tabl
                                 acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
                             lt[m, kc] = qt[m, kc] + 2.0 * acc
                 bias, scale = quantize_table(lt, qmax, lut)
-            b0 = bias + (np.float64(base[q, l]) if use_base else 0.0)
+            base = cl2[l] if metric_l2 else -coarse_ip[q, l]
+            b0 = bias + (np.float64(base) if use_base else 0.0)
             inv = 1.0 / scale
+            if j + 1 < np_:
+                _prefetch_list(blocks, bbytes, offsets, block_offsets, lists[j + 1])
             for g in range(nseg):
                 r0 = offsets[g, l]
                 r1 = offsets[g, l + 1]

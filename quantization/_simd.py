@@ -206,9 +206,23 @@ def bits_f32(typingctx, u):
     return sig, codegen
 
 
+def _prefetch_span(builder, context, start_ptr, nbytes):
+    """Prefetch (read, keep in all cache levels) every 64-byte line of ``nbytes`` bytes from ``start_ptr``."""
+    intp = context.get_value_type(types.intp)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32,
+                                                                                     _I32, _I32]),
+                                        "llvm.prefetch.p0")
+    with cgutils.for_range_slice(builder, ir.Constant(intp, 0), nbytes, ir.Constant(intp, 64)) as (off, _):
+        builder.call(fn, [builder.gep(start_ptr, [off]), _I32(0), _I32(3), _I32(1)])
+    # the span's last byte may sit one line beyond the last 64-byte step
+    with builder.if_then(builder.icmp_signed(">", nbytes, ir.Constant(intp, 0))):
+        last = builder.gep(start_ptr, [builder.sub(nbytes, ir.Constant(intp, 1))])
+        builder.call(fn, [last, _I32(0), _I32(3), _I32(1)])
+
+
 @intrinsic
 def prefetch_row(typingctx, arr, row):
-    """Hint the CPU to fetch every cache line of row ``row`` of a C-contiguous 2-d float32 array for reading.
+    """Hint the CPU to fetch every cache line of row ``row`` of a C-contiguous 2-d array for reading.
 
     Re-ranked rows are scattered over the stored vectors (mostly not in cache): asking for all of a query's
     candidates before computing any distance keeps their memory loads in flight together.
@@ -223,14 +237,28 @@ def prefetch_row(typingctx, arr, row):
         ncols = builder.extract_value(ary.shape, 1)
         nbytes = builder.mul(ncols, ir.Constant(intp, aryty.dtype.bitwidth // 8))
         rowp = builder.gep(builder.bitcast(ary.data, _I8.as_pointer()), [builder.mul(r, nbytes)])
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32,
-                                                                                         _I32, _I32]),
-                                            "llvm.prefetch.p0")
-        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), nbytes, ir.Constant(intp, 64)) as (off, _):
-            builder.call(fn, [builder.gep(rowp, [off]), _I32(0), _I32(3), _I32(1)])
-        # the row's last byte may sit one line beyond the last 64-byte step
-        last = builder.gep(rowp, [builder.sub(nbytes, ir.Constant(intp, 1))])
-        builder.call(fn, [last, _I32(0), _I32(3), _I32(1)])
+        _prefetch_span(builder, context, rowp, nbytes)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_bytes(typingctx, arr, start, nbytes):
+    """Hint the CPU to fetch bytes ``start : start + nbytes`` of a contiguous array's buffer for reading.
+
+    The scan reads each probed list's blocks sequentially, which the hardware prefetcher follows once started; the
+    first lines of every list are a cold miss. Asking for the next list's first bytes while scanning the current
+    one overlaps that miss with work.
+    """
+    sig = types.void(arr, start, nbytes)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        s = context.cast(builder, args[1], signature.args[1], types.intp)
+        n = context.cast(builder, args[2], signature.args[2], types.intp)
+        _prefetch_span(builder, context, builder.gep(builder.bitcast(ary.data, _I8.as_pointer()), [s]), n)
         return context.get_dummy_value()
 
     return sig, codegen

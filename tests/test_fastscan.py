@@ -177,18 +177,30 @@ def test_search_kernel_equals_numpy_reference(table_mode, mask_mode):
     dots = rng.standard_normal((nq, M, 16)).astype(np.float32)
     cn = rng.random((M, 16)).astype(np.float32)
     qsub = rng.random((nq, M)).astype(np.float32) * 3 if table_mode == 1 else np.zeros((0, M), np.float32)
-    probe = rng.random((nq, nlist)).astype(np.float32)
-    base = rng.standard_normal((nq, nlist)).astype(np.float32)
+    coarse_ip = rng.standard_normal((nq, nlist)).astype(np.float32)
+    qnorms = (rng.random(nq) * 4).astype(np.float32)
+    coarse_norms = (rng.random(nlist) * 4).astype(np.float32)
+    cbias = (rng.random(nlist) * 0.5).astype(np.float32)
+    balanced = mask_mode == 1  # balanced lists shift the probe keys by a per-list bias
+    # the kernel's probe and base keys, as numpy computes them for the byte-table kernel
+    cl2 = coarse_ip * np.float32(-2.0)
+    cl2 += qnorms[:, None]
+    cl2 += coarse_norms[None, :]
+    np.maximum(cl2, 0.0, out=cl2)
+    probe = cl2 - cbias[None, :] if balanced else cl2
+    l2 = table_mode != 0
+    base = cl2 if l2 else -coarse_ip
     coarse = rng.standard_normal((nlist, M * dsub)).astype(np.float32)
     cent = rng.standard_normal((M, 16, dsub)).astype(np.float32)
     # residual l2: lists 0-2 take their terms from a table, the others are computed in the kernel
     slots = np.array([0, 1, 2, -1, -1, -1], np.int64) if table_mode == 2 else np.zeros(0, np.int64)
     terms = rng.standard_normal((3, M, 16)).astype(np.float32)
     mask = {0: np.zeros((1, 0), bool), 1: rng.random((1, ntotal)) < 0.6, 2: rng.random((nq, ntotal)) < 0.6}[mask_mode]
-    D, R, _ = ivf_fastscan_search(probe, 4, base, True, dots, cn, qsub, table_mode, coarse, cent, terms, slots,
-                                  offsets, fastscan.block_offsets(offsets), blocks.reshape(-1),
-                                  fastscan.padded_subspaces(M) // 4, mask, mask_mode, kk, k, False,
-                                  np.zeros((0, M * dsub), np.float32), np.zeros((nq, M * dsub), np.float32), True)
+    D, R, _ = ivf_fastscan_search(coarse_ip, qnorms, coarse_norms, cbias, balanced, 4, True, dots, cn, qsub,
+                                  table_mode, coarse, cent, terms, slots, offsets, fastscan.block_offsets(offsets),
+                                  blocks.reshape(-1), fastscan.padded_subspaces(M) // 4, mask, mask_mode, kk, k,
+                                  False, np.zeros((0, M * dsub), np.float32), np.zeros((nq, M * dsub), np.float32),
+                                  l2)
     # the float tables the kernel builds (see _ivf_kernels._query_table)
     if table_mode == 0:
         tables = -dots
