@@ -221,6 +221,18 @@ def test_search_kernel_equals_numpy_reference(table_mode, mask_mode):
     Dr, Rr = _kernel_reference(probe, 4, base, True, tables, offsets, sub, mask, mask_mode, kk, k)
     np.testing.assert_array_equal(R, Rr)
     np.testing.assert_array_equal(D, Dr)
+    # 7 queries x 4 probes >= 2 x 6 lists: the batch was scanned list by list; one query alone is scanned query by
+    # query (nearest list first): the same results
+    for q in range(nq):
+        one = slice(q, q + 1)
+        D1, R1, _ = ivf_fastscan_search(coarse_ip[one], qnorms[one], coarse_norms, cbias, balanced, 4, True, dots[one],
+                                        cn, qsub[one] if table_mode == 1 else qsub, table_mode, coarse, cent, terms,
+                                        slots, offsets, fastscan.block_offsets(offsets), blocks.reshape(-1),
+                                        fastscan.padded_subspaces(M) // 4, mask[one] if mask_mode == 2 else mask,
+                                        mask_mode, kk, k, False, np.zeros((0, M * dsub), np.float32),
+                                        np.zeros((1, M * dsub), np.float32), l2)
+        np.testing.assert_array_equal(R1[0], Rr[q])
+        np.testing.assert_array_equal(D1[0], Dr[q])
 
 
 # ---------------------------------------------------------------------------------------------- the index
