@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._heap_kernels import heap_sort
-from ._ivf_kernels import _NO_ROW, _query_table, _rerank
+from ._ivf_kernels import _query_table, rerank_into
 from ._select_kernels import _EMPTY, pack_key, smallest_sorted, u64_heap_replace_top, unpack_index, unpack_key
 from ._simd import pq4_block_sums, prefetch_bytes, prefetch_row, trailing_zeros
 
@@ -167,15 +166,6 @@ def _prefetch_list(blocks, bbytes, offsets, block_offsets, l):
 
 
 @njit(cache=True)
-def _rerank_prefetched(qv, vectors, cand, n, metric_l2, fd, fi, k):
-    """:func:`._ivf_kernels._rerank` after asking for every candidate row's cache lines (memory-mapped or cold
-    rows then load in parallel rather than one group of four at a time)."""
-    for j in range(n):
-        prefetch_row(vectors, cand[j])
-    _rerank(qv, vectors, cand, n, metric_l2, fd, fi, k)
-
-
-@njit(cache=True)
 def ivf_fastscan_search(coarse_ip, qnorms, coarse_norms, coarse_bias, balanced, nprobe, use_base, dots, cn, qsub,
                         table_mode, coarse, pq_cent, list_terms, list_slot, offsets, block_offsets, blocks, ngroups,
                         mask, mask_mode, kk, k, rerank, vectors, queries, metric_l2):
@@ -300,14 +290,10 @@ def ivf_fastscan_search(coarse_ip, qnorms, coarse_norms, coarse_bias, balanced, 
                 cand[nc] = unpack_index(h[j])
                 nc += 1
         if rerank:
-            fd[:] = np.inf
-            fi[:] = _NO_ROW
-            _rerank_prefetched(queries[q], vectors, cand, nc, metric_l2, fd, fi, k)
-            heap_sort(fd, fi)
-            for j in range(k):
-                if fi[j] != _NO_ROW:
-                    D[q, j] = fd[j]
-                    R[q, j] = fi[j]
+            # re-ranked rows are scattered (and may be memory-mapped): ask for all of them before computing any key
+            for j in range(nc):
+                prefetch_row(vectors, cand[j])
+            rerank_into(queries[q], vectors, cand, nc, metric_l2, fd, fi, D[q], R[q])
         else:
             srt = np.sort(h)
             for j in range(min(k, nc)):

@@ -140,6 +140,21 @@ def _rerank(qv, vectors, cand, n, metric_l2, fd, fi, k):
 
 
 @njit(cache=True)
+def rerank_into(qv, vectors, cand, n, metric_l2, fd, fi, d_out, r_out):
+    """Re-rank rows ``cand[:n]`` exactly for the query ``qv`` and write the best ``k = fd.shape[0]`` ascending into
+    ``d_out`` float32 (k,) / ``r_out`` int64 (k,) (left as they are where fewer than ``k`` rows exist); ``fd`` / ``fi``
+    are the heap's work arrays."""
+    fd[:] = np.inf
+    fi[:] = _NO_ROW
+    _rerank(qv, vectors, cand, n, metric_l2, fd, fi, fd.shape[0])
+    heap_sort(fd, fi)
+    for j in range(fd.shape[0]):
+        if fi[j] != _NO_ROW:
+            d_out[j] = fd[j]
+            r_out[j] = fi[j]
+
+
+@njit(cache=True)
 def _push(hd, hi, kk, acc, r):
     if not heap_worse(hd, hi, acc, r):
         heap_replace_top(hd, hi, kk, acc, r)
@@ -283,19 +298,12 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode
                 _scan_range(bt, codes, start, stop, b0, mask, mrow, mask_mode != 0, hd, hi, kk)
         nscanned[q] = scanned
         if rerank:
-            fd[:] = np.inf
-            fi[:] = _NO_ROW
             nc = 0
             for j in range(kk):
                 if hi[j] != _NO_ROW:
                     cand[nc] = hi[j]
                     nc += 1
-            _rerank(queries[q], vectors, cand, nc, metric_l2, fd, fi, k)
-            heap_sort(fd, fi)
-            for j in range(k):
-                if fi[j] != _NO_ROW:
-                    D[q, j] = fd[j]
-                    R[q, j] = fi[j]
+            rerank_into(queries[q], vectors, cand, nc, metric_l2, fd, fi, D[q], R[q])
         else:
             heap_sort(hd, hi)
             for j in range(k):

@@ -236,15 +236,15 @@ def test_search_kernel_equals_numpy_reference(table_mode, mask_mode):
 
 
 # ---------------------------------------------------------------------------------------------- the index
-def clustered(n, d, seed, nclus=40):
+def gaussian_mixture(sizes, d, seed):
+    """Arrays of ``sizes`` float32 rows drawn around the same 40 seeded centres (data sets and their queries)."""
     rng = np.random.default_rng(seed)
-    centers = np.random.default_rng(99).normal(size=(nclus, d)) * 2
-    return (centers[rng.integers(0, nclus, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    centres = 2 * np.random.default_rng(99).normal(size=(40, d))
+    return [(centres[rng.integers(0, 40, n)] + rng.normal(size=(n, d))).astype(np.float32) for n in sizes]
 
 
 N, D = 4000, 24
-X = clustered(N, D, 0)
-Q = clustered(60, D, 1)
+X, Q = gaussian_mixture((N, 60), D, 0)
 IDS = np.arange(N, dtype=np.int64) * 5 + 3
 
 
@@ -371,14 +371,13 @@ def test_collection_with_a_four_bit_index_filters_through_masks(tmp_path):
 
     rng = np.random.default_rng(6)
     n, d = 1500, 16
-    x = clustered(n, d, 7)
+    x, q = gaussian_mixture((n, 15), d, 7)
     db = Database(tmp_path / "db")
     col = db.create_collection("c", dim=d, index="IVF8,PQ8x4,Refine", schema={"k": "int"}, exact_threshold=0)
     col.upsert(np.arange(n), x, attrs={"k": np.arange(n) % 10})
     col.build()
     assert "PQ8x4" in col.info()["index_description"]
     col.delete(np.arange(0, n, 11))
-    q = clustered(15, d, 8)
     res = col.search(q, k=10, filter="k < 3", params={"nprobe": 8, "rerank": n})
     keep = np.flatnonzero((np.arange(n) % 10 < 3) & (np.arange(n) % 11 != 0))
     want = exact_search(q, x[keep], 10, "l2", labels=keep)[1]
