@@ -206,7 +206,7 @@ def run_method(name, knob, groups, xq, k, ctx):
     for g in groups:
         q = xq[g.queries]
         if name in ("osq", "osq-bounds"):
-            d_, i_ = ctx["osq"].search(q, k, filter=g.expr, params=knob)
+            d_, i_, ctx["osq_stats"] = ctx["osq"].search_with_stats(q, k, filter=g.expr, params=knob)
         else:
             mask = filters.evaluate(g.expr, cols, n) if g.expr is not None else None
             if name == "exact-prefilter":
@@ -322,7 +322,7 @@ def run_dataset(ds, args):
                                 "method": method, "knob": knob, "recall": rec, "qps": nq / secs, "short": short,
                                 "violations": bad, **info[method]}
                     if method.startswith("osq"):
-                        st = osq.last_stats
+                        st = ctx.get("osq_stats", {})
                         rec_line.update({"plan": st.get("plan"), "bytes_read_per_query": st.get("bytes_per_query")})
                     append_result(args.out, {**rec_line, "stage": "sweep"}, echo=False)
                     print(f"  {ds.name} {family:13s} sel={sel:<6} {method:16s} {str(knob):40.40s} "

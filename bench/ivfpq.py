@@ -307,7 +307,7 @@ def run_dataset(args, name):
 def _loaded_memory(ref, xq, k) -> dict:
     """Save ``ref``, load it with memory-mapped re-ranking vectors: memory, RSS (here and in a fresh process), and
     whether searches are bit-identical after the round trip."""
-    from shoal.engine.store import LocalStore
+    from shoal.storage import LocalStore
     from shoal.index import load_index
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,7 +338,7 @@ def _loaded_memory(ref, xq, k) -> dict:
 _CHILD = """
 import sys, json, numpy as np
 from bench.common import rss_bytes
-from shoal.engine.store import LocalStore
+from shoal.storage import LocalStore
 from shoal.index import load_index
 import shoal.quantization._ivf_kernels, shoal.quantization._fastscan_kernels  # compiled before measuring
 q = np.load(sys.argv[2]); k = int(sys.argv[3])

@@ -159,7 +159,7 @@ class Curator:
     name = "curator"
 
     def __init__(self, ds, xb, members, csr, factory, tmpdir):
-        from shoal.engine.store import LocalStore
+        from shoal.storage import LocalStore
         from shoal.index import index_factory, load_index
 
         t0 = time.perf_counter()
@@ -583,7 +583,7 @@ def run_dataset(ds, args, tmpdir):
             grow.append(row)
             append_result(args.out, {"kind": "memory_vs_tenants", "dataset": ds.key, **row})
         # update latencies on a freshly loaded full index
-        from shoal.engine.store import LocalStore
+        from shoal.storage import LocalStore
         from shoal.index import load_index
 
         ix = load_index(LocalStore(tmpdir), "curator")

@@ -1,35 +1,33 @@
-"""A collection: schema, ids, vectors, attributes and tenants, made durable by a WAL plus snapshots, searched as
-index + unindexed tail.
+"""A collection: the public API over records, an index and a write-ahead log: validation, locks and lifecycle.
+
+The work is split by concern, with no import cycle among the parts:
+
+* :mod:`.view`: the frozen (records, index, row -> slot, boundary) a search works on, swapped whole;
+* :mod:`.apply`: a write (live or replayed from the WAL) -> changes to records, tenants and the index;
+* :mod:`.planner`: queries on a view;
+* :mod:`.builder`: a new index for a view's records, built outside every lock;
+* :mod:`.snapshot`: generations + the MANIFEST switch;
+* :mod:`.jobs`: builds as registered, cancellable jobs.
 
 Concurrency model
 -----------------
 * One writer at a time (``_wlock``): validate -> append to the WAL and fsync -> apply in memory. Bad input raises
-  before anything is logged, so it changes nothing.
+  before anything is logged, so it changes nothing. ``close()`` and dropping take ``_wlock`` too, so an append in
+  flight finishes before the log is closed.
 * Readers and the in-memory apply step share a readers-writer lock (``_rw``): searches hold the read side for their
-  whole duration, an apply or an index swap holds the write side only for that step.
-* Index builds (background when the tail passes ``tail_limit``, or explicit ``build()``) work on a copy: they read
-  the records under the read lock, train/add outside any lock while readers keep searching the old index + tail, log
-  the index-level operations (removes, grants, revokes) that happen meanwhile, and finally, under the write lock,
-  replay them on the new index and swap it in (copy-on-write). Then a snapshot is written and the WAL emptied.
+  whole duration, an apply or a view swap holds the write side only for that step.
+* Builds (``build()``, background, automatic when the tail passes ``tail_limit``) run one at a time
+  (``_build_lock``), each registered as a :class:`~shoal.engine.jobs.BuildJob`: they copy what they need under the
+  read lock, train and add outside any lock while readers keep searching the old view + tail, log the index-level
+  operations that writers make meanwhile, and swap the new view in under the write lock after replaying them.
+* Across processes, a collection open for writing holds its owner lock (:mod:`.locks`); read-only opens take none.
 
-Durability
-----------
-Store layout (through :class:`~shoal.engine.store.ObjectStore`, prefix = collection name)::
-
-    MANIFEST                      JSON, replaced atomically: config, generation, lsn, snapshot prefix
-    gen-00000007/records/...      snapshot of live records (save_arrays): ids, vectors, attributes, tenants, row_slot
-    gen-00000007/index/...        the index (its own save)
-
-The WAL (``wal.log``) lives on local disk. Reopen = read MANIFEST, load its snapshot, replay WAL records with
-``lsn > manifest.lsn``. A snapshot is written to a new generation, then MANIFEST is switched, then the WAL is
-emptied and older generations deleted; a crash at any point leaves either the old or the new MANIFEST, and the WAL
-records it needs.
+Lock order: ``_build_lock`` -> ``_wlock`` -> ``_rw.write``.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import os
 import threading
 import time
 import warnings
@@ -37,143 +35,106 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FailedPrecondition, InvalidArgument, NotFound, SchemaError
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..index.factory import index_factory
-from ..index.persist import load_arrays
-from ..index.validate import as_ids, as_vectors, check_metric
-from .records import Records
 from ..index.rwlock import RWLock
-from .schema import Schema, TenantRegistry, batch_from_wal, batch_to_wal
-from .wal import WriteAheadLog
+from ..index.validate import as_ids, as_vectors, check_metric
+from . import builder, planner, snapshot
+from .apply import IndexOp, apply_delete, apply_drop_tenant, apply_record, apply_tenant_op, apply_upsert, \
+    batch_to_wal, replay
+from .jobs import BuildJob, stderr_progress
+from .results import attribute_selection, select_attributes
+from .schema import Schema, parse_filter
+from .tenants import TenantRegistry
+from .view import View
+from .wal import WALDamaged, WriteAheadLog
 
-FORMAT_VERSION = 1
 DEFAULT_TAIL_LIMIT = 20_000
-DEFAULT_EXACT_THRESHOLD = 4096
+#: None: the planner chooses per index kind (planner.exact_threshold)
+DEFAULT_EXACT_THRESHOLD = None
 #: after an automatic (tail) build, write a snapshot only once the WAL has grown this large: until then a reopen
 #: replays the WAL (the replayed records land in the tail and are indexed again), which is cheaper than rewriting
 #: every record and the index after each tail_limit writes
 DEFAULT_SNAPSHOT_WAL_BYTES = 64 << 20
 
-
-class FilterError(InvalidArgument):
-    """A malformed filter expression; ``position`` and ``hint`` come from the parser when it gives them."""
-
-    def __init__(self, message: str, position: int | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.position = position
-        self.hint = hint
+#: collection settings beside dim / metric / schema / index / multi_tenant: name -> default
+SETTINGS = {"tail_limit": DEFAULT_TAIL_LIMIT, "exact_threshold": DEFAULT_EXACT_THRESHOLD,
+            "snapshot_wal_bytes": DEFAULT_SNAPSHOT_WAL_BYTES, "max_k": planner.DEFAULT_MAX_K,
+            "max_results": planner.DEFAULT_MAX_RESULTS}
 
 
-class FilterAttributeError(FilterError, SchemaError):
-    """A filter that names an unknown attribute or compares one with a value of the wrong type."""
+class MemoryLog:
+    """The log of a staged collection: acknowledges in memory only (a staged build becomes durable all at once, when
+    it is committed; until then a failure leaves nothing behind)."""
 
+    path = None
 
-def parse_filter(flt, schema: Schema):
-    """Turn a filter (text, JSON AST dict or an already parsed expression) into an expression, or ``None``."""
-    if flt is None:
-        return None
-    from .. import filters
+    def __init__(self):
+        self.last_lsn = 0
+        self.size = 0
 
-    try:
-        if isinstance(flt, str) and not flt.strip():
-            return None
-        return filters.compile(flt, schema=schema.to_json())
-    except filters.FilterTypeError as exc:
-        raise FilterAttributeError(f"invalid filter: {exc}") from exc
-    except filters.FilterSyntaxError as exc:
-        raise FilterError(f"invalid filter: {exc}", getattr(exc, "position", None), getattr(exc, "hint", None)) from exc
+    def append(self, op, fields=None, arrays=None) -> int:
+        self.last_lsn += 1
+        return self.last_lsn
 
+    def reset(self, lsn: int) -> None:
+        self.last_lsn = max(self.last_lsn, lsn)
 
-class BuildJob:
-    """Progress and outcome of one index build (background or not)."""
-
-    def __init__(self, spec: str, full: bool):
-        self.spec = spec
-        self.full = full
-        self.stage = "queued"
-        self.done = 0
-        self.total = 0
-        self.error: BaseException | None = None
-        self.started = time.time()
-        self.finished: float | None = None
-        self.count = 0
-        self._event = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    @property
-    def progress(self) -> float:
-        if self.stage == "done":
-            return 1.0
-        return self.done / self.total if self.total else 0.0
-
-    @property
-    def running(self) -> bool:
-        return not self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the build to finish; returns whether it did. Re-raises nothing (see ``error``)."""
-        return self._event.wait(timeout)
-
-    def to_dict(self) -> dict[str, Any]:
-        end = self.finished or time.time()
-        return {"index": self.spec, "full": self.full, "stage": self.stage, "done": self.done, "total": self.total,
-                "progress": self.progress, "count": self.count, "seconds": round(end - self.started, 3),
-                "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}"}
-
-
-def _stderr_progress(done: int, total: int, stage: str) -> None:
-    width = 30
-    frac = done / total if total else 1.0
-    bar = "#" * int(width * frac)
-    sys.stderr.write(f"\r{stage:>8} [{bar:<{width}}] {done}/{total}")
-    if done >= total and stage == "add":
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+    def close(self) -> None:
+        pass
 
 
 class Collection:
     """One collection. Obtain it from :class:`~shoal.engine.Database`; do not construct directly."""
 
-    def __init__(self, name: str, store, wal_path: str, *, read_only: bool = False, owner=None):
+    def __init__(self, name: str, store, wal_dir: str, *, read_only: bool = False, owner=None, lock=None,
+                 staged_manifest: dict[str, Any] | None = None):
         self.name = name
         self.store = store
         self.read_only = read_only
+        self.staged = staged_manifest is not None
         self._owner = owner
-        self.auto_build = True
+        self._lock = lock
+        self._wal_dir = wal_dir
+        self.auto_build = not self.staged
         self._wlock = threading.RLock()
         self._rw = RWLock()
         self._build_lock = threading.Lock()
-        self._oplog: list | None = None
+        self._oplog: list[IndexOp] | None = None
         self._job: BuildJob | None = None
+        self._jobs: list[BuildJob] = []
         self._auto_failed_at: int | None = None
+        self._closing = False
         self._closed = False
+        self._settings = None
+        self._filters: dict[str, Any] = {}
         self.counters = {"searches": 0, "queries": 0, "upserted": 0, "deleted": 0, "builds": 0}
-        self._open_state(wal_path)
-        self._maybe_autobuild()
+        if self.staged:
+            self._set_config(staged_manifest)
+            self._view, self.tenants = snapshot.load(store, staged_manifest, self.dim, self.schema)
+            self.wal = MemoryLog()
+        else:
+            self._open_state()
+            self._maybe_autobuild()
 
-    def _read_manifest(self) -> dict[str, Any]:
-        manifest = json.loads(self.store.get("MANIFEST"))
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise FailedPrecondition(f"collection {self.name!r}: format version {manifest.get('format_version')} "
-                                     f"is not supported (expected {FORMAT_VERSION})")
-        return manifest
-
+    # ------------------------------------------------------------------ opening
     def _set_config(self, manifest: dict[str, Any]) -> None:
         self.config = manifest["config"]
         self.dim = int(self.config["dim"])
         self.metric = check_metric(self.config["metric"])
         self.schema = Schema(self.config.get("schema"))
         self.multi_tenant = bool(self.config.get("multi_tenant", False))
-        self.tail_limit = int(self.config.get("tail_limit", DEFAULT_TAIL_LIMIT))
-        self.exact_threshold = int(self.config.get("exact_threshold", DEFAULT_EXACT_THRESHOLD))
-        self.snapshot_wal_bytes = int(self.config.get("snapshot_wal_bytes", DEFAULT_SNAPSHOT_WAL_BYTES))
+        for key, default in SETTINGS.items():
+            value = self.config.get(key, default)
+            setattr(self, key, None if value is None else int(value))
         self._generation = int(manifest.get("generation", 0))
         self._snap_lsn = int(manifest.get("lsn", 0))
+        self._wal_name = manifest.get("wal") or snapshot.DEFAULT_WAL
 
-    def _open_state(self, wal_path: str) -> None:
+    def _open_state(self) -> None:
         """Load the MANIFEST's snapshot and replay the WAL.
 
-        A writer holds the WAL's lock, so nothing changes underneath. A read-only opener can race a writer's snapshot
+        A writer holds the owner lock, so nothing changes underneath. A read-only opener can race a writer's snapshot
         (old generation deleted, WAL emptied after the MANIFEST switch): it checks that the MANIFEST did not move
         while it loaded and starts over if it did.
         """
@@ -183,17 +144,25 @@ class Collection:
                 time.sleep(0.005 * attempt)
             wal = None
             try:
-                manifest = self._read_manifest()
+                manifest = snapshot.read_manifest(self.store, self.name)
                 self._set_config(manifest)
-                self._load_snapshot(manifest)
-                wal = WriteAheadLog(wal_path, read_only=self.read_only)
+                self._view, self.tenants = snapshot.load(self.store, manifest, self.dim, self.schema)
+                wal = WriteAheadLog(self.wal_path, read_only=self.read_only)
                 self.wal = wal
+                records = self._view.records
                 for rec in wal.recover(self._snap_lsn):
-                    self._apply(rec)
-                if not self.read_only or self._read_manifest().get("generation") == self._generation:
+                    self._index_ops(apply_record(records, self.tenants, self.schema, rec))
+                if not self.read_only:
+                    _remove_stale_logs(os.path.dirname(self.wal_path), keep=self._wal_name)
                     return
-            except NotFound:
-                if not self.read_only or attempt == attempts - 1:
+                if snapshot.read_manifest(self.store, self.name).get("generation") == self._generation:
+                    return
+            except (NotFound, WALDamaged) as exc:
+                # a read-only opener can see a writer's snapshot half-way (generation gone, log emptied and
+                # appended again): that is a race, not damage, when the MANIFEST moved meanwhile
+                moved = self.read_only and attempt < attempts - 1 and (
+                    isinstance(exc, NotFound) or self._manifest_moved())
+                if not moved:
                     if wal is not None:
                         wal.close()
                     raise
@@ -205,38 +174,72 @@ class Collection:
                 wal.close()
         raise FailedPrecondition(f"collection {self.name!r} kept changing while being opened read-only; retry")
 
-    # ------------------------------------------------------------------ loading
-    def _load_snapshot(self, manifest: dict[str, Any]) -> None:
-        self.tenants = TenantRegistry(manifest.get("tenants", []), manifest.get("tenants_active"))
-        self._index = None
-        self._row_slot = np.zeros(0, np.int64)
-        self._boundary = 0
-        snap = manifest.get("snapshot")
-        if not snap:
-            self.records = Records(self.dim, self.schema)
-            return
-        meta, arrays = load_arrays(self.store, f"{snap}/records", kind="shoal.records")
-        self.records = Records.from_arrays(self.dim, self.schema, meta, arrays)
-        if manifest.get("has_index"):
-            from ..index.factory import load_index
+    def refresh(self) -> bool:
+        """Read-only handles: catch up with the writer. Records appended to the log since this handle read it are
+        applied; a new snapshot or a replaced collection (a new MANIFEST generation or log) is loaded whole.
+        Returns whether anything changed; :class:`NotFound` once the collection was dropped. A writable handle is
+        always current (returns False). Searches in flight finish on the state they began with.
+        """
+        self._check_open()
+        if not self.read_only or self.staged:
+            return False
+        with self._wlock:  # one refresh at a time
+            manifest = snapshot.read_manifest(self.store, self.name)
+            same = (manifest.get("generation") == self._generation and
+                    (manifest.get("wal") or snapshot.DEFAULT_WAL) == self._wal_name)
+            if same:
+                try:
+                    size = os.path.getsize(self.wal_path)
+                except OSError:
+                    size = 0
+                if size == self.wal.read_bytes:
+                    return False
+                try:
+                    records = self.wal.recover(self.wal.last_lsn)
+                except WALDamaged:
+                    records = None  # a snapshot emptied the log while it was read: reload below, or report damage
+                # the log read belongs to this generation only if the MANIFEST still names it afterwards (a
+                # writer's snapshot switches the MANIFEST before it empties the log)
+                if records is not None and not self._manifest_moved():
+                    if records:
+                        with self._rw.write:
+                            for rec in records:
+                                self._index_ops(apply_record(self.records, self.tenants, self.schema, rec))
+                    return bool(records)
+            fresh = Collection(self.name, self.store, self._wal_dir, read_only=True)
+            with self._rw.write:
+                old = self.wal
+                for attr in ("config", "dim", "metric", "schema", "multi_tenant", *SETTINGS, "_generation",
+                             "_snap_lsn", "_wal_name", "_view", "tenants", "wal"):
+                    setattr(self, attr, getattr(fresh, attr))
+            old.close()
+            return True
 
-            self._index = load_index(self.store, f"{snap}/index")
-            self._row_slot = np.array(arrays["row_slot"], dtype=np.int64)
-            self._boundary = int(manifest["boundary"])
+    def _manifest_moved(self) -> bool:
+        try:
+            return snapshot.read_manifest(self.store, self.name).get("generation") != self._generation
+        except NotFound:
+            return True
 
     # ------------------------------------------------------------------ small helpers
     @property
+    def wal_path(self) -> str:
+        return os.path.join(self._wal_dir, self.name, self._wal_name)
+
+    @property
     def index_spec(self) -> str:
         return self.config.get("index", "Flat")
+
+    @property
+    def records(self):
+        """The current records (see :class:`~shoal.engine.records.Records`)."""
+        return self._view.records
 
     def _check_open(self, write: bool = False) -> None:
         if self._closed:
             raise FailedPrecondition(f"collection {self.name!r} is closed")
         if write and self.read_only:
             raise FailedPrecondition(f"collection {self.name!r} is open read-only")
-
-    def _slots_in_index(self, slots: np.ndarray) -> np.ndarray:
-        return slots[slots < self._boundary]
 
     def _tenant_names(self, tenants, n: int) -> list[list[str]] | None:
         if tenants is None:
@@ -246,7 +249,7 @@ class Collection:
         if isinstance(tenants, (str, bytes)) or len(tenants) != n:
             raise InvalidArgument(f"tenants: expected one list of tenant names per record ({n})")
         out = []
-        for i, ts in enumerate(tenants):
+        for ts in tenants:
             if ts is None:
                 ts = []
             if isinstance(ts, str):
@@ -265,6 +268,23 @@ class Collection:
         if not self.multi_tenant:
             raise InvalidArgument(f"collection {self.name!r} is not multi-tenant; tenant= is not accepted")
         return self.tenants.lookup(tenant)
+
+    def _index_ops(self, ops: list[IndexOp]) -> None:
+        """Apply index-level operations to the live index, and log them for a build in progress (caller holds the
+        write side of ``_rw``, or is the opener)."""
+        if not ops:
+            return
+        if self._oplog is not None:
+            self._oplog.extend(ops)
+        if self._view.index is not None:
+            replay(self._view.index, ops)
+
+    def _write(self, op: str, fields: dict[str, Any], arrays: dict[str, np.ndarray], change) -> None:
+        """Log one write, then apply it (``change()`` returns its index operations); caller holds ``_wlock``."""
+        self._check_open(write=True)
+        self.wal.append(op, fields, arrays)
+        with self._rw.write:
+            self._index_ops(change())
 
     # ------------------------------------------------------------------ writes
     def upsert(self, ids, vectors, attrs=None, tenants=None) -> int:
@@ -297,10 +317,8 @@ class Collection:
         fields, arrays = batch_to_wal(self.schema, batch)
         arrays.update({"ids": ids, "vectors": vectors})
         with self._wlock:
-            self._check_open(write=True)
-            self.wal.append("upsert", {"attrs": fields, "tenants": names}, arrays)
-            with self._rw.write:
-                self._apply_upsert(ids, vectors, batch, names)
+            self._write("upsert", {"attrs": fields, "tenants": names}, arrays,
+                        lambda: apply_upsert(self.records, self.tenants, ids, vectors, batch, names))
         self.counters["upserted"] += n
         self._maybe_autobuild()
         return n
@@ -311,12 +329,11 @@ class Collection:
         ids = as_ids(ids, allow_duplicates=True)
         with self._wlock:
             self._check_open(write=True)
-            live = np.array([u for u in np.unique(ids).tolist() if u in self.records.slot_of], dtype=np.int64)
+            slot_of = self.records.slot_of
+            live = np.array([u for u in np.unique(ids).tolist() if u in slot_of], dtype=np.int64)
             if live.size == 0:
                 return 0
-            self.wal.append("delete", {}, {"ids": live})
-            with self._rw.write:
-                self._apply_delete(live)
+            self._write("delete", {}, {"ids": live}, lambda: apply_delete(self.records, live))
         self.counters["deleted"] += int(live.size)
         return int(live.size)
 
@@ -345,6 +362,7 @@ class Collection:
         TenantRegistry.check_name(tenant)
         ids = np.unique(as_ids(ids, allow_duplicates=True))
         with self._wlock:
+            self._check_open(write=True)
             if op == "revoke":
                 self.tenants.lookup(tenant)
             missing = [u for u in ids.tolist() if u not in self.records.slot_of]
@@ -352,9 +370,8 @@ class Collection:
                 raise NotFound(f"{op}: unknown id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
             if ids.size == 0:
                 return 0
-            self.wal.append(op, {"tenant": tenant}, {"ids": ids})
-            with self._rw.write:
-                self._apply_tenant_op(op, ids, tenant)
+            self._write(op, {"tenant": tenant}, {"ids": ids},
+                        lambda: apply_tenant_op(self.records, self.tenants, op, ids, tenant))
         return int(ids.size)
 
     def drop_tenant(self, tenant: str) -> int:
@@ -363,60 +380,12 @@ class Collection:
         if not self.multi_tenant:
             raise InvalidArgument(f"collection {self.name!r} is not multi-tenant")
         with self._wlock:
+            self._check_open(write=True)
             tid = self.tenants.lookup(tenant)
             n = len(self.records.tenant_slots.get(tid, ()))
-            self.wal.append("drop_tenant", {"tenant": tenant}, {})
-            with self._rw.write:
-                self._apply_drop_tenant(tenant)
+            self._write("drop_tenant", {"tenant": tenant}, {},
+                        lambda: apply_drop_tenant(self.records, self.tenants, tenant))
         return n
-
-    # ------------------------------------------------------------------ apply (WAL replay and live writes)
-    def _apply(self, rec) -> None:
-        if rec.op == "upsert":
-            batch = batch_from_wal(self.schema, rec.fields.get("attrs", {}), rec.arrays)
-            self._apply_upsert(rec.arrays["ids"], rec.arrays["vectors"], batch, rec.fields.get("tenants"))
-        elif rec.op == "delete":
-            self._apply_delete(rec.arrays["ids"])
-        elif rec.op in ("grant", "revoke"):
-            self._apply_tenant_op(rec.op, rec.arrays["ids"], rec.fields["tenant"])
-        elif rec.op == "drop_tenant":
-            self._apply_drop_tenant(rec.fields["tenant"])
-        else:
-            raise FailedPrecondition(f"write-ahead log record {rec.lsn} has unknown op {rec.op!r}")
-
-    def _index_op(self, op: str, ids: np.ndarray, tid: int | None = None) -> None:
-        """Apply an index-level operation to the live index, and log it for a build in progress."""
-        if self._oplog is not None:
-            self._oplog.append((op, ids, tid))
-        if self._index is not None:
-            _replay_one(self._index, op, ids, tid)
-
-    def _apply_upsert(self, ids, vectors, batch, names) -> None:
-        rec = self.records
-        old = [rec.slot_of[u] for u in ids.tolist() if u in rec.slot_of]
-        tids = None if names is None else [[self.tenants.ensure(t) for t in lst] for lst in names]
-        rec.append(ids, vectors, batch, tids)
-        if old:
-            old_slots = np.array(old, dtype=np.int64)
-            self._index_op("remove", rec.ids[old_slots])
-
-    def _apply_delete(self, ids) -> None:
-        done = self.records.delete(ids.tolist())
-        if done:
-            self._index_op("remove", np.array(done, dtype=np.int64))
-
-    def _apply_tenant_op(self, op: str, ids, tenant: str) -> None:
-        tid = self.tenants.ensure(tenant) if op == "grant" else self.tenants.ids[tenant]
-        slots = np.array([self.records.slot_of[u] for u in ids.tolist() if u in self.records.slot_of], np.int64)
-        (self.records.grant if op == "grant" else self.records.revoke)(slots.tolist(), tid)
-        if slots.size:
-            self._index_op(op, self.records.ids[slots], tid)
-
-    def _apply_drop_tenant(self, tenant: str) -> None:
-        tid = self.tenants.ids[tenant]
-        self.records.drop_tenant(tid)
-        self.tenants.active[tid] = False
-        self._index_op("drop_tenant", np.zeros(0, np.int64), tid)
 
     # ------------------------------------------------------------------ reads
     def get(self, ids, tenant=None, include_vectors: bool = True) -> list[dict[str, Any]]:
@@ -481,44 +450,117 @@ class Collection:
 
     def _slot_mask(self, expr, tid: int | None, n: int) -> np.ndarray:
         """Live slots ``[0, n)`` matching ``expr`` and visible to ``tid``."""
-        mask = self.records.alive[:n].copy()
+        rec = self.records
+        mask = rec.alive[:n].copy()
         if tid is not None:
-            mask &= self.records.tenant_mask(tid, n)
+            mask &= rec.tenant_mask(tid, n)
         if expr is not None and mask.any():
             from .. import filters
 
-            cols = self.records.attrs.columns(n=n, names=sorted(filters.attributes(expr)))
+            cols = rec.attrs.columns(n=n, names=sorted(filters.attributes(expr)))
             mask &= filters.evaluate(expr, cols, n)
         return mask
 
-    def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, include_attrs: bool = False):
-        """Nearest neighbours of each query among live records (see :mod:`shoal.engine.search`)."""
-        from .search import run_search
+    def _search_settings(self) -> planner.SearchSettings:
+        """The settings searches use, remade only when one of them changed."""
+        st = self._settings
+        if st is None or st.exact_threshold != self.exact_threshold or st.index_spec != self.index_spec or \
+                st.max_k != self.max_k or st.max_results != self.max_results:
+            st = self._settings = planner.SearchSettings(self.dim, self.metric, self.index_spec,
+                                                         self.exact_threshold, self.max_k, self.max_results)
+        return st
 
-        self._check_open()
-        return run_search(self, queries, k, filter, tenant, params, include_attrs)
+    def _parse_filter(self, flt):
+        """:func:`parse_filter` with the last few filter texts remembered (parsing costs more than a small search)."""
+        if not isinstance(flt, str):
+            return parse_filter(flt, self.schema)
+        expr = self._filters.get(flt)
+        if expr is None:
+            expr = parse_filter(flt, self.schema)
+            if len(self._filters) >= 256:
+                self._filters.clear()
+            self._filters[flt] = expr
+        return expr
+
+    def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, attributes=False, *,
+               include_attrs=None):
+        """Nearest neighbours of each query among live records.
+
+        Parameters
+        ----------
+        queries : float32 (nq, dim) or (dim,)
+        k : int
+            At most the collection's ``max_k`` (default 10,000); ``nq * k`` at most ``max_results``.
+        filter : str, dict or None
+            A filter expression (docs/filters.md).
+        tenant : str or None
+            Search only the records this tenant can see (multi-tenant collections).
+        params : dict or None
+            Search parameters of the index kind (``nprobe``, ``rerank``, ``gamma``, ...).
+        attributes : bool or list of str
+            Return the attributes of each result: ``True`` for all, or the names wanted (unknown names raise
+            SchemaError). The same keyword as ``shoal.Client.search``.
+        include_attrs : bool
+            Deprecated spelling of ``attributes=True`` (a DeprecationWarning); will be removed.
+
+        Returns
+        -------
+        SearchResult
+            Each query holds ``min(k, matching records)`` results; ``stats`` describes this call only.
+        """
+        if self._closed:
+            self._check_open()
+        if include_attrs is not None:
+            warnings.warn("Collection.search(include_attrs=...) is deprecated: use attributes=True (or a list of "
+                          "names), as shoal.Client.search does", DeprecationWarning, stacklevel=2)
+            if attributes is not False:
+                raise InvalidArgument("give attributes= or the deprecated include_attrs=, not both")
+            attributes = bool(include_attrs)
+        want = attribute_selection(attributes) if attributes is not False else False
+        for name in want if isinstance(want, tuple) else ():
+            self.schema.type_of(name)  # SchemaError naming the known attributes
+        expr = None if filter is None else self._parse_filter(filter)
+        with self._rw.read:
+            tid = None if tenant is None else self._tenant_id(tenant)
+            res = planner.search(self._view, self._search_settings(), queries, k, expr, tid, params, bool(want))
+        if isinstance(want, tuple):
+            res = select_attributes(res, want)
+        self.counters["searches"] += 1
+        self.counters["queries"] += len(res)
+        return res
 
     # ------------------------------------------------------------------ index maintenance
     def _maybe_autobuild(self) -> None:
-        if not self.auto_build or self.read_only or self._closed:
+        if not self.auto_build or self.read_only or self._closing or self._closed:
             return
-        tail = self.records.n - self._boundary
+        tail = self._view.tail
         if tail < self.tail_limit:
             return
         if self._auto_failed_at is not None and tail < 2 * self._auto_failed_at:
             return
         with self._wlock:  # two writers finishing at once start one build
-            if self._job is not None and self._job.running:
+            if self._closing or (self._job is not None and self._job.running):
                 return
-            self._start_job(self.index_spec, full=False, train_kwargs=None, progress=None, explicit=False)
+            self._start_auto()
 
-    def _start_job(self, spec, full, train_kwargs, progress, explicit) -> BuildJob:
-        job = BuildJob(spec, full)
+    def _start_auto(self, progress=None) -> BuildJob:
+        """Start what a full tail starts: a background build extending the index with the tail."""
+        with self._wlock:
+            job = self._register(BuildJob(self.index_spec, full=False, explicit=False))
+        return self._start_thread(job, None, progress)
+
+    def _start_thread(self, job: BuildJob, train_kwargs, progress) -> BuildJob:
+        job.thread = threading.Thread(target=self._run_build, args=(job, train_kwargs, progress),
+                                      name=f"shoal-build-{self.name}", daemon=True)
+        job.thread.start()
+        return job
+
+    def _register(self, job: BuildJob) -> BuildJob:
+        """Make ``job`` the collection's current build (caller holds ``_wlock``); refused once closing."""
+        if self._closing or self._closed:
+            raise FailedPrecondition(f"collection {self.name!r} is closed")
+        self._jobs = [j for j in self._jobs if j.running] + [job]
         self._job = job
-        t = threading.Thread(target=self._run_build, args=(job, train_kwargs, progress, explicit),
-                             name=f"shoal-build-{self.name}", daemon=True)
-        job.thread = t
-        t.start()
         return job
 
     def build(self, index: str | None = None, progress=None, train_kwargs: dict | None = None,
@@ -545,15 +587,15 @@ class Collection:
         if train_kwargs is not None and not isinstance(train_kwargs, dict):
             raise InvalidArgument("train_kwargs must be a dict")
         if progress is True:
-            progress = _stderr_progress
+            progress = stderr_progress
+        with self._wlock:
+            job = self._register(BuildJob(spec, full=True, explicit=True))
         if background:
-            return self._start_job(spec, True, train_kwargs, progress, True)
-        job = BuildJob(spec, True)
-        self._run_build(job, train_kwargs, progress, True)
+            return self._start_thread(job, train_kwargs, progress)
+        self._run_build(job, train_kwargs, progress)
         if job.error is not None:
             raise job.error
-        return {"index": spec, "count": job.count, "seconds": job.to_dict()["seconds"],
-                "bytes": int(self._index.memory_bytes()) if self._index is not None else 0}
+        return dict(job.summary)
 
     def build_status(self) -> dict[str, Any] | None:
         """The current or last build's progress (``None`` if there was none)."""
@@ -563,105 +605,128 @@ class Collection:
         """Wait until no build is running (including builds started by the one waited for); False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self._job
-            if job is None:
+            running = [j for j in self._jobs if j.running]
+            if not running:
                 return True
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not job.wait(left):
+            if not running[-1].wait(left):
                 return False
-            if self._job is job:
-                return True
 
-    def _run_build(self, job: BuildJob, train_kwargs, progress, explicit: bool) -> None:
-        from .build import run_build
-
+    def _run_build(self, job: BuildJob, train_kwargs, progress) -> None:
+        """Run a registered job to its end; the outcome is recorded on the job (and raised by ``build()``)."""
         try:
             with self._build_lock:
-                if self._closed:
-                    raise FailedPrecondition(f"collection {self.name!r} is closed")
-                run_build(self, job, train_kwargs, progress)
+                self._check_open(write=True)
+                job.checkpoint()
+                self._build_locked(job, train_kwargs, progress)
                 self.counters["builds"] += 1
-                if explicit:
-                    self.config["index"] = job.spec
                 self._auto_failed_at = None
-                if explicit or self.wal.size >= self.snapshot_wal_bytes:
+                if (job.explicit and not self.staged) or self.wal.size >= self.snapshot_wal_bytes:
+                    job.checkpoint()
                     job.stage = "snapshot"
-                    self._snapshot()
+                    with self._wlock:
+                        self._snapshot_locked()
                 job.stage = "done"
+                index = self._view.index
+                job.summary = {"index": job.spec, "count": job.count, "seconds": job.to_dict()["seconds"],
+                               "bytes": int(index.memory_bytes()) if index is not None else 0}
+            job.finish()
         except BaseException as exc:  # recorded on the job; a background build must not kill the process
-            job.error = exc
-            job.stage = "failed"
-            if not explicit:
-                self._auto_failed_at = self.records.n - self._boundary
+            job.finish(exc)
+            if not job.explicit and not self._closing:
+                self._auto_failed_at = self._view.tail
                 warnings.warn(f"collection {self.name!r}: background index build failed ({exc}); "
                               "the tail stays searchable exactly", RuntimeWarning, stacklevel=1)
+            return
+        self._maybe_autobuild()  # writes that arrived during the build may already fill the tail again
+
+    def _build_locked(self, job: BuildJob, train_kwargs, progress) -> None:
+        """Build and swap in a new view (caller holds ``_build_lock``)."""
+        with self._rw.read:
+            inp = builder.prepare(self._view, job.spec, self.dim, self.metric, job.full)
+            # from here on, writers log index-level operations for replay on the new index
+            self._oplog = []
+        try:
+            out = builder.build(inp, job, train_kwargs, progress)
+            job.stage = "swap"
+            with self._wlock:
+                self._check_open(write=True)
+                job.checkpoint()
+                with self._rw.write:
+                    replay(out.index, self._oplog)
+                    self._view = View(self._view.records, out.index, out.row_slot, out.boundary)
+                    if job.explicit:
+                        self.config["index"] = job.spec
         finally:
             self._oplog = None
-            job.finished = time.time()
-            job._event.set()
-        if job.error is None and not self._closed:
-            self._maybe_autobuild()  # writes that arrived during the build may already fill the tail again
+        job.count = int(out.index.nlive)
 
     def compact(self) -> dict[str, Any]:
         """Drop deleted records: rebuild the index if more than a quarter of its rows are deleted, then write a
         snapshot (live records only) and empty the WAL."""
-        from .build import EXTEND_MAX_DELETED, run_build
-
         self._check_open(write=True)
         self.wait_for_build()
         with self._build_lock:
-            index = self._index
-            if index is not None and index.ntotal and index.ntotal - index.nlive > EXTEND_MAX_DELETED * index.ntotal:
-                job = BuildJob(self.index_spec, True)
-                self._job = job
+            index = self._view.index
+            if index is not None and index.ntotal and \
+                    index.ntotal - index.nlive > builder.EXTEND_MAX_DELETED * index.ntotal:
+                with self._wlock:
+                    job = self._register(BuildJob(self.index_spec, full=True, explicit=False))
                 try:
-                    run_build(self, job, None, None)
+                    self._build_locked(job, None, None)
                     job.stage = "done"
+                    job.finish()
                 except BaseException as exc:
-                    job.error, job.stage = exc, "failed"
+                    job.finish(exc)
                     raise
-                finally:
-                    self._oplog = None
-                    job.finished = time.time()
-                    job._event.set()
-            self._snapshot()
+            with self._wlock:
+                self._check_open(write=True)
+                self._snapshot_locked()
         return self.info()
 
-    def flush(self) -> None:
-        """Alias of :meth:`compact` without the summary."""
-        self.compact()
-
-    def _snapshot(self) -> None:
-        """Persist the current state as a new generation and switch MANIFEST (caller holds ``_build_lock``)."""
-        from .build import write_snapshot
-
-        if self.read_only:
+    def _snapshot_locked(self) -> None:
+        """Persist the current state as a new generation and switch MANIFEST (caller holds ``_build_lock`` and
+        ``_wlock``). Never for a closed, dropped, read-only or staged collection."""
+        if self.read_only or self.staged or self._closed:
             return
-        with self._wlock:
-            write_snapshot(self)
+        view = self._view.compacted()
+        if view is not self._view:
+            with self._rw.write:
+                self._view = view
+        lsn = self.wal.last_lsn
+        manifest = snapshot.write(self.store, self.config, view, self.tenants, generation=self._generation + 1,
+                                  lsn=lsn, wal=self._wal_name)
+        self._generation += 1
+        self._snap_lsn = lsn
+        self.wal.reset(lsn)
+        snapshot.delete_other_generations(self.store, manifest["snapshot"])
 
     # ------------------------------------------------------------------ introspection
     def info(self) -> dict[str, Any]:
         """Configuration and sizes."""
         with self._rw.read:
-            index = self._index
-            tail = int(np.count_nonzero(self.records.alive[self._boundary:self.records.n]))
-            return {
+            view = self._view
+            index = view.index
+            rec = view.records
+            tail = int(np.count_nonzero(rec.alive[view.boundary:rec.n]))
+            out = {
                 "name": self.name, "dim": self.dim, "metric": self.metric, "schema": self.schema.to_json(),
                 "index": self.index_spec, "index_built": index is not None,
                 "index_description": None if index is None else index.factory_string(),
-                "multi_tenant": self.multi_tenant, "count": self.records.nlive, "tail": tail,
+                "multi_tenant": self.multi_tenant, "count": rec.nlive, "tail": tail,
                 "indexed": int(index.nlive) if index is not None else 0, "tenants": len(self.tenants.list()),
-                "tail_limit": self.tail_limit, "generation": self._generation, "wal_bytes": self.wal.size,
-                "read_only": self.read_only,
+                "generation": self._generation, "wal_bytes": self.wal.size, "read_only": self.read_only,
             }
+            out.update({key: getattr(self, key) for key in SETTINGS})
+            return out
 
     def stats(self) -> dict[str, Any]:
         """Counts, memory, storage bytes, build progress and counters."""
         info = self.info()
         with self._rw.read:
-            index = self._index
-            info["memory_bytes"] = {"records": self.records.memory_bytes(),
+            view = self._view
+            index = view.index
+            info["memory_bytes"] = {"records": view.records.memory_bytes(),
                                     "index": int(index.memory_bytes()) if index is not None else 0,
                                     "index_mapped": int(index.mapped_bytes()) if index is not None else 0}
         try:
@@ -673,22 +738,57 @@ class Collection:
         info["counters"] = dict(self.counters)
         return info
 
+    # ------------------------------------------------------------------ lifecycle
+    def _shutdown(self, *, cancel: str | None, persist: bool) -> None:
+        """Stop taking writes and builds, finish (or cancel) running builds, optionally snapshot, close the log.
+
+        After this returns nothing of this object writes to the store or the log again.
+        """
+        with self._wlock:
+            if self._closed:
+                return
+            self._closing = True
+            jobs = [j for j in self._jobs if j.running]
+        for job in jobs:
+            if cancel is not None:
+                job.cancel(cancel)
+            if job.thread is not threading.current_thread():
+                job.wait()
+        with self._build_lock, self._wlock:
+            if self._closed:
+                return
+            try:
+                if persist and not self.read_only and not self.staged and self.wal.size > 0:
+                    self._snapshot_locked()
+            finally:
+                self._closed = True
+                self.wal.close()
+
     def close(self) -> None:
-        """Finish a running build, snapshot if the WAL holds anything, release the WAL."""
+        """Finish a running build, snapshot if the WAL holds anything, release the WAL and the owner lock."""
         if self._closed:
             return
-        job = self._job
-        if job is not None:
-            job.wait()
         try:
-            if not self.read_only and self.wal.size > 0:
-                with self._build_lock:
-                    self._snapshot()
+            self._shutdown(cancel=None, persist=True)
         finally:
-            self._closed = True
-            self.wal.close()
-            if self._owner is not None:
-                self._owner._forget(self.name, self)
+            self._release()
+
+    def _abandon(self) -> None:
+        """Drop this handle the way a killed process would: no snapshot, no waiting, log and owner lock released
+        (tests use it to reopen from the WAL alone)."""
+        self._closing = self._closed = True
+        for job in self._jobs:
+            job.cancel("the handle was abandoned")
+        self.wal.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._owner is not None:
+            self._owner._forget(self.name, self)
+            self._owner = None
 
     def __enter__(self):
         return self
@@ -701,27 +801,16 @@ class Collection:
                 f"index={self.index_spec!r}>")
 
 
-def _replay_one(index, op: str, ids: np.ndarray, tid: int | None) -> None:
-    """Apply one index-level operation; ids the index does not hold are skipped."""
-    if op == "remove":
-        if ids.size:
-            index.remove(ids)
-        return
-    if not getattr(index, "supports_tenants", False):
-        return
-    if op == "drop_tenant":
-        try:
-            index.drop_tenant(tid)
-        except (KeyError, NotFound):
-            pass
-        return
-    held = ids[np.isin(ids, index.row_ids[~index.deleted])] if ids.size else ids
-    if held.size == 0:
-        return
-    if op == "grant":
-        index.grant(held, tid)
-        return
+def _remove_stale_logs(directory: str, keep: str) -> None:
+    """Delete write-ahead logs a MANIFEST no longer names (left by a crash right after a staged build's switch).
+    Damaged logs moved aside by ``repair`` (``*.damaged-*``) are never touched."""
     try:
-        index.revoke(held, tid)
-    except (KeyError, NotFound):  # the index never saw this tenant on its rows: nothing to revoke
-        pass
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name != keep and name.startswith("wal") and name.endswith(".log"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass

@@ -8,11 +8,18 @@ dropping dead ones.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from .schema import AttributeStore, Schema, _grow
+from .attributes import AttributeStore, grow
+from .schema import Schema
+
+
+#: tenant masks and filter masks kept per Records (each is n bytes)
+MASK_CACHE = 16
 
 
 class Records:
@@ -40,6 +47,11 @@ class Records:
         self.slot_of: dict[int, int] = {}
         self.slot_tenants: dict[int, set[int]] = {}
         self.tenant_slots: dict[int, set[int]] = {}
+        # derived state for searches, dropped by the writes that change it (so a search never walks a Python set)
+        self._members: dict[int, np.ndarray] = {}        # tenant -> sorted int64 live slots
+        self._tmasks: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()   # tenant -> (n, bool mask)
+        self._fmasks: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()   # filter text -> (n, bool mask)
+        self._cache_lock = threading.Lock()  # concurrent readers fill these caches
 
     @property
     def nlive(self) -> int:
@@ -51,9 +63,9 @@ class Records:
         keeps the tenants of a replaced record. Returns the ids whose old slot was killed."""
         m = ids.shape[0]
         lo, hi = self.n, self.n + m
-        self.ids = _grow(self.ids, hi, -1)
-        self.vectors = _grow(self.vectors, hi, 0.0)
-        self.alive = _grow(self.alive, hi, False)
+        self.ids = grow(self.ids, hi, -1)
+        self.vectors = grow(self.vectors, hi, 0.0)
+        self.alive = grow(self.alive, hi, False)
         self.ids[lo:hi] = ids
         self.vectors[lo:hi] = vectors
         self.alive[lo:hi] = True
@@ -72,6 +84,7 @@ class Records:
                 self.slot_tenants[slot] = set(tids)
                 for t in tids:
                     self.tenant_slots.setdefault(t, set()).add(slot)
+                self._touch(tids)
         self.n = hi
         return replaced
 
@@ -81,7 +94,14 @@ class Records:
         if tids:
             for t in tids:
                 self.tenant_slots[t].discard(slot)
+            self._touch(tids)
         return tids
+
+    def _touch(self, tids) -> None:
+        """Forget the derived membership of tenants whose members changed."""
+        for t in tids:
+            self._members.pop(t, None)
+            self._tmasks.pop(t, None)
 
     def delete(self, ids: list[int]) -> list[int]:
         """Kill the slots of the live ``ids``; returns the ids that were live."""
@@ -94,12 +114,14 @@ class Records:
         return done
 
     def grant(self, slots, tid: int) -> None:
+        self._touch((tid,))
         members = self.tenant_slots.setdefault(tid, set())
         for s in slots:
             self.slot_tenants.setdefault(s, set()).add(tid)
             members.add(s)
 
     def revoke(self, slots, tid: int) -> None:
+        self._touch((tid,))
         members = self.tenant_slots.get(tid, set())
         for s in slots:
             ts = self.slot_tenants.get(s)
@@ -116,13 +138,72 @@ class Records:
         self.tenant_slots.pop(tid, None)
         return slots
 
+    def tenant_count(self, tid: int) -> int:
+        """Live records ``tid`` can see."""
+        return len(self.tenant_slots.get(tid, ()))
+
+    def tenant_members(self, tid: int) -> np.ndarray:
+        """Sorted int64 live slots ``tid`` can see (built once after the writes that change them)."""
+        arr = self._members.get(tid)
+        if arr is None:
+            members = self.tenant_slots.get(tid, ())
+            arr = np.fromiter(members, dtype=np.int64, count=len(members))
+            arr.sort()
+            self._members[tid] = arr
+        return arr
+
     def tenant_mask(self, tid: int, n: int | None = None) -> np.ndarray:
+        """bool (n,): the slots ``tid`` can see (a few recent tenants' masks are kept until their members change)."""
         n = self.n if n is None else n
+        hit = self._tmasks.get(tid)
+        if hit is not None and hit[0] == n:
+            return hit[1]
         mask = np.zeros(n, bool)
-        members = self.tenant_slots.get(tid)
-        if members:
-            idx = np.fromiter(members, dtype=np.int64, count=len(members))
-            mask[idx[idx < n]] = True
+        members = self.tenant_members(tid)
+        mask[members[:np.searchsorted(members, n)]] = True
+        with self._cache_lock:
+            self._tmasks[tid] = (n, mask)
+            if len(self._tmasks) > MASK_CACHE:
+                self._tmasks.popitem(last=False)
+        return mask
+
+    def filter_mask_range(self, expr, lo: int, hi: int) -> np.ndarray:
+        """bool (hi - lo,): :meth:`filter_mask` over slots ``[lo, hi)`` only (from the cache when it covers them,
+        else by evaluating just those slots: a tail scan need not evaluate the whole collection)."""
+        from .. import filters
+
+        hit = self._fmasks.get(str(expr))
+        if hit is not None and hit[0] >= hi:
+            return hit[1][lo:hi]
+        rows = np.arange(lo, hi)
+        return filters.evaluate(expr, self.attrs.columns(rows=rows, n=hi, names=sorted(filters.attributes(expr))),
+                                rows.size)
+
+    def filter_mask(self, expr, n: int | None = None) -> np.ndarray:
+        """bool (n,): the slots whose attributes match ``expr`` (dead ones included: AND with ``alive``).
+
+        Attributes of a slot never change, so a filter's mask over ``[0, m)`` stays valid as slots are added: it is
+        kept for a few recent filters and extended by evaluating only the new slots.
+        """
+        from .. import filters
+
+        n = self.n if n is None else n
+        key = str(expr)
+        hit = self._fmasks.get(key)
+        if hit is not None and hit[0] == n:
+            return hit[1]
+        names = sorted(filters.attributes(expr))
+        if hit is not None and hit[0] < n:
+            rows = np.arange(hit[0], n)
+            new = filters.evaluate(expr, self.attrs.columns(rows=rows, n=n, names=names), rows.size)
+            mask = np.concatenate([hit[1], new])
+        else:
+            mask = filters.evaluate(expr, self.attrs.columns(n=n, names=names), n)
+        with self._cache_lock:
+            self._fmasks[key] = (n, mask)
+            self._fmasks.move_to_end(key)
+            if len(self._fmasks) > MASK_CACHE:
+                self._fmasks.popitem(last=False)
         return mask
 
     def tenant_csr(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,9 +269,8 @@ class Records:
         return rec
 
     def memory_bytes(self) -> int:
-        n = self.n
         arrays = self.ids.nbytes + self.vectors.nbytes + self.alive.nbytes + self.attrs.memory_bytes()
         # dict entries ~100 bytes; sets ~ 200 bytes + 60 per member
         containers = 100 * len(self.slot_of) + sum(200 + 60 * len(t) for t in self.slot_tenants.values())
         containers += sum(200 + 60 * len(t) for t in self.tenant_slots.values())
-        return int(arrays + containers + 0 * n)
+        return int(arrays + containers)

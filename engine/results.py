@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
+
+from ..errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,25 @@ class SearchStats:
     nscanned : int
         Rows considered (tail rows + index rows eligible for the queries), summed over queries.
     elapsed_ms : float
+    matched : int or None
+        Live records the query may return (those matching its filter and tenant): a result holds
+        ``min(k, matched)`` ids, never fewer. ``None`` when the plan had no need to count them (an index that applies
+        the filter itself returned full lists), or from older servers.
+    exact_fallback : int
+        Queries the index answered with fewer than ``min(k, matched)`` results and the planner completed with an
+        exact scan of the matching records.
     """
 
     plan: str
     ndis: int
     nscanned: int
     elapsed_ms: float
+    matched: int | None = None
+    exact_fallback: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan, "ndis": self.ndis, "nscanned": self.nscanned, "elapsed_ms": self.elapsed_ms}
+        return {"plan": self.plan, "ndis": self.ndis, "nscanned": self.nscanned, "elapsed_ms": self.elapsed_ms,
+                "matched": self.matched, "exact_fallback": self.exact_fallback}
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class SearchResult:
     score_kind : {"distance", "similarity"}
     stats : SearchStats
     attrs : list of list of dict, or None
-        With ``include_attrs=True``: the attributes of each result (``{}`` for padding).
+        With ``attributes=True`` (or a list of names): the attributes of each result (``{}`` for padding).
     """
 
     ids: np.ndarray
@@ -76,10 +88,42 @@ class SearchResult:
         return out
 
 
+def attribute_selection(attributes) -> bool | tuple[str, ...]:
+    """The ``attributes=`` argument of every search (embedded, ``Client.search``): ``False``/``None`` -> no
+    attributes, ``True`` -> all, a name or a sequence of names -> those (as a tuple; an empty sequence means none).
+
+    Raises InvalidArgument for anything else (names are checked against the schema by whoever has it).
+    """
+    if attributes is None or attributes is False:
+        return False
+    if attributes is True:
+        return True
+    if isinstance(attributes, str):
+        attributes = [attributes]
+    try:
+        names = tuple(attributes)
+    except TypeError:
+        raise InvalidArgument(f"attributes must be True, False or a list of attribute names, got {attributes!r}") \
+            from None
+    bad = [a for a in names if not isinstance(a, str) or not a]
+    if bad:
+        raise InvalidArgument(f"attributes: expected attribute names (non-empty strings), got {bad[0]!r}")
+    return names or False
+
+
+def select_attributes(res: SearchResult, names: Sequence[str]) -> SearchResult:
+    """``res`` with each result's attributes restricted to ``names``."""
+    if res.attrs is None:
+        return res
+    keep = set(names)
+    return replace(res, attrs=[[{k: v for k, v in a.items() if k in keep} for a in row] for row in res.attrs])
+
+
 def keys_to_scores(D: np.ndarray, metric: str) -> tuple[np.ndarray, str]:
-    """Convert distance keys (smaller is better) to user-facing scores."""
+    """Convert distance keys (smaller is better) to user-facing scores. Padding keys are ``+inf`` (the index
+    contract), so padding becomes ``+inf`` distances or ``-inf`` similarities with no mask."""
     D = np.asarray(D, dtype=np.float32)
     if metric == "l2":
-        return np.sqrt(np.maximum(D, 0.0)).astype(np.float32), "distance"
-    with np.errstate(invalid="ignore"):
-        return (-D).astype(np.float32), "similarity"
+        scores = np.maximum(D, 0.0)
+        return np.sqrt(scores, out=scores), "distance"
+    return np.negative(D), "similarity"

@@ -1,4 +1,5 @@
-"""Typed attribute schema, attribute columns held as :mod:`shoal.filters` columns, and the tenant registry.
+"""The typed attribute schema of a collection: names and types, validation of user attributes, and filters parsed and
+type-checked against it.
 
 Types: ``int`` (int64), ``float`` (float64), ``keyword`` (one string, dictionary-encoded to int32 codes) and ``tags``
 (a set of strings, dictionary-encoded, stored as CSR). Any attribute may be missing on a record.
@@ -11,7 +12,7 @@ User input is validated once by :meth:`Schema.normalize` into a *normalised batc
 * tags: ``list[list[str]]``
 
 which is what the write-ahead log stores (strings, not codes, so a log never depends on dictionary state) and what
-:meth:`AttributeStore.append` applies.
+:meth:`~shoal.engine.attributes.AttributeStore.append` applies.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument, NotFound, SchemaError
+from ..errors import InvalidArgument, SchemaError
 
 TYPES = ("int", "float", "keyword", "tags")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -181,300 +182,30 @@ class Schema:
         return out
 
 
-class Vocab:
-    """Append-only string dictionary: word <-> int32 code."""
+class FilterError(InvalidArgument):
+    """A malformed filter expression; ``position`` and ``hint`` come from the parser when it gives them."""
 
-    def __init__(self, words: list[str] | None = None):
-        self.words: list[str] = list(words or [])
-        self.codes: dict[str, int] = {w: i for i, w in enumerate(self.words)}
-
-    def encode(self, word: str) -> int:
-        code = self.codes.get(word)
-        if code is None:
-            code = len(self.words)
-            self.words.append(word)
-            self.codes[word] = code
-        return code
-
-    def __len__(self) -> int:
-        return len(self.words)
+    def __init__(self, message: str, position: int | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.position = position
+        self.hint = hint
 
 
-def _grow(arr: np.ndarray, need: int, fill) -> np.ndarray:
-    if need <= arr.shape[0]:
-        return arr
-    cap = max(need, 2 * arr.shape[0], 64)
-    out = np.full((cap, *arr.shape[1:]), fill, dtype=arr.dtype)
-    out[:arr.shape[0]] = arr
-    return out
+class FilterAttributeError(FilterError, SchemaError):
+    """A filter that names an unknown attribute or compares one with a value of the wrong type."""
 
 
-class AttributeStore:
-    """Attribute values per slot (append-only; a replaced record gets a new slot), as growable columns."""
+def parse_filter(flt, schema: Schema):
+    """Turn a filter (text, JSON AST dict or an already parsed expression) into an expression, or ``None``."""
+    if flt is None:
+        return None
+    from .. import filters
 
-    def __init__(self, schema: Schema):
-        self.schema = schema
-        self.n = 0
-        self.num: dict[str, np.ndarray] = {}      # int: int64, float: float64 (NaN missing)
-        self.present: dict[str, np.ndarray] = {}  # int only
-        self.kw: dict[str, np.ndarray] = {}       # int32 codes, -1 missing
-        self.tag_ptr: dict[str, np.ndarray] = {}  # int64 (n+1,)
-        self.tag_codes: dict[str, np.ndarray] = {}
-        self.tag_len: dict[str, int] = {}
-        self.vocab: dict[str, Vocab] = {}
-        self._cache: dict[str, tuple[int, Any]] = {}
-        for name, typ in schema.fields.items():
-            if typ == "int":
-                self.num[name] = np.zeros(0, np.int64)
-                self.present[name] = np.zeros(0, bool)
-            elif typ == "float":
-                self.num[name] = np.zeros(0, np.float64)
-            elif typ == "keyword":
-                self.kw[name] = np.zeros(0, np.int32)
-                self.vocab[name] = Vocab()
-            else:
-                self.tag_ptr[name] = np.zeros(1, np.int64)
-                self.tag_codes[name] = np.zeros(0, np.int32)
-                self.tag_len[name] = 0
-                self.vocab[name] = Vocab()
-
-    def append(self, batch: dict[str, Any], n: int) -> None:
-        """Append ``n`` slots whose values come from a normalised batch (absent attributes are missing)."""
-        lo, hi = self.n, self.n + n
-        for name, typ in self.schema.fields.items():
-            value = batch.get(name)
-            if typ == "int":
-                self.num[name] = _grow(self.num[name], hi, 0)
-                self.present[name] = _grow(self.present[name], hi, False)
-                if value is None:
-                    self.present[name][lo:hi] = False
-                else:
-                    self.num[name][lo:hi] = value[0]
-                    self.present[name][lo:hi] = value[1]
-            elif typ == "float":
-                self.num[name] = _grow(self.num[name], hi, np.nan)
-                self.num[name][lo:hi] = np.nan if value is None else value
-            elif typ == "keyword":
-                self.kw[name] = _grow(self.kw[name], hi, -1)
-                voc = self.vocab[name]
-                self.kw[name][lo:hi] = -1 if value is None else [-1 if v is None else voc.encode(v) for v in value]
-            else:
-                voc = self.vocab[name]
-                ptr = _grow(self.tag_ptr[name], hi + 1, 0)
-                codes = [voc.encode(t) for tags in value for t in tags] if value is not None else []
-                lens = np.array([len(t) for t in value], dtype=np.int64) if value is not None else np.zeros(n, np.int64)
-                start = self.tag_len[name]
-                ptr[lo + 1:hi + 1] = start + np.cumsum(lens)
-                self.tag_ptr[name] = ptr
-                buf = _grow(self.tag_codes[name], start + len(codes), -1)
-                buf[start:start + len(codes)] = codes
-                self.tag_codes[name] = buf
-                self.tag_len[name] = start + len(codes)
-        self.n = hi
-
-    def columns(self, rows: np.ndarray | None = None, n: int | None = None,
-                names=None) -> dict[str, Any]:
-        """The attributes (all, or ``names``) as :mod:`shoal.filters` column objects, over slots ``[0, n)`` or the
-        given ``rows``.
-
-        Slots never change once written, so a column over ``[0, n)`` is cached until more slots are added.
-        """
-        from .. import filters
-
-        n = self.n if n is None else n
-        out = {}
-        for name in (self.schema.fields if names is None else names):
-            typ = self.schema.type_of(name)
-            if rows is None:
-                hit = self._cache.get(name)
-                if hit is not None and hit[0] == n:
-                    out[name] = hit[1]
-                    continue
-            if typ in ("int", "float"):
-                vals = self.num[name][:n]
-                pres = self.present[name][:n] if typ == "int" else None
-                if rows is not None:
-                    vals = vals[rows]
-                    pres = None if pres is None else pres[rows]
-                col = filters.NumericColumn(np.ascontiguousarray(vals), None if pres is None else ~pres)
-            elif typ == "keyword":
-                codes = self.kw[name][:n]
-                col = filters.KeywordColumn(np.ascontiguousarray(codes if rows is None else codes[rows]),
-                                            self.vocab[name].words)
-            else:
-                ptr, codes = self.tag_csr(name, rows, n)
-                col = filters.TagsColumn(ptr, codes, self.vocab[name].words)
-            if rows is None:
-                self._cache[name] = (n, col)
-            out[name] = col
-        return out
-
-    def tag_csr(self, name: str, rows: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-        ptr = self.tag_ptr[name][:n + 1]
-        codes = self.tag_codes[name][:self.tag_len[name]]
-        if rows is None:
-            return np.ascontiguousarray(ptr), codes[:ptr[-1]] if n else codes[:0]
-        starts, ends = ptr[rows], ptr[np.asarray(rows) + 1]
-        lens = ends - starts
-        new_ptr = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum(lens, out=new_ptr[1:])
-        if new_ptr[-1] == 0:
-            return new_ptr, np.zeros(0, np.int32)
-        idx = np.repeat(starts - new_ptr[:-1], lens) + np.arange(new_ptr[-1])
-        return new_ptr, codes[idx]
-
-    def record(self, slot: int) -> dict[str, Any]:
-        """Attribute values of one slot as Python values; missing attributes are left out."""
-        out: dict[str, Any] = {}
-        for name, typ in self.schema.fields.items():
-            if typ == "int":
-                if self.present[name][slot]:
-                    out[name] = int(self.num[name][slot])
-            elif typ == "float":
-                v = self.num[name][slot]
-                if not np.isnan(v):
-                    out[name] = float(v)
-            elif typ == "keyword":
-                c = int(self.kw[name][slot])
-                if c >= 0:
-                    out[name] = self.vocab[name].words[c]
-            else:
-                ptr = self.tag_ptr[name]
-                words = self.vocab[name].words
-                if ptr[slot + 1] > ptr[slot]:
-                    out[name] = [words[c] for c in self.tag_codes[name][ptr[slot]:ptr[slot + 1]]]
-        return out
-
-    def take(self, rows: np.ndarray) -> "AttributeStore":
-        """A new store holding only ``rows`` (in that order); dictionaries are kept."""
-        new = AttributeStore(self.schema)
-        m = len(rows)
-        for name, typ in self.schema.fields.items():
-            if typ == "int":
-                new.num[name] = self.num[name][rows].copy()
-                new.present[name] = self.present[name][rows].copy()
-            elif typ == "float":
-                new.num[name] = self.num[name][rows].copy()
-            elif typ == "keyword":
-                new.kw[name] = self.kw[name][rows].copy()
-            else:
-                new.tag_ptr[name], new.tag_codes[name] = self.tag_csr(name, rows, self.n)
-                new.tag_len[name] = int(new.tag_ptr[name][-1])
-            if name in self.vocab:
-                new.vocab[name] = Vocab(self.vocab[name].words)
-        new.n = m
-        return new
-
-    # ------------------------------------------------------------------ persistence
-    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """``(meta, arrays)`` for a snapshot (slots ``[0, n)``)."""
-        arrays, vocabs = {}, {}
-        n = self.n
-        for name, typ in self.schema.fields.items():
-            if typ == "int":
-                arrays[f"attr.{name}.values"] = self.num[name][:n]
-                arrays[f"attr.{name}.present"] = self.present[name][:n]
-            elif typ == "float":
-                arrays[f"attr.{name}.values"] = self.num[name][:n]
-            elif typ == "keyword":
-                arrays[f"attr.{name}.codes"] = self.kw[name][:n]
-            else:
-                ptr, codes = self.tag_csr(name, None, n)
-                arrays[f"attr.{name}.indptr"] = ptr
-                arrays[f"attr.{name}.codes"] = codes
-            if name in self.vocab:
-                vocabs[name] = self.vocab[name].words
-        return {"vocab": vocabs}, arrays
-
-    @classmethod
-    def from_arrays(cls, schema: Schema, meta: dict[str, Any], arrays: dict[str, np.ndarray], n: int):
-        st = cls(schema)
-        for name, typ in schema.fields.items():
-            if typ == "int":
-                st.num[name] = np.array(arrays[f"attr.{name}.values"])
-                st.present[name] = np.array(arrays[f"attr.{name}.present"])
-            elif typ == "float":
-                st.num[name] = np.array(arrays[f"attr.{name}.values"])
-            elif typ == "keyword":
-                st.kw[name] = np.array(arrays[f"attr.{name}.codes"])
-            else:
-                st.tag_ptr[name] = np.array(arrays[f"attr.{name}.indptr"])
-                st.tag_codes[name] = np.array(arrays[f"attr.{name}.codes"])
-                st.tag_len[name] = int(st.tag_ptr[name][-1])
-            if name in st.vocab:
-                st.vocab[name] = Vocab(meta["vocab"].get(name, []))
-        st.n = n
-        return st
-
-    def memory_bytes(self) -> int:
-        total = 0
-        for d in (self.num, self.present, self.kw, self.tag_ptr, self.tag_codes):
-            total += sum(a.nbytes for a in d.values())
-        total += sum(60 * len(v) + sum(len(w) for w in v.words) for v in self.vocab.values())
-        return total
-
-
-# ---------------------------------------------------------------------- batch (WAL) encoding of attributes
-def batch_to_wal(schema: Schema, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Split a normalised batch into JSON fields (strings) and arrays (numbers) for the write-ahead log."""
-    fields, arrays = {}, {}
-    for name, value in batch.items():
-        typ = schema.fields[name]
-        if typ == "int":
-            arrays[f"a.{name}.v"], arrays[f"a.{name}.p"] = value
-        elif typ == "float":
-            arrays[f"a.{name}.v"] = value
-        else:
-            fields[name] = value
-    return fields, arrays
-
-
-def batch_from_wal(schema: Schema, fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    batch: dict[str, Any] = {}
-    for name, typ in schema.fields.items():
-        if typ == "int" and f"a.{name}.v" in arrays:
-            batch[name] = (arrays[f"a.{name}.v"], arrays[f"a.{name}.p"])
-        elif typ == "float" and f"a.{name}.v" in arrays:
-            batch[name] = arrays[f"a.{name}.v"]
-        elif typ in ("keyword", "tags") and name in fields:
-            batch[name] = fields[name]
-    return batch
-
-
-class TenantRegistry:
-    """Tenant names <-> dense int32 ids. Ids are never reused for another name; a dropped tenant is inactive
-    until granted again (it then gets its old id back)."""
-
-    def __init__(self, names: list[str] | None = None, active: list[bool] | None = None):
-        self.names: list[str] = list(names or [])
-        self.ids: dict[str, int] = {n: i for i, n in enumerate(self.names)}
-        self.active: list[bool] = list(active) if active is not None else [True] * len(self.names)
-
-    @staticmethod
-    def check_name(name) -> str:
-        if not isinstance(name, str) or not name or len(name) > 256:
-            raise InvalidArgument(f"tenant names must be non-empty strings of at most 256 characters, got {name!r}")
-        return name
-
-    def lookup(self, name) -> int:
-        """Id of an existing (active) tenant; :class:`NotFound` otherwise."""
-        self.check_name(name)
-        tid = self.ids.get(name)
-        if tid is None or not self.active[tid]:
-            raise NotFound(f"unknown tenant {name!r}")
-        return tid
-
-    def ensure(self, name: str) -> int:
-        """Id of ``name``, registering or re-activating it."""
-        tid = self.ids.get(name)
-        if tid is None:
-            tid = len(self.names)
-            self.names.append(name)
-            self.ids[name] = tid
-            self.active.append(True)
-        else:
-            self.active[tid] = True
-        return tid
-
-    def list(self) -> list[str]:
-        return [n for n, a in zip(self.names, self.active) if a]
+    try:
+        if isinstance(flt, str) and not flt.strip():
+            return None
+        return filters.compile(flt, schema=schema.to_json())
+    except filters.FilterTypeError as exc:
+        raise FilterAttributeError(f"invalid filter: {exc}") from exc
+    except filters.FilterSyntaxError as exc:
+        raise FilterError(f"invalid filter: {exc}", getattr(exc, "position", None), getattr(exc, "hint", None)) from exc

@@ -5,20 +5,26 @@ Record layout (little-endian)::
     u32 length | u32 crc32(payload) | payload[length]
     payload = u32 header_length | header (JSON: lsn, op, fields, array specs) | raw array buffers
 
-Log sequence numbers (``lsn``) increase by one per record. Recovery reads records until the first one that is
-incomplete, fails its checksum, does not parse or breaks the lsn sequence; everything from there on is a torn or
-damaged tail: it is reported with :func:`warnings.warn` and truncated (unless the log is opened read-only), never
-applied. A failed append is rolled back (the file is cut back to its previous length), so a later append never
-lands behind garbage.
+Log sequence numbers (``lsn``) increase by one per record. An append writes one frame and fsyncs it, so a crash can
+tear only the *last* frame. Recovery therefore distinguishes:
+
+* a torn or damaged **final** frame (no intact frame after it): never acknowledged, so it is dropped with a
+  :class:`WALWarning` and the file is cut back to the last intact frame;
+* damage **before** intact frames (a flipped byte, a lost sector): those later frames were acknowledged, so nothing is
+  dropped silently: opening fails with :class:`WALDamaged`, naming the file, the byte offset and how many intact
+  records follow, and :func:`repair` (``shoal repair``) keeps every intact record and moves the original bytes aside.
+
+A failed append is rolled back (the file is cut back to its previous length), so a later append never lands behind
+garbage.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import struct
 import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -35,7 +41,30 @@ MAX_RECORD = 1 << 31
 
 
 class WALWarning(UserWarning):
-    """A torn or damaged WAL tail was found and dropped."""
+    """A torn final WAL record was found and dropped."""
+
+
+class WALDamaged(FailedPrecondition):
+    """Damage before intact, acknowledged records: the log is not opened until it is repaired.
+
+    Attributes
+    ----------
+    path : str
+    offset : int
+        Byte offset of the first damaged frame.
+    intact_after : int
+        Intact records found after the damage.
+    """
+
+    def __init__(self, path: str, offset: int, problem: str, intact_after: int):
+        super().__init__(
+            f"write-ahead log {path} is damaged at byte {offset} ({problem}) and {intact_after} intact record(s) "
+            f"follow the damage, so it was not opened (nothing was changed). Run `shoal repair` on the collection "
+            f"(or Database.repair_collection): it keeps every intact record and moves the original file aside as "
+            f"{os.path.basename(path)}.damaged-<time>, deleting nothing.")
+        self.path = path
+        self.offset = offset
+        self.intact_after = intact_after
 
 
 @dataclass
@@ -132,6 +161,40 @@ def scan(data: bytes, after_lsn: int | None = None) -> tuple[list[Record], int, 
     return records, pos, None
 
 
+def _frame_at(data: bytes, pos: int) -> tuple[Record, int] | None:
+    """The intact record whose frame starts at ``pos`` and its end offset, or ``None``."""
+    n = len(data)
+    if n - pos < _HEAD.size:
+        return None
+    length, crc = _HEAD.unpack_from(data, pos)
+    end = pos + _HEAD.size + length
+    if length < 4 or length > MAX_RECORD or end > n:
+        return None
+    payload = data[pos + _HEAD.size:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return decode_payload(payload), end
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def intact_frames(data: bytes, start: int) -> list[tuple[int, int, Record]]:
+    """Every intact frame at or after ``start``, as ``(offset, end, record)``: frames are followed end to end, and past
+    damage the next intact frame is found by trying each later offset (a frame must pass its CRC-32 and decode, so
+    a false match in damaged bytes is vanishingly unlikely)."""
+    out = []
+    pos, n = start, len(data)
+    while pos < n:
+        hit = _frame_at(data, pos)
+        if hit is None:
+            pos += 1
+            continue
+        out.append((pos, hit[1], hit[0]))
+        pos = hit[1]
+    return out
+
+
 class WriteAheadLog:
     """The log file of one collection.
 
@@ -150,37 +213,39 @@ class WriteAheadLog:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
+        #: bytes of the file the last recover() read (a read-only reader compares it with the file to see appends)
+        self.read_bytes = 0
         if not read_only:
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
             existed = os.path.exists(path)
+            # no lock of its own: the collection's owner lock (engine/locks.py) guarantees one writer process
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(self._fd)
-                self._fd = None
-                raise FailedPrecondition(f"{path} is locked: the collection is open for writing in another "
-                                         "process (open it read-only, or close the other process)") from None
             if not existed:
-                from .store import fsync_dir
+                from ..storage import fsync_dir
 
                 fsync_dir(directory)
             self._size = os.fstat(self._fd).st_size
 
     def recover(self, after_lsn: int) -> list[Record]:
-        """Return the intact records with ``lsn > after_lsn``; warn about and drop (truncate) a damaged tail."""
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
+        """Return the intact records with ``lsn > after_lsn``.
+
+        A torn final frame is dropped with a :class:`WALWarning` (and truncated unless read-only); damage followed by
+        intact frames raises :class:`WALDamaged` and changes nothing.
+        """
+        data = _read(self.path)
+        self.read_bytes = len(data)
         records, good_end, problem = scan(data, after_lsn)
         if problem is not None:
+            # an intact frame can stop the scan too (an lsn out of sequence): it counts as following the damage
+            following = intact_frames(data, good_end if _frame_at(data, good_end) else good_end + 1)
+            if following:
+                raise WALDamaged(self.path, good_end, problem, len(following))
             dropped = len(data) - good_end
             action = "ignored (read-only: a writer may be appending it right now)" if self.read_only else "truncated"
-            warnings.warn(f"write-ahead log {self.path}: {problem}; {dropped} damaged trailing bytes {action}. "
-                          f"Recovered {len(records)} record(s) after lsn {after_lsn}.", WALWarning, stacklevel=3)
+            warnings.warn(f"write-ahead log {self.path}: {problem}; {dropped} torn trailing bytes {action} (the "
+                          f"last write was never acknowledged). Recovered {len(records)} record(s) after lsn "
+                          f"{after_lsn}.", WALWarning, stacklevel=3)
             if not self.read_only:
                 os.ftruncate(self._fd, good_end)
                 os.fsync(self._fd)
@@ -237,3 +302,50 @@ class WriteAheadLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def repair(path: str, after_lsn: int) -> dict[str, Any]:
+    """Rewrite a damaged log with every intact record, moving the original bytes aside first.
+
+    The original file is copied to ``<path>.damaged-<unix time>`` (fsynced) before the log is replaced atomically,
+    so a crash at any point leaves either the old log or the repaired one, and the damaged bytes are never deleted.
+    Intact records at or below ``after_lsn`` (already in the snapshot) are left out; the rest keep their order and
+    are renumbered ``after_lsn + 1, ...`` so the log replays without a gap.
+
+    Returns
+    -------
+    dict
+        ``kept`` (records in the new log), ``damaged_bytes`` (bytes not in any intact frame), ``moved_to`` (path of
+        the original bytes, or ``None`` when the log needed no repair).
+    """
+    from ..storage import fsync_dir
+
+    data = _read(path)
+    records, good_end, problem = scan(data, after_lsn)
+    if problem is None:
+        return {"kept": len(records), "damaged_bytes": 0, "moved_to": None}
+    frames = intact_frames(data, 0)
+    covered = sum(end - start for start, end, _ in frames)
+    kept = [r for _, _, r in frames if r.lsn > after_lsn]
+    aside = f"{path}.damaged-{int(time.time())}"
+    with open(aside, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    body = b"".join(encode_record(after_lsn + 1 + i, r.op, r.fields, r.arrays) for i, r in enumerate(kept))
+    tmp = f"{path}.repair-tmp"
+    with open(tmp, "wb") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return {"kept": len(kept), "damaged_bytes": len(data) - covered, "moved_to": aside}

@@ -8,8 +8,7 @@ applied.
 
 State tuples (passed as tuples of arrays so signatures stay short):
 
-``tree``  = (cent f32 (N, d), var f32 (N,), child_lo i32 (N,), child_hi i32 (N,), parent i32 (N,),
-             depth i32 (N,), bidx i32 (N,) (row of the node's Bloom filter, -1 for leaves), bloom u8 (nblocks, B, 64))
+``tree``  = :class:`Tree` (a NamedTuple: the Python side reads its fields by name)
 ``sl``    = (start i64 (S,), length i32 (S,), cap i32 (S,), node i32 (S,), tenant i32 (S,), pool i32 (P,),
              free i32 (S,), keys i64 (H,), vals i32 (H,), meta i64 (8,))
 ``acc``   = (start i64 (R,), length i32 (R,), cap i32 (R,), pool i32 (Q,), meta i64 (2,))
@@ -17,6 +16,8 @@ State tuples (passed as tuples of arrays so signatures stay short):
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
@@ -26,6 +27,19 @@ from numba.extending import intrinsic
 
 EMPTY = -1
 TOMB = -2
+
+
+class Tree(NamedTuple):
+    """The shared k-means tree, breadth-first (the children of a node are contiguous)."""
+
+    cent: np.ndarray  # float32 (N, d) node centroids
+    var: np.ndarray  # float32 (N,) mean squared distance of the node's training points to its centroid
+    child_lo: np.ndarray  # int32 (N,) first child (child_lo == child_hi: a leaf)
+    child_hi: np.ndarray  # int32 (N,) one past the last child
+    parent: np.ndarray  # int32 (N,) -1 for the root
+    depth: np.ndarray  # int32 (N,)
+    bidx: np.ndarray  # int32 (N,) row of the node's Bloom filter, -1 for leaves
+    bloom: np.ndarray  # uint8 (nblocks, B, 64) Bloom filters of the internal nodes
 
 # sl meta slots
 M_USED, M_GARB, M_HW, M_NFREE, M_HCOUNT, M_HTOMB, M_MAXLEN = 0, 1, 2, 3, 4, 5, 6

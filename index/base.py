@@ -130,6 +130,13 @@ class Index(abc.ABC):
     def search(self, q, k: int, *, params=None, allowed=None, tenant=None, filter=None):
         """Return ``(D float32 (nq, k), I int64 (nq, k))``: distance keys ascending and user ids, padded."""
 
+    def search_with_stats(self, q, k: int, *, params=None, allowed=None, tenant=None, filter=None):
+        """:meth:`search` plus what this call did, as a dict owned by the caller (never state on the index, which
+        concurrent searches share): ``ndis`` (distances computed), ``plan`` (the kind's own plan name) and other
+        kind-specific counts, each only where the kind knows it. Default: no counts."""
+        D, I = self.search(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I, {}
+
     def remove(self, ids) -> int:
         """Tombstone every live row holding one of ``ids``; returns how many rows were removed."""
         rows = self.rows_of(ids)
@@ -148,6 +155,21 @@ class Index(abc.ABC):
     @abc.abstractmethod
     def load(cls, store, prefix: str, *, mmap: bool = False) -> "Index":
         """Inverse of :meth:`save`."""
+
+    def compact(self) -> None:
+        """Give back spare capacity held for future adds (growth buffers, pool slack). Called by the engine after
+        a build's last add; a no-op for kinds that allocate exactly."""
+
+    def copy(self) -> "Index":
+        """An independent index with the same contents (copy-on-write builds extend a copy while the original keeps
+        serving). The default copies through the kind's own ``save`` and ``load`` in memory, so whatever a kind
+        persists is exactly what a copy holds; kinds may override it with something cheaper."""
+        from .factory import load_index
+        from ..storage.memory import MemoryStore
+
+        store = MemoryStore()
+        self.save(store, "copy")
+        return load_index(store, "copy")
 
     @abc.abstractmethod
     def memory_bytes(self) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..quantization.kmeans import kmeans_with_labels
 from . import _curator_kernels as K
 from . import _curator_search_kernels as KS
 from .base import Index, array_bytes
@@ -46,7 +47,8 @@ def _pow2(n: int) -> int:
 
 
 def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
-    """Hierarchical k-means (faiss, seeded) in breadth-first order; children of a node are contiguous.
+    """Hierarchical k-means (:func:`~shoal.quantization.kmeans.kmeans_with_labels`, seeded) in breadth-first order;
+    children of a node are contiguous.
 
     Parameters
     ----------
@@ -59,8 +61,6 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
     cent float32 (N, d), var float32 (N,) (mean squared distance of members to the centroid), child_lo, child_hi,
     parent, depth int32 (N,)
     """
-    import faiss
-
     d = x.shape[1]
     cents, vars_, parents, depths = [], [], [], []
     lo: list[int] = []
@@ -86,12 +86,8 @@ def build_tree(x: np.ndarray, branch: int, leaf: int, niter: int, seed: int):
             continue
         sub = x[members]
         nc = min(branch, members.size)
-        km = faiss.Kmeans(d, nc, niter=niter, seed=seed + nid, verbose=False, max_points_per_centroid=256,
-                       min_points_per_centroid=1)
-        km.train(sub)
-        _, assign = km.index.search(sub, 1)
-        assign = assign[:, 0]
-        groups = [members[assign == j] for j in range(nc)]
+        _, near = kmeans_with_labels(sub, nc, niter=niter, seed=seed + nid)
+        groups = [members[near == j] for j in range(nc)]
         groups = [g for g in groups if g.size]
         if len(groups) < 2:  # identical points: k-means cannot split them
             continue
@@ -205,10 +201,7 @@ class CuratorIndex(Index):
 
     @property
     def nnodes(self) -> int:
-        return 0 if self._tree is None else int(self._tree[0].shape[0])
-
-    def _tree_tuple(self):
-        return self._tree
+        return 0 if self._tree is None else int(self._tree.cent.shape[0])
 
     def _sl(self):
         return (self._sstart, self._slen, self._scap, self._snode, self._sten, self._spool, self._sfree,
@@ -221,7 +214,7 @@ class CuratorIndex(Index):
         return (self._tcount, self._tnsl)
 
     def _levels(self) -> int:
-        return int(self._tree[5].max()) + 1 if self._tree is not None else 1
+        return int(self._tree.depth.max()) + 1 if self._tree is not None else 1
 
     # ------------------------------------------------------------------ training
     def train(self, x) -> None:
@@ -246,14 +239,17 @@ class CuratorIndex(Index):
         bidx = np.full(cent.shape[0], -1, np.int32)
         bidx[internal] = np.arange(int(internal.sum()), dtype=np.int32)
         bloom = np.zeros((s["bloom"] // 512, max(1, int(internal.sum())), 64), np.uint8)
-        self._tree = (cent, var, lo, hi, parent, depth, bidx, bloom)
+        self._tree = K.Tree(cent, var, lo, hi, parent, depth, bidx, bloom)
 
     # ------------------------------------------------------------------ growth (write lock held)
     def _grow_rows(self, need: int) -> None:
         cap = self._ids.shape[0]
         if need <= cap:
             return
-        new = max(need, 2 * cap, 1024)
+        self._resize_rows(max(need, 2 * cap, 1024))
+
+    def _resize_rows(self, new: int) -> None:
+        """Reallocate the per-row buffers to ``new`` rows (>= ``_n``): growth by doubling, or shrinking to fit."""
 
         def grow(a, fill=0):
             out = np.full((new,) + a.shape[1:], fill, a.dtype) if fill else np.zeros((new,) + a.shape[1:], a.dtype)
@@ -307,7 +303,7 @@ class CuratorIndex(Index):
         levels = self._levels() + 2
         need = int(self._smeta[K.M_HCOUNT]) + levels * (self.settings["branch"] + 1)
         self._hkeys, self._hvals, cnt = K.nt_rehash(self._hkeys, self._hvals, _pow2(int(need / 0.35)),
-                                                    self._tree[4], self._tree[2])
+                                                    self._tree.parent, self._tree.child_lo)
         self._smeta[K.M_HCOUNT] = cnt
         self._smeta[K.M_HTOMB] = 0
 
@@ -513,9 +509,12 @@ class CuratorIndex(Index):
             self._compact_acc(slack=1.1)
 
     def compact(self) -> None:
-        """Reclaim all pool slack now (e.g. before measuring memory or saving)."""
+        """Give back all spare capacity now: pool slack, and row buffers beyond the rows held (a build feeds rows in
+        chunks, and doubling leaves up to half of the last allocation unused)."""
         with self._lock.write:
             self._trim()
+            if self._ids.shape[0] > self._n:
+                self._resize_rows(self._n)
 
     # ------------------------------------------------------------------ queries
     def tenants_of(self, id) -> list[int]:
@@ -560,10 +559,19 @@ class CuratorIndex(Index):
         -------
         D float32 (nq, k), I int64 (nq, k)
         """
-        # Fast path for the common call (one tenant, no mask, a well-formed float32 batch): the same checks as
-        # check_search, minus the conversions, since at ~100 us per query the Python edge is a large share. The
-        # kernel checks that the queries are finite (it flags a query that is not with nscored -1; the slow path
-        # then raises the usual error) and takes the tenant as a scalar.
+        hit = self._fast(q, k, params, allowed, tenant, filter)
+        if hit is not None:
+            return hit[0], hit[1]
+        D, I, _ = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def _fast(self, q, k, params, allowed, tenant, filter):
+        """``(D, I, nscored)`` for the common call (one tenant, no mask, a well-formed float32 batch), or ``None``.
+
+        The same checks as check_search, minus the conversions, since at tens of microseconds per query the Python
+        edge is a large share. The kernel checks that the queries are finite (it flags a query that is not with
+        nscored -1; the slow path then raises the usual error) and takes the tenant as a scalar.
+        """
         if (allowed is None and filter is None and type(q) is np.ndarray and q.dtype == np.float32 and q.ndim == 2
                 and q.shape[1] == self.d and q.flags.c_contiguous and type(k) is int and k > 0
                 and type(tenant) is int and self._tree is not None and 0 <= tenant < self._talive.shape[0]
@@ -579,9 +587,8 @@ class CuratorIndex(Index):
                     D, I, ns = self._kernel(q, _NO_TENS, k, max(k, math.ceil(gamma * k)), vboost, rerank, _NO_MASK,
                                             0, tenant)
                 if ns.shape[0] == 0 or (ns[0] >= 0 if ns.shape[0] == 1 else ns.min() >= 0):
-                    return D, I
-        D, I, _ = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
-        return D, I
+                    return D, I, ns
+        return None
 
     def _kernel(self, q, tens, k, budget, vboost, rerank, mask, mode, tenant=0):
         cent, var, lo, hi, parent, depth, bidx, bloom = self._tree
@@ -590,6 +597,12 @@ class CuratorIndex(Index):
                                lo, hi, parent, bidx, bloom, self._sstart, self._slen, self._spool, self._hkeys, self._hvals,
                                self._vecs, self._ids, mask, mode, self.settings["hashes"], self.settings["branch"],
                                self._codes, self._sq[0], self._sq[1], rerank, tenant)
+
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        hit = self._fast(q, k, params, allowed, tenant, filter)
+        if hit is None:
+            hit = self.search_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return hit[0], hit[1], {"ndis": sum(hit[2].tolist())}
 
     def search_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """:meth:`search` that also returns the number of candidates scored per query (int64 (nq,))."""
@@ -756,7 +769,7 @@ class CuratorIndex(Index):
                 "t_count": self._tcount, "t_nsl": self._tnsl, "t_alive": self._talive,
             }
             if self._tree is not None:
-                for name, a in zip(_TREE_NAMES, self._tree):
+                for name, a in self._tree._asdict().items():
                     arrays["tree_" + name] = a
             meta = {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
                     "curator_version": 1, "trained": self._tree is not None, "ntotal": n, "stale": self._stale}
@@ -798,7 +811,7 @@ class CuratorIndex(Index):
             setattr(ix, attr, out)
         ix._spool = own("sl_pool")
         if meta["trained"]:
-            ix._tree = tuple(own("tree_" + name) for name in _TREE_NAMES)
+            ix._tree = K.Tree(*(own("tree_" + name) for name in K.Tree._fields))
         ix._stale = int(meta.get("stale", 0))
         ix._sync_views()
         return ix
@@ -816,7 +829,6 @@ def _aligned_codes(n: int, d: int) -> np.ndarray:
     return raw[off:off + n * stride].reshape(n, stride)
 
 
-_TREE_NAMES = ("cent", "var", "child_lo", "child_hi", "parent", "depth", "bidx", "bloom")
 _NO_MASK = np.zeros((1, 1), dtype=bool)
 _NO_TENS = np.zeros(0, dtype=np.int32)
 _PARAMS = frozenset(CuratorIndex.search_params)

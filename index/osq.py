@@ -22,6 +22,10 @@ Search (every setting per query through ``params``):
 Levels 1-3 run per partition (:class:`OSQPartition`), so a serverless processor can load one partition
 (:meth:`OSQIndex.load_partition`) and answer with the level-0 outputs of an allocator (:meth:`OSQIndex.level0`).
 The storage layout is documented in ``docs/osq.md``.
+
+Modules: this one (build, add, search, persistence), :mod:`.osq_planner` (level 0: filter status, plan, partitions
+and clusters to visit), :mod:`.osq_partition` (one partition's data and levels 1-3), :mod:`.osq_columns` (the exact
+attribute columns).
 """
 
 from __future__ import annotations
@@ -35,27 +39,26 @@ import numpy as np
 from .. import filters
 from ..errors import FailedPrecondition, InvalidArgument
 from ..quantization import _osq_kernels as K
-from ..quantization.kmeans import kmeans, sq_distances
+from ..quantization.kmeans import capped_assign, capped_kmeans, kmeans, sq_distances
 from ..quantization.osq import NumericCells, OSQCodebook, fit_rotation
 from .base import Index, array_bytes
 from .factory import Stage, take_settings
 from .flat import exact_search
 from ._topk_kernels import topk_rows
-from .osq_parts import (DEFAULT_PARAMS, HEAD_DIMS, SETTINGS, Level0, OSQPartition,  # noqa: F401
-                        _as_expr, _choose_clusters, _col_nbytes, _column_arrays, _column_from_arrays,
-                        _concat_columns, _missing_like, row_counts)
+from .osq_columns import as_expr, col_nbytes, column_arrays, column_from_arrays, concat_columns, missing_like
+from .osq_partition import DEFAULT_PARAMS, OSQPartition
+from .osq_planner import Level0, Level0Planner
 from .persist import load_arrays, load_meta, save_arrays
 
+SETTINGS = {"partitions": 16, "clusters": 0, "bits": 0, "attr_bits": 8, "binary": 256, "lloyd": 25,
+            "balance": 0.1, "kmeans_iters": 10}
+
 _BIG = 1 << 53
-#: planner cost model (see ``OSQIndex._exact_cheaper``), in BLAS multiply-adds per row-dimension
-EXACT_FACTOR = 1.1
-INDEXED_BELOW = 16  # the exact plan uses a range index when its predicate leaves at most 1/16 of the rows
-ML_ROW_COST = 12.0
 _SMALL_SCAN = 1 << 20  # query x row pairs up to which the exact plan builds the full key matrix (4 MB)
 _PART_RE = re.compile(r"^p\d{4}/")
 
 
-class OSQIndex(Index):
+class OSQIndex(Level0Planner, Index):
     """SQUASH filtered search. Factory: ``OSQ(partitions=16,clusters=64,bits=256,attr_bits=8,binary=256,lloyd=25)``.
 
     ``bits=0`` (default) means ``4 * d`` bits per vector; ``clusters=0`` (default) means about ``sqrt(n / P)``
@@ -94,7 +97,6 @@ class OSQIndex(Index):
         # scans them without rotating the queries (d^2 flops a query, more than the scan itself when few rows pass)
         self.raw = np.empty((0, self.d), dtype=np.float32)
         self.raw_norms = np.empty(0, dtype=np.float32)
-        self.last_stats: dict = {}
 
     # ------------------------------------------------------------------ factory
     @property
@@ -144,20 +146,8 @@ class OSQIndex(Index):
             raise InvalidArgument(f"OSQ training needs at least partitions={P} vectors, got {n}")
         R, _ = fit_rotation(x)
         y = np.ascontiguousarray(x @ R, dtype=np.float32)
-        rng = np.random.default_rng(0)
-        cent = y[rng.choice(n, P, replace=False)].copy()
         cap = np.full(P, int(np.ceil(n / P * (1 + self.settings["balance"]))), dtype=np.int64)
-        assign = np.zeros(n, dtype=np.int64)
-        for it in range(max(1, int(self.settings["kmeans_iters"]))):
-            dist = sq_distances(y, cent)
-            # plain Lloyd steps first, the size-limited assignment for the last ones
-            assign = K.balanced_assign(dist, cap) if it >= self.settings["kmeans_iters"] // 2 else dist.argmin(1)
-            for p in range(P):
-                sel = assign == p
-                if sel.any():
-                    cent[p] = y[sel].mean(axis=0)
-                else:
-                    cent[p] = y[rng.integers(n)]
+        cent, _ = capped_kmeans(y, P, cap, niter=int(self.settings["kmeans_iters"]), seed=0)
         # Clusters (the inverted lists) are fitted globally, like an IVF's, and each partition gets C whole clusters
         # (the nearest ones to its centroid, C each): fitting clusters inside the partitions instead, with rows held
         # in their partition, left 0.891 of GloVe-50d's true top 10 in the 64 nearest of 2,496 clusters against
@@ -166,7 +156,7 @@ class OSQIndex(Index):
         C = max(1, min(C, n // P))
         G = P * C
         glob = kmeans(y, G, niter=max(1, int(self.settings["kmeans_iters"])), seed=0)
-        owner = K.balanced_assign(sq_distances(glob, cent), np.full(P, C, dtype=np.int64))
+        owner = capped_assign(sq_distances(glob, cent), np.full(P, C, dtype=np.int64))
         order = np.argsort(owner, kind="stable")  # cluster p * C + c is the c-th of partition p's clusters
         glob = np.ascontiguousarray(glob[order])
         assign, _ = self._route(y, glob, P, C, cap)
@@ -255,7 +245,7 @@ class OSQIndex(Index):
             dist = sq_distances(y[s:s + block], clusters, norms).reshape(-1, P, C)
             near[s:s + block] = dist.argmin(axis=2)
             dpart[s:s + block] = np.take_along_axis(dist, near[s:s + block, :, None].astype(np.int64), axis=2)[:, :, 0]
-        part = K.balanced_assign(dpart, np.asarray(cap, dtype=np.int64)) if n else np.empty(0, np.int64)
+        part = capped_assign(dpart, cap) if n else np.empty(0, np.int64)
         return part, near
 
     def _set_raw(self, raw: np.ndarray) -> None:
@@ -299,7 +289,7 @@ class OSQIndex(Index):
             old = self.columns.get(name)
             new = cols.get(name)
             if new is None:
-                new = _missing_like(old, n)
+                new = missing_like(old, n)
             if isinstance(new, filters.NumericColumn):
                 if name not in self.cells:
                     self.cells[name] = NumericCells.fit(new.values, self.settings["attr_bits"], missing=new.missing,
@@ -308,8 +298,8 @@ class OSQIndex(Index):
                 prev = self.codes.get(name, np.full(start, 255, dtype=np.uint8))
                 self.codes[name] = np.concatenate([prev, code])
             if old is None:
-                old = _missing_like(new, start)
-            self.columns[name] = _concat_columns(old, new)
+                old = missing_like(new, start)
+            self.columns[name] = concat_columns(old, new)
             self.kinds[name] = self.columns[name].kind
 
     # ------------------------------------------------------------------ filters
@@ -366,7 +356,7 @@ class OSQIndex(Index):
         n = self.ntotal
         if expr is None:
             return np.ones(n, bool), np.zeros(n, bool)
-        expr = _as_expr(expr)
+        expr = as_expr(expr)
         return filters.evaluate3(expr, self._leaf, n)
 
     def exact_rows(self, expr, rows: np.ndarray) -> np.ndarray:
@@ -374,7 +364,7 @@ class OSQIndex(Index):
         rows = np.asarray(rows, dtype=np.int64)
         if expr is None:
             return np.ones(rows.shape[0], bool)
-        expr = _as_expr(expr)
+        expr = as_expr(expr)
         names = filters.attributes(expr)
         cols = {}
         for name in names:
@@ -401,179 +391,6 @@ class OSQIndex(Index):
         return int(np.count_nonzero(sure & live)), int(np.count_nonzero(maybe & live))
 
     # ------------------------------------------------------------------ search
-    def level0(self, q, k: int, params: dict | None = None, *, filter=None, allowed=None,
-               rotate_exact: bool = True) -> Level0:
-        """Level 0 (allocator): three-valued filter, plan, rotation, counts per cluster, clusters to visit.
-
-        Parameters are as for :meth:`search`; ``allowed`` must already be validated (``None``, (ntotal,) or
-        (nq, ntotal) bool). ``rotate_exact=False`` leaves ``qrot`` None under the exact plan (the in-process exact
-        scan reads the unrotated vectors; a serverless processor needs the rotated queries).
-        """
-        return self._level0(self.prepare(q, name="queries"), k, params, filter, allowed, rotate_exact)
-
-    def _level0(self, q, k, params, filter, allowed, rotate_exact) -> Level0:
-        """:meth:`level0` on prepared queries."""
-        p = dict(DEFAULT_PARAMS)
-        p.update(params or {})
-        nq, P = q.shape[0], self.nparts
-        expr = None if filter is None else _as_expr(filter)
-        live, nlive = self._live()
-        mode = p["mode"]
-        if mode not in ("auto", "exact", "multilevel"):
-            raise InvalidArgument(f"mode must be auto, exact or multilevel, got {mode!r}")
-        lv = self._level0_exact(q, k, p, expr, allowed, live, nlive, rotate_exact) if mode != "multilevel" else None
-        if isinstance(lv, Level0):
-            return lv
-        if lv is not None:
-            # the planner chose levels 0-3 but the filter was already evaluated exactly: those statuses (sure or no,
-            # no maybe rows to re-check) serve the multi-level plan as well, instead of a second, three-valued pass
-            # over the attribute codes (mode="multilevel" still takes the codes, as a serverless allocator does)
-            status, sidx, nsure = lv
-            ns = status.shape[0]
-            nmaybe = np.zeros(ns, dtype=np.int64)
-            resolved = np.ones(ns, dtype=bool)
-            exact = False
-        else:
-            status, sidx, nsure, nmaybe, resolved, exact = self._status_from_codes(q, k, p, expr, allowed, live,
-                                                                                   nlive)
-        if exact or P == 0:
-            qrot = self._rotate_prepared(q) if rotate_exact else None
-            return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, nmaybe, resolved,
-                          np.zeros((nq, P, 0), bool), q)
-        return self._level0_clusters(q, k, p, status, sidx, nsure, nmaybe, resolved, nlive)
-
-    def _status_from_codes(self, q, k, p, expr, allowed, live, nlive):
-        """Level 0's filter status from the attribute codes (three-valued), the plan, and the exact resolution of
-        the maybe rows where the plan is exact or a status row has fewer than ``k`` sure rows."""
-        nq, P = q.shape[0], self.nparts
-        mode = p["mode"]
-        sure, maybe = self.filter_status(expr)
-        if allowed is None or allowed.ndim == 1:
-            keep = live if allowed is None else live & allowed
-            sure = sure & keep
-            maybe = maybe & keep
-            sidx = np.zeros(nq, dtype=np.int64)
-        else:
-            keep = allowed & live[None, :]
-            sure = sure[None] & keep
-            maybe = maybe[None] & keep
-            sidx = np.arange(nq, dtype=np.int64)
-        # sure wins where both are set (evaluate3 resolves overlap that way): status 1 sure, 2 maybe, 0 no
-        status = np.where(sure, np.uint8(K.STATUS_SURE), maybe.view(np.uint8) << 1).reshape(-1, self.ntotal)
-        ns = status.shape[0]
-        nsure = row_counts(sure.reshape(ns, -1))
-        nmaybe = row_counts(status == K.STATUS_MAYBE)
-        resolved = np.zeros(ns, dtype=bool)
-        exact = mode == "exact" or (mode == "auto" and P > 0 and
-                                    self._exact_cheaper(nsure + nmaybe, sidx, nlive, p))
-        for s in range(ns):
-            if (exact or nsure[s] < k) and nmaybe[s]:
-                rows = np.flatnonzero(status[s] == K.STATUS_MAYBE)
-                hit = self.exact_rows(expr, rows)
-                status[s, rows] = np.where(hit, K.STATUS_SURE, K.STATUS_NO)
-                resolved[s] = True
-                nsure[s] += int(hit.sum())
-                nmaybe[s] = 0
-        return status, sidx, nsure, nmaybe, resolved, exact
-
-    def _level0_clusters(self, q, k, p, status, sidx, nsure, nmaybe, resolved, nlive) -> Level0:
-        """The multi-level plan's level 0 after the filter status: rotation, cluster ranking, clusters to visit."""
-        nq, P = q.shape[0], self.nparts
-        qrot = self._rotate_prepared(q)
-        # per-cluster counts of sure and maybe rows (status row x cluster, clusters numbered p * C + c)
-        G = P * self.nclusters
-        sc, mc = K.cluster_counts(status, self.row_cluster, G)
-        if self.metric == "ip":
-            # inner-product search ranks cells by the inner product with their centroid, as IVF does
-            dc = np.ascontiguousarray(-(qrot @ self.cluster_centroids.T), dtype=np.float32)
-        else:
-            # squared distances with the centroid norms cached: recomputing them cost as much as the product
-            cc = self.cluster_centroids
-            if getattr(self, "_cc_src", None) is not cc:
-                self._cc_src, self._cc_norms = cc, np.einsum("ij,ij->i", cc, cc)
-            dc = sq_distances(qrot, cc, self._cc_norms)
-        per_cluster = max(1.0, float(nlive) / G)
-        vcl = _choose_clusters(dc, sc, sc + mc, sidx, k, p, per_cluster, ratio=self.metric != "ip")
-        clusters = vcl.reshape(nq, P, self.nclusters)
-        visit = clusters.any(axis=2)
-        return Level0(qrot, status, sidx, visit, "multilevel", nsure, nmaybe, resolved, clusters, q)
-
-    def _level0_exact(self, q, k, p, expr, allowed, live, nlive, rotate_exact) -> Level0 | tuple | None:
-        """The exact plan straight from the exact attribute values when they are all in memory (a full index):
-        one exact filter pass (as plain pre-filtering does) gives exact counts for the planner and the status.
-        Returns the exact plan's Level0; or ``(status uint8 (ns, n), sidx, nsure)`` when the planner picks the
-        multi-level search (which then runs on these exact statuses); or None when the values are not loaded (an
-        allocator's level-0-only load decides on the codes instead)."""
-        names = () if expr is None else filters.attributes(expr)
-        if any(name in self.kinds and self.columns.get(name) is None for name in names):
-            return None
-        nq, P = q.shape[0], self.nparts
-        n = self.ntotal
-        for pred in () if expr is None else filters.leaf_predicates(expr):
-            if pred.attr in self.kinds:
-                self._check_pred(pred)
-        if expr is not None and (allowed is None or allowed.ndim == 1):
-            lv = self._level0_indexed(q, k, p, expr, allowed, live, nlive, rotate_exact)
-            if lv is not None:
-                return lv
-        if expr is None:
-            match = live.copy()  # the status below views it; the remembered live mask must stay unshared
-        else:
-            cols = {name: self.columns[name] if name in self.kinds else filters.NumericColumn(np.full(n, np.nan))
-                    for name in names}
-            match = filters.evaluate(expr, cols, n)
-            if nlive < n:
-                match = match & live  # (evaluate may hand back an array it shares)
-        if allowed is None or allowed.ndim == 1:
-            sure = match if allowed is None else match & allowed
-            sidx = np.zeros(nq, dtype=np.int64)
-        else:
-            sure = allowed & match[None, :]
-            sidx = np.arange(nq, dtype=np.int64)
-        status = sure.view(np.uint8).reshape(-1, n)
-        nsure = row_counts(sure.reshape(-1, n))
-        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
-            return status, sidx, nsure  # the multi-level plan, on these exact statuses
-        ns = status.shape[0]
-        qrot = self._rotate_prepared(q) if rotate_exact else None
-        return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(ns, np.int64),
-                      np.ones(ns, bool), np.zeros((nq, P, 0), bool), q)
-
-    def _level0_indexed(self, q, k, p, expr, allowed, live, nlive, rotate_exact):
-        """:meth:`_level0_exact` through the range index of the filter's most selective range predicate (the
-        filter itself, or one argument of a top-level ``and``), when that predicate leaves at most
-        ``1 / INDEXED_BELOW`` of the rows: its candidate rows come from two binary searches in the column's sort
-        order (:func:`filters.range_candidates`) and the whole filter is then evaluated exactly on them only,
-        instead of over every row (at 390,000 rows and 0.1% selectivity ~0.3 ms of comparisons and ~0.1 ms of
-        mask scans per batch, a quarter of an exact-plan search). Returns what :meth:`_level0_exact` returns, or None
-        when no predicate qualifies."""
-        n = self.ntotal
-        preds = list(expr.args) if isinstance(expr, filters.And) else [expr]
-        best = None
-        for pred in preds:
-            if isinstance(pred, (filters.Compare, filters.Between)) and self.kinds.get(pred.attr) in ("int", "float"):
-                cand = filters.range_candidates(pred, self.columns[pred.attr])
-                if cand is not None and (best is None or cand.size < best.size):
-                    best = cand
-        if best is None or best.size * INDEXED_BELOW > n:
-            return None
-        rows = np.sort(best)
-        rows = rows[self.exact_rows(expr, rows)]
-        if nlive < n:
-            rows = rows[live[rows]]
-        if allowed is not None:
-            rows = rows[allowed[rows]]
-        nsure = np.array([rows.size], dtype=np.int64)
-        nq, P = q.shape[0], self.nparts
-        sidx = np.zeros(nq, dtype=np.int64)
-        status = np.zeros((1, n), dtype=np.uint8)
-        status[0, rows] = K.STATUS_SURE
-        if p["mode"] == "auto" and P > 0 and not self._exact_cheaper(nsure, sidx, nlive, p):
-            return status, sidx, nsure  # the multi-level plan, on these exact statuses
-        qrot = self._rotate_prepared(q) if rotate_exact else None
-        return Level0(qrot, status, sidx, np.zeros((nq, P), bool), "exact", nsure, np.zeros(1, np.int64),
-                      np.ones(1, bool), np.zeros((nq, P, 0), bool), q, rows=[rows])
-
     def _live(self) -> tuple[np.ndarray, int]:
         """``(live bool (ntotal,), number live)``, remembered until the next add (a new ``deleted`` array) or remove
         (:meth:`_on_remove`): two passes over every row that a very selective search would otherwise make each time
@@ -592,44 +409,21 @@ class OSQIndex(Index):
         """Rotate already prepared queries float32 (nq, d): one GEMM for the batch."""
         return np.ascontiguousarray(q @ self.rotation, dtype=np.float32)
 
-    def _exact_cheaper(self, matches: np.ndarray, sidx: np.ndarray, live: int, p: dict) -> bool:
-        """The planner: is an exact scan of the (at most ``matches``) passing rows cheaper than levels 0-3?
-
-        ``exact_below > 0`` keeps a plain threshold (every status row passes at most that fraction of the live
-        rows). Otherwise (the default) a cost model in units of one BLAS multiply-add: the exact scan costs
-        ``EXACT_FACTOR sum_s nq_s m_s d`` (the distance GEMM of the ``nq_s`` queries sharing status row ``s`` over
-        its ``m_s`` rows; the factor charges each query a share of gathering the rows, as for batches of about 20
-        queries: a per-query cost, so the plan does not change when a batch is split), the multi-level search ``nq (d^2 + G d + ML_ROW_COST
-        nprobe (n / G) min(d, 2 HEAD_DIMS))`` (query rotation, cluster ranking, and the ``nprobe`` clusters' worth
-        of filter-passing candidates that level 0 collects whatever the selectivity, each costing ``ML_ROW_COST``
-        units per level-2 dimension read: gathers, head or exact keys, re-ranks and per-partition bookkeeping;
-        fitted on this machine: on GloVe-50d the exact scan measured faster up to 50% and levels 0-3 at 100%).
-        """
-        frac = float(p["exact_below"])
-        if frac > 0:
-            return bool(np.all(matches <= frac * max(1, live)))
-        d, nq = self.d, sidx.shape[0]
-        G = max(1, self.nparts * self.nclusters)
-        if matches.shape[0] == 1:  # one status row shared by the batch (the common case: no per-query masks)
-            exact = float(matches[0]) * nq * d * EXACT_FACTOR
-        else:
-            nq_s = np.bincount(sidx, minlength=matches.shape[0])
-            exact = float(np.sum(matches.astype(np.float64) * nq_s)) * d * EXACT_FACTOR
-        per_cluster = max(1.0, live / G)
-        cand = max(1, int(p["nprobe"])) * per_cluster
-        multi = nq * (d * d + G * d + ML_ROW_COST * cand * min(d, 2 * HEAD_DIMS))
-        return exact <= multi
-
     def search(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
         """Filtered top-``k``; ``filter`` is a ``filters`` AST (or its text / JSON form). See the module docstring."""
+        D, I, _ = self.search_with_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """:meth:`search` plus this call's stats: ``plan`` (``exact`` / ``multilevel``), ``sure`` / ``maybe`` rows,
+        ``ndis``, bytes touched, ``partitions_visited``, ``elapsed_ms``, ..."""
         q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
         t0 = time.perf_counter()
         nq = q.shape[0]
         D, I = self.empty(nq, k)
         if nq == 0 or self.ntotal == 0:
-            self.last_stats = {"plan": "empty", "nq": nq}
-            return D, I
-        expr = None if filter is None else _as_expr(filter)
+            return D, I, {"plan": "empty", "nq": nq}
+        expr = None if filter is None else as_expr(filter)
         p = dict(DEFAULT_PARAMS)
         p.update(params)
         lv = self._level0(q, k, p, expr, allowed, False)
@@ -639,7 +433,7 @@ class OSQIndex(Index):
             # (measured: recall 0.85 -> 1.0 on Fashion-MNIST with another class's filter); keep every candidate
             p["keep_frac"] = 1.0
         nattr_bytes = sum(c.nbytes for c in self.codes.values()) + sum(
-            _col_nbytes(c) for c in self.columns.values() if not isinstance(c, filters.NumericColumn))
+            col_nbytes(c) for c in self.columns.values() if not isinstance(c, filters.NumericColumn))
         stats = {"plan": lv.plan, "nq": nq, "sure": int(lv.sure.sum()), "maybe": int(lv.maybe.sum()),
                  "resolved": bool(lv.resolved.any()), "level0_bytes": int(nattr_bytes + self.centroids.nbytes)}
         if lv.plan == "exact":
@@ -652,8 +446,7 @@ class OSQIndex(Index):
             D, I = self._fill_short(lv, D, I, k, expr, stats)
         stats["bytes_per_query"] = (stats["level0_bytes"] + stats["query_bytes"]) / nq
         stats["elapsed_ms"] = (time.perf_counter() - t0) * 1e3
-        self.last_stats = stats
-        return D, I
+        return D, I, stats
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """Rotated vectors of internal ``rows`` (float32 (m, d))."""
@@ -765,7 +558,7 @@ class OSQIndex(Index):
         ``status`` is over the partition's positions (``level0().status[:, index.parts[p].rows]``) and ``clusters``
         is ``level0().clusters[queries, p]``.
         """
-        return self.parts[p].search(qrot, status, k, params, expr=None if expr is None else _as_expr(expr),
+        return self.parts[p].search(qrot, status, k, params, expr=None if expr is None else as_expr(expr),
                                     sidx=sidx, clusters=clusters)
 
     def reconstruct(self, rows) -> np.ndarray:
@@ -794,7 +587,7 @@ class OSQIndex(Index):
             if isinstance(col, filters.NumericColumn):
                 a[f"attr/{name}/codes"] = self.codes[name]
                 a.update({f"attr/{k_}": v for k_, v in self.cells[name].arrays(name).items()})
-            a.update(_column_arrays(f"attr/{name}", col))
+            a.update(column_arrays(f"attr/{name}", col))
         return a
 
     def partition_arrays(self, p: int) -> dict[str, np.ndarray]:
@@ -807,7 +600,7 @@ class OSQIndex(Index):
             a[f"{pre}/seg{s:04d}"] = np.ascontiguousarray(part.segs[s])
         a.update({f"{pre}/book/{k_}": v for k_, v in part.book.arrays().items()})
         for name, col in self.columns.items():
-            a.update(_column_arrays(f"{pre}/attr/{name}", col.take(part.rows)))
+            a.update(column_arrays(f"{pre}/attr/{name}", col.take(part.rows)))
         return a
 
     def save(self, store, prefix: str) -> None:
@@ -869,7 +662,7 @@ class OSQIndex(Index):
                 # level 0 needs only the codes of numbers; exact values are read on demand (maybe resolution)
                 index.columns[name] = None
             else:
-                index.columns[name] = _column_from_arrays(f"attr/{name}", entry, a)
+                index.columns[name] = column_from_arrays(f"attr/{name}", entry, a)
         index.parts = [None] * int(meta["partitions"])
         index._source = (store, prefix)
         return index
@@ -896,7 +689,7 @@ class OSQIndex(Index):
         segs = np.empty((nseg, size), dtype=np.uint8)
         for s in range(nseg):
             segs[s] = a[f"seg{s:04d}"]
-        columns = {name: _column_from_arrays(f"attr/{name}", entry, a)
+        columns = {name: column_from_arrays(f"attr/{name}", entry, a)
                    for name, entry in meta["attributes"].items()} if attrs else {}
         if fetch_rows is not None:
             vectors = np.empty((0, int(meta["d"])), dtype=np.float32)
@@ -930,7 +723,7 @@ class OSQIndex(Index):
         n = max(1, self.ntotal)
         codes = sum(p.segs.nbytes + p.binary.nbytes for p in self.parts if p is not None)
         attrs = sum(c.nbytes for c in self.codes.values()) + sum(
-            _col_nbytes(c) for c in self.columns.values() if c is not None and not isinstance(c, filters.NumericColumn))
+            col_nbytes(c) for c in self.columns.values() if c is not None and not isinstance(c, filters.NumericColumn))
         return (codes + attrs) / n
 
     def _all_arrays(self):
@@ -942,7 +735,7 @@ class OSQIndex(Index):
         return arrs
 
     def memory_bytes(self) -> int:
-        cols = sum(_col_nbytes(c) for c in self.columns.values() if c is not None)
+        cols = sum(col_nbytes(c) for c in self.columns.values() if c is not None)
         cells = sum(c.inner.nbytes + c.lo.nbytes + c.hi.nbytes for c in self.cells.values())
         return array_bytes(*self._all_arrays())[0] + cols + cells
 

@@ -1,7 +1,7 @@
 """Directory-of-arrays persistence: ``PREFIX/meta.json`` plus one ``PREFIX/NAME.npy`` per array.
 
 Every index saves through :func:`save_arrays` and loads through :func:`load_arrays`, on any
-:class:`~shoal.engine.store.ObjectStore`. ``meta.json`` is written last, so a reader that finds it finds every array.
+:class:`~shoal.storage.ObjectStore`. ``meta.json`` is written last, so a reader that finds it finds every array.
 With ``mmap=True`` arrays are memory-mapped where the store has a local file (local directory, or an S3 store with a
 cache directory), so a cold start maps rather than copies. :func:`read_npy_rows` reads a row range of one array with
 a ranged GET, so a serverless worker fetches only the bytes it needs.

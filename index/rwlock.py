@@ -18,24 +18,31 @@ class RWLock:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
         self.read = _Side(self._acquire_read, self._release_read)
         self.write = _Side(self._acquire_write, self._release_write)
 
+    # the mutex is taken with acquire()/release() rather than through the Condition's context manager: the read
+    # side runs on every search, and the Condition's Python-level __enter__/__exit__ cost as much as the rest
     def _acquire_read(self) -> None:
-        with self._cond:
+        self._mutex.acquire()
+        try:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+        finally:
+            self._mutex.release()
 
     def _release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if self._readers == 0:
-                self._cond.notify_all()
+        self._mutex.acquire()
+        self._readers -= 1
+        if self._readers == 0:
+            self._cond.notify_all()
+        self._mutex.release()
 
     def _acquire_write(self) -> None:
         with self._cond:

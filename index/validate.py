@@ -41,6 +41,9 @@ def as_vectors(x, d: int | None, *, name: str = "vectors") -> np.ndarray:
     InvalidArgument
         If ``x`` is not numeric, has the wrong rank, or holds NaN/inf.
     """
+    if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous
+            and (d is None or x.shape[1] == d) and np.isfinite(x).all()):
+        return x  # already what every caller needs: the common case costs one finiteness pass
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:

@@ -52,34 +52,3 @@ def adc_scan_all(tables, codes, k, mask):
             D[q, j] = hd[j]
             I[q, j] = hi[j] if hi[j] != np.iinfo(np.int64).max else -1
     return D, I
-
-
-@njit(cache=True)
-def adc_scores(tables, codes, rows):
-    """ADC distance keys of chosen rows per query.
-
-    Parameters
-    ----------
-    tables : float32 (nq, S, 256)
-    codes : uint8 (n, S)
-    rows : int64 (nq, c)
-        Rows to score (``-1`` entries give ``+inf``).
-
-    Returns
-    -------
-    float32 (nq, c)
-    """
-    nq, c = rows.shape
-    S = codes.shape[1]
-    out = np.empty((nq, c), dtype=np.float32)
-    for q in range(nq):
-        for j in range(c):
-            r = rows[q, j]
-            if r < 0:
-                out[q, j] = np.inf
-                continue
-            acc = np.float32(0.0)
-            for s in range(S):
-                acc += tables[q, s, codes[r, s]]
-            out[q, j] = acc
-    return out

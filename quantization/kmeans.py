@@ -1,10 +1,14 @@
-"""k-means: plain (faiss ``Clustering``, seeded) and balanced (Sinkhorn-constrained, after RepCONC).
+"""k-means: plain (faiss ``Clustering``, seeded), balanced (Sinkhorn-constrained, after RepCONC) and capped (sizes
+limited by a capacity).
 
 Plain k-means minimises squared error and lets dense regions or outliers capture very unequal shares of the points.
 Balanced k-means starts from plain k-means and then, for a few rounds, assigns mini-batches with
 :func:`~shoal.quantization.sinkhorn.sinkhorn_assign` (uniform marginals) and moves each centroid to the mean of the
 points assigned to it. It also learns one additive bias per centroid (the Sinkhorn dual) so that
 ``argmin_k ||x - c_k||^2 - bias_k`` reproduces the balanced assignment for single new points.
+
+Capped k-means bounds every cluster's size outright (OSQ's partitions, which must each fit a function's memory):
+Lloyd steps whose assignment, in the later iterations, gives each point its nearest centroid that still has room.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgument
+from ._kmeans_kernels import balanced_assign
 from .sinkhorn import sinkhorn_assign
 
 
@@ -64,12 +69,32 @@ def kmeans(x, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid
     -------
     float32 (k, d)
     """
+    return _faiss_kmeans(_check_training(x, k), k, niter, seed, max_points_per_centroid, gpu)[0]
+
+
+def kmeans_with_labels(x, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kmeans` and each training point's nearest centroid: ``(float32 (k, d), int64 (n,))``.
+
+    The labels come from the faiss index that trained, not from :func:`assign`, as Curator's tree always took them
+    (its tree is bit-identical to the one its own faiss.Kmeans call built, checked on 40,000 clustered points): a loop
+    of small clusterings then never alternates faiss's OpenMP threads with numpy's BLAS threads, which spin and
+    contend on a busy 2-core machine.
+    """
+    x = _check_training(x, k)
+    cent, quantizer = _faiss_kmeans(x, k, niter, seed, max_points_per_centroid, False)
+    if quantizer is None:
+        return cent, np.arange(k, dtype=np.int64)
+    return cent, quantizer.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int, max_points_per_centroid: int, gpu: bool):
+    """Centroids float32 (k, d) of checked ``x`` and the faiss index holding them (None when ``k == n``)."""
     import faiss
 
-    x = _check_training(x, k)
     n, d = x.shape
     if k == n:
-        return x.copy()
+        return x.copy(), None
     cp = faiss.ClusteringParameters()
     cp.niter = int(niter)
     cp.seed = int(seed)
@@ -83,7 +108,7 @@ def kmeans(x, k: int, *, niter: int = 20, seed: int = 0, max_points_per_centroid
     else:
         quantizer = faiss.IndexFlatL2(d)
     clus.train(x, quantizer)
-    return faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+    return faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32), quantizer
 
 
 def sq_distances(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray | None = None) -> np.ndarray:
@@ -183,6 +208,52 @@ def balanced_kmeans(x, k: int, *, niter: int = 20, rounds: int = 4, eps: float =
             filled = counts > 0
             cent[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
     return cent, bias.astype(np.float32)
+
+
+def capped_kmeans(x, k: int, capacity: np.ndarray, *, niter: int = 10, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """k-means whose clusters hold at most ``capacity`` points each.
+
+    Starts from ``k`` seeded random points; the first half of the ``niter`` Lloyd iterations assign each point to its
+    nearest centroid, the later ones to its nearest centroid with room left (:func:`capped_assign`, points that
+    lose most by moving choose first). An empty cluster restarts from a random point.
+
+    Parameters
+    ----------
+    x : float32 (n, d)
+    k : int
+    capacity : int64 (k,)
+        Most points per cluster; ``sum(capacity) >= n``.
+    niter : int
+    seed : int
+
+    Returns
+    -------
+    centroids : float32 (k, d)
+    assignment : int64 (n,)
+    """
+    x = _check_training(x, k)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    cent = x[rng.choice(n, k, replace=False)].copy()
+    assign = np.zeros(n, dtype=np.int64)
+    for it in range(max(1, int(niter))):
+        dist = sq_distances(x, cent)
+        # plain Lloyd steps first, the size-limited assignment for the last ones
+        assign = capped_assign(dist, capacity) if it >= niter // 2 else dist.argmin(1)
+        for p in range(k):
+            sel = assign == p
+            if sel.any():
+                cent[p] = x[sel].mean(axis=0)
+            else:
+                cent[p] = x[rng.integers(n)]
+    return cent, assign
+
+
+def capped_assign(dist: np.ndarray, capacity) -> np.ndarray:
+    """Each row's nearest centroid that still has room, int64 (n,), for ``dist`` float32 (n, k) and ``capacity``
+    (k,) with ``sum(capacity) >= n`` (greedy: rows with the largest gap between their two nearest choose first)."""
+    return balanced_assign(dist, np.asarray(capacity, dtype=np.int64))
 
 
 def usage_entropy(codes: np.ndarray, k: int) -> np.ndarray:

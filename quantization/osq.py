@@ -286,13 +286,6 @@ class OSQCodebook:
             np.maximum(self.cell_hi[j], hi, out=self.cell_hi[j])
         return codes
 
-    def reconstruct_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Approximate rotated vectors from codes: each value replaced by its cell's mid-range (float32 (n, d))."""
-        c = np.asarray(codes, dtype=np.int64)
-        j = np.arange(self.d)[None, :]
-        lo, hi = self.cell_lo[j, c], self.cell_hi[j, c]
-        return np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo + hi), 0.0).astype(np.float32)
-
     def pack(self, codes: np.ndarray) -> np.ndarray:
         """Segment-major packed codes uint8 (nseg, n) (MSB first)."""
         return pack_codes(codes, self.bits)

@@ -26,11 +26,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import config
 from ..errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 ROLES = ("read-only", "read-write", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
-ENV_KEYS = "SHOAL_API_KEYS"
+ENV_KEYS = config.API_KEYS
 KEY_PREFIX = "shoal_"
 
 
@@ -105,7 +106,7 @@ class KeyRing:
                 if not isinstance(entry, dict) or "sha256" not in entry or "role" not in entry:
                     raise InvalidArgument(f"{path}: key entry {i} needs 'sha256' and 'role'")
                 ring.add_hashed(entry["sha256"], entry.get("name", f"key{i}"), entry["role"], entry.get("tenant"))
-        spec = (os.environ if env is None else env).get(ENV_KEYS, "")
+        spec = config.api_keys(env)
         for i, item in enumerate(s.strip() for s in spec.split(",")):
             if not item:
                 continue

@@ -16,14 +16,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import config
 from ..errors import InvalidArgument
 from ..index.persist import read_npy_rows
 
 
 def default_capacity() -> int:
     """Bytes the cache may hold: ``$SHOAL_CACHE_MB``, else half the Lambda memory size, else 1 GiB."""
-    if os.environ.get("SHOAL_CACHE_MB"):
-        return int(float(os.environ["SHOAL_CACHE_MB"]) * (1 << 20))
+    mb = config.cache_mb()
+    if mb is not None:
+        return int(mb * (1 << 20))
     if os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"):
         return int(os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]) * (1 << 20) // 2
     return 1 << 30
@@ -133,7 +135,7 @@ def store_for(uri):
     with _STORES_LOCK:
         store = _STORES.get(uri)
         if store is None:
-            from ..engine.store import open_store
+            from ..storage import open_store
 
             store = _STORES[uri] = open_store(uri)
         return store
@@ -247,6 +249,11 @@ class Reader:
                 self.hits += 1
         return value
 
+    def note_misses(self, n: int) -> None:
+        """Count ``n`` reads of data kept outside the cache's entries (e.g. a cached partition filled in place)."""
+        with self._lock:
+            self.misses += int(n)
+
     def metrics(self) -> dict:
         return {"cache_hits": self.hits, "cache_misses": self.misses, "bytes_fetched": self.store.bytes_fetched,
                 "get_requests": self.store.requests}
@@ -255,8 +262,7 @@ class Reader:
 def row_read_settings() -> tuple[int, int]:
     """``(block_bytes, max_gap_bytes)`` of :class:`RemoteRows`: ``$SHOAL_ROW_BLOCK_KB`` (default 16) and
     ``$SHOAL_ROW_GAP_KB`` (default 256) KiB."""
-    return (int(float(os.environ.get("SHOAL_ROW_BLOCK_KB", "16")) * 1024),
-            int(float(os.environ.get("SHOAL_ROW_GAP_KB", "256")) * 1024))
+    return int(config.row_block_kb() * 1024), int(config.row_gap_kb() * 1024)
 
 
 class RemoteRows:

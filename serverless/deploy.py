@@ -21,7 +21,7 @@ from ..errors import InvalidArgument
 HANDLER = "shoal.serverless.handler.handler"
 RUNTIME = "python3.11"
 #: package folders that go into the zip (tests, bench and the virtualenv stay out)
-_PACKAGE_DIRS = ("engine", "index", "quantization", "serverless", "server")
+_PACKAGE_DIRS = ("engine", "filters", "index", "quantization", "serverless", "server", "storage")
 
 
 @dataclass
@@ -79,9 +79,8 @@ class DeploySpec:
 
 
 def package_root() -> str:
-    from .. import __file__ as pkg_init
-
-    return os.path.dirname(os.path.abspath(pkg_init))
+    """The directory of the ``shoal`` package (this module's grandparent: no import of the package root)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_zip(root: str | None = None) -> bytes:
@@ -124,13 +123,13 @@ def deploy(spec: DeploySpec, *, endpoint_url: str | None = None, region: str | N
     """Create or update the bucket and functions; returns ``{"bucket", "functions": [{name, arn, action}]}``."""
     from botocore.exceptions import ClientError
 
-    from ..engine.store import aws_client
+    from ..storage import aws_client
 
     spec.check()
     lam = lambda_client or aws_client("lambda", endpoint_url, region)
     report: dict = {"bucket": None, "functions": []}
     if spec.bucket:
-        from ..engine.store import S3Store
+        from ..storage import S3Store
 
         S3Store(spec.bucket, endpoint_url=endpoint_url, client=s3_client or aws_client(
             "s3", endpoint_url, region)).ensure_bucket()

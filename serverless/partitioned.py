@@ -1,154 +1,34 @@
-"""A partitioned index in an object store, in the layout the serverless fan-out reads.
-
-Layout under the index prefix::
-
-    manifest.json                       {"current": VERSION}  (the pointer, written last, atomically)
-    versions/VERSION/manifest.json      the full manifest: kind, d, metric, partition counts, backend settings
-    versions/VERSION/...                the backend's data (router data for allocators, one folder per partition)
-
-Everything under ``versions/VERSION/`` is immutable: a rebuild writes a new version and then moves the pointer, so a
-search that resolved a version once (the coordinator does, and passes it down the tree) never mixes versions, and
-container caches keyed by version never serve stale data.
-
-A *backend* implements three things for one index kind:
-
-- ``router(reader)`` -> object with ``route(q, k, params, filter) -> {partition: (query_rows int64, extra dict)}``:
-  level 0, run by allocators over data they cache (e.g. centroids).
-- ``partition(reader, p)`` -> object with ``search(q, k, params, filter, extra) -> (D, I)``: the processors' work.
-- ``build(...)``: writes the data of a new version.
-
-Backends: ``flat`` (exact search per k-means partition) and ``kmeans`` (k-means partitions each holding an index of
-any kind, e.g. IVF-PQ) here; ``osq`` in :mod:`.osq_backend`.
+"""The ``flat`` and ``kmeans`` serverless backends: k-means partitions of the vectors, each searched exactly or by its
+own index. The layout and versioning under the index prefix are :mod:`.manifest`'s; the backend protocol is described
+in :mod:`.backends`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from typing import Any
-
 import numpy as np
 
-from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..errors import InvalidArgument
 from ..index.flat import FlatIndex
 from ..index.persist import load_arrays, save_arrays
-from ..index.topk import empty_result, merge_topk
-from ..index.validate import as_vectors, check_k, check_metric, normalize_rows
+from ..index.validate import as_vectors, check_metric, normalize_rows
+from ..quantization.kmeans import assign, kmeans
 from .cache import Reader
-
-MANIFEST_FORMAT = "shoal-partitioned"
-MANIFEST_VERSION = 1
-
-BACKENDS: dict[str, Any] = {}
-
-
-def register_backend(name: str):
-    def deco(cls):
-        BACKENDS[name] = cls
-        return cls
-    return deco
-
-
-def get_backend(kind: str):
-    if kind not in BACKENDS and kind == "osq":
-        from . import osq_backend  # noqa: F401  (registers itself)
-    if kind not in BACKENDS:
-        raise InvalidArgument(f"unknown partitioned index kind {kind!r}; known: {sorted(BACKENDS) + ['osq']}")
-    return BACKENDS[kind]
-
-
-def new_version() -> str:
-    """A sortable, unique version name: UTC time plus random hex."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:10]
-
-
-def write_manifest(store, manifest: dict) -> None:
-    """Write the version's manifest, then move the pointer to it (the commit point)."""
-    version = manifest["version"]
-    full = dict(manifest, format=MANIFEST_FORMAT, format_version=MANIFEST_VERSION)
-    store.put(f"versions/{version}/manifest.json", json.dumps(full, indent=1, sort_keys=True).encode())
-    store.put("manifest.json", json.dumps({"current": version}).encode())
-
-
-def current_version(store) -> str:
-    try:
-        pointer = json.loads(store.get("manifest.json"))
-    except NotFound:
-        raise NotFound(f"no partitioned index at {store.uri} (manifest.json missing; run `shoal push` first)") from None
-    return pointer["current"]
-
-
-def read_manifest(store, version: str | None = None) -> dict:
-    """Read the manifest of ``version`` (the current one when ``None``) and check its format."""
-    version = version or current_version(store)
-    try:
-        manifest = json.loads(store.get(f"versions/{version}/manifest.json"))
-    except NotFound:
-        raise NotFound(f"index version {version!r} not found at {store.uri}") from None
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
-        raise FailedPrecondition(f"{store.uri}: unsupported manifest format "
-                                 f"{manifest.get('format')!r} v{manifest.get('format_version')}")
-    return manifest
-
-
-def list_versions(store) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list("versions") if k.endswith("/manifest.json")})
-
-
-def cached_manifest(reader: Reader) -> dict:
-    return reader.cached("manifest.json", lambda: read_manifest(reader.store, reader.version))
-
+from .manifest import new_version, write_manifest
 
 # ---------------------------------------------------------------------------------------------------- k-means
 
 
-def kmeans(x: np.ndarray, n: int, *, iters: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Plain Lloyd k-means (squared L2). Returns ``(centroids float32 (n, d), assignment int64 (N,))``.
-
-    Empty clusters are re-seeded from the point farthest from its centroid, so every partition gets rows.
-    """
-    N = x.shape[0]
-    if n > N:
-        raise InvalidArgument(f"cannot make {n} partitions of {N} vectors")
-    rng = np.random.default_rng(seed)
-    cent = x[rng.choice(N, n, replace=False)].astype(np.float32).copy()
-    assign = np.zeros(N, dtype=np.int64)
-    for _ in range(iters):
-        dist, assign = nearest(x, cent)
-        counts = np.bincount(assign, minlength=n)
-        for c in np.flatnonzero(counts == 0):
-            far = int(np.argmax(dist))
-            cent[c] = x[far]
-            assign[far] = c
-            dist[far] = 0.0
-        sums = np.zeros_like(cent, dtype=np.float64)
-        np.add.at(sums, assign, x)
-        counts = np.bincount(assign, minlength=n)
-        cent = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    return cent, assign
-
-
-def nearest(x: np.ndarray, cent: np.ndarray, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distance to, and index of, the nearest centroid: ``(float32 (N,), int64 (N,))``."""
-    cn = np.einsum("ij,ij->i", cent, cent)
-    dist = np.empty(x.shape[0], dtype=np.float32)
-    assign = np.empty(x.shape[0], dtype=np.int64)
-    for s in range(0, x.shape[0], block):
-        xb = x[s:s + block]
-        d = cn[None, :] - 2.0 * (xb @ cent.T)
-        a = np.argmin(d, axis=1)
-        assign[s:s + block] = a
-        dist[s:s + block] = np.maximum(d[np.arange(xb.shape[0]), a] + np.einsum("ij,ij->i", xb, xb), 0.0)
-    return dist, assign
-
-
 def partition_rows(x: np.ndarray, n_partitions: int, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """k-means partitions of ``x``: ``(centroids, [rows of partition p])``."""
+    """k-means partitions of ``x`` (12 iterations over at most 50,000 of its rows): ``(centroids, [rows of
+    partition p])``."""
+    if n_partitions > x.shape[0]:
+        raise InvalidArgument(f"cannot make {n_partitions} partitions of {x.shape[0]} vectors")
     sample = x if x.shape[0] <= 50_000 else x[np.random.default_rng(seed).choice(x.shape[0], 50_000, replace=False)]
-    cent, _ = kmeans(sample, n_partitions, seed=seed)
-    assign = nearest(x, cent)[1]
-    return cent, [np.flatnonzero(assign == p) for p in range(n_partitions)]
+    # the whole sample trains (faiss would otherwise subsample to 256 points per centroid)
+    cent = kmeans(sample, n_partitions, niter=12, seed=seed,
+                  max_points_per_centroid=max(256, -(-sample.shape[0] // n_partitions)))
+    part = assign(x, cent)
+    return cent, [np.flatnonzero(part == p) for p in range(n_partitions)]
 
 
 # ---------------------------------------------------------------------------------------------------- flat backend
@@ -216,6 +96,12 @@ def build_kmeans_partitions(store, x, ids, *, n_partitions: int, metric: str, se
     return manifest
 
 
+def _check_known(params: dict, known, kind: str) -> None:
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise InvalidArgument(f"unknown search parameter(s) {unknown} for {kind} partitions; valid: {list(known)}")
+
+
 class FlatPartition:
     def __init__(self, index: FlatIndex):
         self.index = index
@@ -227,7 +113,6 @@ class FlatPartition:
         return self.index.memory_bytes()
 
 
-@register_backend("flat")
 class FlatBackend:
     """Exact search inside k-means partitions; the routing setting ``nprobe`` trades recall for work."""
 
@@ -239,6 +124,14 @@ class FlatBackend:
         return build_kmeans_partitions(store, x, ids, n_partitions=n_partitions, metric=metric, seed=seed,
                                        new_index=lambda: FlatIndex(d, metric), train_kwargs=None,
                                        manifest={"kind": "flat"})
+
+    @staticmethod
+    def filter_schema(reader: Reader, manifest: dict) -> None:
+        return None  # exact partitions hold no attributes
+
+    @staticmethod
+    def check_params(manifest: dict, params: dict) -> None:
+        _check_known(params, FlatBackend.search_params, "flat")
 
     @staticmethod
     def router(reader: Reader, manifest: dict) -> FlatRouter:
@@ -266,7 +159,6 @@ class IndexPartition:
         return self.index.memory_bytes()
 
 
-@register_backend("kmeans")
 class KMeansBackend:
     """k-means partitions, each with its own index built from a factory string (e.g. ``IVF64,PQ8x8``): the way to
     fan out any index kind. ``visit`` (partitions per query, default all) is the routing setting; other settings
@@ -284,6 +176,10 @@ class KMeansBackend:
                                        manifest={"kind": "kmeans", "factory": factory})
 
     @staticmethod
+    def filter_schema(reader: Reader, manifest: dict) -> None:
+        return None  # the partition indexes hold no attributes
+
+    @staticmethod
     def router(reader: Reader, manifest: dict) -> FlatRouter:
         def load():
             _, arrays = load_arrays(reader.store, reader.key("router"), kind="flat-router")
@@ -295,41 +191,3 @@ class KMeansBackend:
         from ..index.factory import load_index
 
         return reader.cached(f"p{p}", lambda: IndexPartition(load_index(reader.store, reader.key(f"p{p}"))))
-
-
-# ---------------------------------------------------------------------------------------------------- searching
-
-
-def check_partition(manifest: dict, p: int) -> int:
-    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not 0 <= p < manifest["n_partitions"]:
-        raise InvalidArgument(f"partition {p!r} is outside 0..{manifest['n_partitions'] - 1}")
-    return int(p)
-
-
-def scatter(parts_rows: np.ndarray, D: np.ndarray, I: np.ndarray, nq: int, k: int):
-    """Place a partition's results for the queries ``parts_rows`` into padded ``(nq, k)`` arrays."""
-    fD, fI = empty_result(nq, k)
-    w = min(k, D.shape[1])
-    fD[parts_rows, :w] = D[:, :w]
-    fI[parts_rows, :w] = I[:, :w]
-    return fD, fI
-
-
-def search_inprocess(store, q, k: int, *, params=None, filter=None, version: str | None = None,
-                     reader: Reader | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search a partitioned index in this process: the same routing, partition searches and merge as the tree.
-
-    The serverless fan-out must return exactly this.
-    """
-    reader = reader or Reader(store, version or current_version(store))
-    manifest = cached_manifest(reader)
-    backend = get_backend(manifest["kind"])
-    q = as_vectors(q, manifest["d"], name="queries")
-    k = check_k(k)
-    params = dict(params or {})
-    routes = backend.router(reader, manifest).route(q, k, params, filter)
-    parts = [empty_result(q.shape[0], k)]
-    for p, (rows, extra) in sorted(routes.items()):
-        D, I = backend.partition(reader, manifest, p).search(q[rows], k, params, filter, extra)
-        parts.append(scatter(rows, D, I, q.shape[0], k))
-    return merge_topk(parts, k)

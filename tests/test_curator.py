@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from shoal.engine.store import LocalStore
 from shoal.errors import InvalidArgument, NotFound
 from shoal.index import describe, index_factory, load_index
 from shoal.index.curator import CuratorIndex
 from shoal.index.flat import exact_search
+from shoal.storage import LocalStore
 
 
 def csr(lists):

@@ -93,7 +93,7 @@ def test_writes_during_background_build_are_not_lost(tmp_path, rng, mode):
         assert go_on.wait(30)
 
     if mode == "extend":
-        job = col._start_job(col.index_spec, False, None, progress, False)  # what the tail limit triggers
+        job = col._start_auto(progress)  # what the tail limit triggers
     else:
         job = col.build(background=True, progress=progress)
     assert in_build.wait(30)

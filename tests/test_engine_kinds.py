@@ -64,7 +64,7 @@ def test_curator_native_tenants(tmp_path, rng):
         col.search(q, k=3, tenant="t1", params={"nprobe": 2})
     # background extend of a Curator index (copied through save/load: it holds a lock)
     col.upsert(np.arange(6000, 6300), clustered(rng, 300, d), tenants=[["t1"]] * 300)
-    col._start_job(col.index_spec, False, None, None, False).wait(60)
+    col._start_auto().wait(60)
     assert col.build_status()["error"] is None and col.info()["tail"] == 0
     got = col.search(x[[1]], k=1, tenant="t2")
     assert got.ids[0, 0] == 1

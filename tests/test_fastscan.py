@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from shoal.engine.store import LocalStore
+from shoal.storage import LocalStore
 from shoal.index import index_factory, load_index
 from shoal.index.flat import exact_search
 from shoal.quantization import fastscan

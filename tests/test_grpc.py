@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pytest
 
+import shoal
 from shoal import errors
 from shoal.server import gen_proto
 from shoal.server.app import LocalServer
@@ -361,6 +362,141 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, 
         still_serving()
 
 
+def test_k_is_bounded_at_the_client_and_the_server(server, rng):
+    ids, x, _ = make_points(rng, 100)
+    with server.client("ro") as ro, server.client("admin") as c:
+        c.create_collection("limits", DIM)
+        c.upsert("limits", ids, x)
+        for k in (-1, 0, 2.5, True, 2 ** 40):  # refused by the client before anything is serialised or sent
+            with pytest.raises(errors.InvalidArgument):
+                ro.search("limits", x[:1], k=k)
+        t0 = time.perf_counter()
+        with pytest.raises(errors.InvalidArgument, match="max_k"):
+            ro.search("limits", x[:1], k=5 * 10 ** 7)  # any read-only key: refused before the server allocates
+        with pytest.raises(errors.InvalidArgument, match="max_results"):
+            ro.search("limits", np.repeat(x[:1], 1000, axis=0), k=10_000)
+        assert time.perf_counter() - t0 < 5.0
+        res = ro.search("limits", x[:2], k=10_000)  # within both limits: padded, and the stats say how many match
+        assert res.ids.shape == (2, 10_000) and (res.ids[:, :100] >= 0).all() and (res.ids[:, 100:] < 0).all()
+        assert res.stats.matched == 100 and res.stats.exact_fallback == 0
+
+
+def test_client_and_embedded_search_share_one_keyword_and_one_result(server, rng):
+    """``attributes=`` means the same in Collection.search and Client.search, and both return a SearchResult."""
+    from shoal.engine import Database
+
+    ids, x, attrs = make_points(rng, 60)
+    attrs[3]["tags"] = []
+    with server.client("admin") as c:
+        c.create_collection("same", DIM, schema=SCHEMA)
+        c.upsert("same", ids, x, attrs=attrs)
+        q = x[:3] + 0.01
+        ro = Database(server.data, read_only=True)  # beside the serving process, which holds the owner lock
+        try:
+            col = ro.collection("same")
+            for want in (True, ["price", "tags"], "color", False):
+                remote = c.search("same", q, k=5, attributes=want)
+                local = col.search(q, k=5, attributes=want)
+                assert type(remote) is type(local) is shoal.SearchResult
+                np.testing.assert_array_equal(remote.ids, local.ids)
+                np.testing.assert_allclose(remote.scores, local.scores, rtol=1e-6)
+                assert remote.attrs == local.attrs and remote.score_kind == local.score_kind
+            assert c.get("same", [3])[0]["attrs"]["tags"] == [] == col.get([3])[0]["attrs"]["tags"]
+            for bad in (["size"], 7):
+                with pytest.raises(errors.InvalidArgument):  # SchemaError (unknown name) or a wrong type
+                    c.search("same", q, k=5, attributes=bad)
+                with pytest.raises(errors.InvalidArgument):
+                    col.search(q, k=5, attributes=bad)
+        finally:
+            ro.close()
+
+
+def test_serve_skips_a_damaged_collection_and_serves_the_rest(tmp_path, rng):
+    from shoal.engine import Database
+
+    data = tmp_path / "mixed"
+    db = Database(data)
+    ids, x, _ = make_points(rng, 20)
+    for name in ("good", "bad"):
+        db.create_collection(name, DIM).upsert(ids, x)
+    db.close()
+    (data / "bad" / "MANIFEST").write_text("{not json")
+    srv = Server(data)
+    try:
+        with srv.client() as c:
+            assert c.search("good", x[:1], k=1).ids[0, 0] == 0
+            with pytest.raises(errors.FailedPrecondition, match=r"bad/MANIFEST is damaged"):
+                c.search("bad", x[:1], k=1)
+    finally:
+        assert srv.terminate() == 0
+    assert "collection 'bad' is not served" in srv.output() and "MANIFEST is damaged" in srv.output()
+
+
+def test_read_only_server_follows_a_writer(tmp_path, rng):
+    from shoal.engine import Database
+
+    data = tmp_path / "followed"
+    writer = Database(data)
+    col = writer.create_collection("live", DIM, schema=SCHEMA)
+    ids, x, attrs = make_points(rng, 30)
+    col.upsert(ids, x, attrs=attrs)
+    srv = Server(data, "--read-only", "--refresh", "0.1")  # beside a writer that holds the owner lock
+    try:
+        with srv.client(timeout=10) as c:
+            assert c.count("live") == 30
+            with pytest.raises(errors.FailedPrecondition, match="read-only"):
+                c.upsert("live", [99], x[:1])
+            col.upsert([99], x[:1] * 3, attrs=[{"price": 1.0}])
+            deadline = time.monotonic() + 20
+            while c.count("live") != 31 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.count("live") == 31 and c.get("live", [99])[0]["attrs"] == {"price": 1.0, "tags": []}
+            writer.create_collection("later", DIM).upsert([1], x[:1])  # a new collection is served on first use
+            assert c.count("later") == 1
+            writer.drop_collection("later")
+            assert "later" not in c.list_collections()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the next refresh closes it; then it is unknown
+                try:
+                    c.count("later")
+                except errors.NotFound:
+                    break
+                time.sleep(0.05)
+            with pytest.raises(errors.NotFound):
+                c.count("later")
+    finally:
+        writer.close()
+        assert srv.terminate() == 0
+    assert not (data / ".shoal-serve.lock").exists()  # a read-only server writes nothing into the directory
+
+
+def test_drop_during_a_grpc_build_cancels_it_and_the_collection_stays_dropped(tmp_path, rng):
+    srv = Server(tmp_path / "dropbuild")
+    try:
+        with srv.client() as c:
+            c.create_collection("docs", DIM, index="IVF64,PQ4x8")
+            x = rng.standard_normal((60_000, DIM)).astype(np.float32)
+            c.upsert("docs", np.arange(60_000), x)
+            op = c.build("docs")
+            assert c.drop_collection("docs")
+            final = c.get_operation(op["id"])
+            for _ in range(600):
+                if final["finished_at"]:
+                    break
+                time.sleep(0.1)
+                final = c.get_operation(op["id"])
+            assert final["finished_at"] and final["state"] == "FAILED" and "CANCELLED" in final["error"], final
+            assert "docs" not in c.list_collections()
+        assert srv.terminate() == 0
+        srv = Server(tmp_path / "dropbuild")  # after a restart too: nothing brought it back
+        with srv.client() as c:
+            assert "docs" not in c.list_collections()
+            with pytest.raises(errors.NotFound):
+                c.count("docs")
+    finally:
+        srv.terminate()
+
+
 # ---------------------------------------------------------------------------------------------------- concurrency
 def test_concurrent_writers_and_readers_lose_no_acknowledged_write(server, rng):
     threads, rounds, per = 8, 12, 25
@@ -410,13 +546,14 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
             c.upsert("big", np.arange(n), x)
             probe = rng.standard_normal((512, d)).astype(np.float32)
             c.search("big", probe[:64], k=10)  # warm up
-            t0 = time.perf_counter()
-            c.search("big", probe[:64], k=10)
-            t1 = time.perf_counter()
-            c.search("big", probe, k=10)
-            t2 = time.perf_counter()
-            # marginal cost per query (a batch has a fixed cost too); the whole search: 12 s or more
-            per_query = max((t2 - t1) - (t1 - t0), 1e-3 * (t2 - t1)) / (probe.shape[0] - 64)
+            # cost per query of a whole batch (fixed costs included, so never underestimated), the fastest of three
+            # tries on a busy machine; the whole search below: 12 s or more
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                c.search("big", probe, k=10)
+                runs.append((time.perf_counter() - t0) / probe.shape[0])
+            per_query = min(runs)
             nq = int(min(200_000, max(2_000, 12.0 / per_query)))
             queries = rng.standard_normal((nq, d)).astype(np.float32)
             t0 = time.monotonic()
@@ -446,9 +583,9 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
 
             watcher = threading.Thread(target=follow)
             watcher.start()
-            mid = queries[: max(8, int(1.5 / per_query))]
+            mid = queries[: max(8, min(int(1.5 / per_query), 50_000))]
             result: dict = {}
-            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=60)))
+            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=120)))
             t.start()
             time.sleep(0.3)
             assert seen == ["SERVING"]
@@ -565,8 +702,8 @@ def test_grpc_demo_runs_end_to_end(tmp_path, monkeypatch, rng):
     plain / filtered / tenant-scoped queries, clean shutdown."""
     import io
 
-    import shoal.demo as demo
-    from shoal.server.demo import run_grpc_demo
+    import shoal.cli.demo as demo
+    from shoal.cli.demo_grpc import run_grpc_demo
 
     words = ["the", "king", "queen", "paris", "london", "lyon", "computer", "laptop"] + [f"w{i}" for i in range(3000)]
     x = rng.standard_normal((len(words), 50)).astype(np.float32)

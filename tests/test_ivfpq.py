@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoal.engine.store import LocalStore
 from shoal.errors import FailedPrecondition, InvalidArgument
 from shoal.index import describe, index_factory, load_index
 from shoal.index.flat import exact_search
+from shoal.storage import LocalStore
 
 
 def clustered(n: int, d: int, seed: int, nclus: int = 50) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""k-means, Sinkhorn-balanced k-means and codeword-usage entropy."""
+"""k-means, Sinkhorn-balanced and capped k-means, and codeword-usage entropy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shoal.errors import InvalidArgument
-from shoal.quantization.kmeans import assign, balanced_kmeans, kmeans, sq_distances, usage_entropy
+from shoal.quantization.kmeans import (assign, balanced_kmeans, capped_assign, capped_kmeans, kmeans,
+                                      kmeans_with_labels, sq_distances, usage_entropy)
 from shoal.quantization.sinkhorn import imbalance, sinkhorn_assign
 
 
@@ -105,3 +106,33 @@ def test_gpu_kmeans_and_ground_truth_match_the_cpu():
     c_cpu = np.sort(kmeans(x, 8, seed=1), axis=0)
     c_gpu = np.sort(kmeans(x, 8, seed=1, gpu=True), axis=0)
     np.testing.assert_allclose(c_gpu, c_cpu, atol=0.05)  # eight well-separated blobs: same centres
+
+
+def test_capped_kmeans_holds_every_cluster_to_its_capacity():
+    x = skewed(4000, 8, 2)  # Zipf clusters: plain k-means gives the dense ones far more than n / k points
+    k = 8
+    plain = np.bincount(assign(x, kmeans(x, k, seed=0)), minlength=k)
+    cap = np.full(k, int(np.ceil(4000 / k * 1.1)), dtype=np.int64)
+    cent, lab = capped_kmeans(x, k, cap, niter=10, seed=0)
+    sizes = np.bincount(lab, minlength=k)
+    assert plain.max() > cap[0] and sizes.max() <= cap[0] and sizes.sum() == 4000
+    np.testing.assert_array_equal(capped_kmeans(x, k, cap, niter=10, seed=0)[1], lab)  # seeded
+    # the assignment alone: rows go to their nearest centroid while it has room
+    d = sq_distances(x, cent)
+    got = capped_assign(d, np.full(k, 500))
+    assert np.bincount(got, minlength=k).max() <= 500
+    assert np.mean(got == d.argmin(1)) > 0.5
+    with pytest.raises(InvalidArgument):
+        capped_kmeans(x[:3], k, cap)
+
+
+def test_kmeans_with_labels_gives_the_centroids_of_kmeans_and_each_point_its_nearest():
+    x = skewed(2000, 6, 4)
+    cent, lab = kmeans_with_labels(x, 12, seed=5)
+    np.testing.assert_array_equal(cent, kmeans(x, 12, seed=5))
+    assert lab.dtype == np.int64 and lab.shape == (2000,)
+    d = sq_distances(x, cent)
+    # faiss's own distances may break near-ties differently from numpy's
+    assert np.allclose(d[np.arange(2000), lab], d.min(axis=1), rtol=1e-4, atol=1e-4)
+    c, l = kmeans_with_labels(x[:5], 5)
+    np.testing.assert_array_equal(l, np.arange(5))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from shoal import filters
-from shoal.engine.store import LocalStore, S3Store
 from shoal.errors import InvalidArgument
 from shoal.index.factory import describe, index_factory, load_index
 from shoal.index.osq import OSQIndex
 from shoal.index.topk import merge_topk
+from shoal.storage import LocalStore, S3Store
 
 N, DIM = 3000, 16
 MAX = {"nprobe": 64, "keep_frac": 1.0, "keep_min": 10**6, "rerank": 10**6, "mode": "multilevel"}
@@ -113,16 +113,16 @@ def test_fewer_sure_than_k_resolves_maybe_rows():
     sure, maybe = index.estimate_matches(expr)
     mask = filters.evaluate(expr, cols, N)
     assert sure < 10 and sure + maybe >= mask.sum() > 10
-    D, I = index.search(q, 10, filter=expr, params={"mode": "multilevel"})
-    assert index.last_stats["resolved"]
+    D, I, st = index.search_with_stats(q, 10, filter=expr, params={"mode": "multilevel"})
+    assert st["resolved"]
     assert np.all((I >= 0).sum(1) == 10) and np.isin(I, ids[mask]).all()
 
 
 def test_planner_scans_few_matches_exactly_without_rotating():
     index, x, q, cols, ids = build("cosine")
     expr = filters.parse("year = 1999 and price < 10")  # a handful of matches
-    D, I = index.search(q, 10, filter=expr)
-    assert index.last_stats["plan"] == "exact"
+    D, I, st = index.search_with_stats(q, 10, filter=expr)
+    assert st["plan"] == "exact"
     mask = filters.evaluate(expr, cols, N)
     kd, ki = exact_filtered(x, q, ids, mask, 10, "cosine")
     assert np.array_equal(I >= 0, ki >= 0) and np.isin(I[I >= 0], ids[mask]).all()
@@ -135,8 +135,7 @@ def test_planner_scans_few_matches_exactly_without_rotating():
     finally:
         index.rotation = R
     # a positive exact_below replaces the cost model by a plain threshold
-    index.search(q, 10, filter=expr, params={"exact_below": 1e-9})
-    assert index.last_stats["plan"] == "multilevel"
+    assert index.search_with_stats(q, 10, filter=expr, params={"exact_below": 1e-9})[2]["plan"] == "multilevel"
     # the allocator's level 0 (no exact numbers loaded) plans on the codes and rotates for its processors
     lv = index.level0(q, 10, {"mode": "exact"}, filter=expr)
     assert lv.plan == "exact" and lv.qrot is not None and np.allclose(lv.qrot, index.rotate(q), atol=1e-5)
@@ -409,11 +408,11 @@ def _visit_reference(dc, sure, cand, sidx, k, p, per_cluster, ratio):
 
 
 def test_cluster_visiting_rule_matches_a_query_by_query_reference():
-    # _choose_clusters ranks only the nearest T clusters when they hold enough rows (else 4x as many, ...): for
+    # choose_clusters ranks only the nearest T clusters when they hold enough rows (else 4x as many, ...): for
     # these inputs that must visit exactly what walking every cluster in order would (the rule never wants a
     # farther cluster once it has enough rows and k sure ones); batches mix queries that need more with ones that
     # do not (a whole-array version once lost cluster 0 for the latter in such batches)
-    from shoal.index.osq_parts import _choose_clusters
+    from shoal.index.osq_planner import choose_clusters
 
     rng = np.random.default_rng(11)
     for trial in range(150):
@@ -424,7 +423,7 @@ def test_cluster_visiting_rule_matches_a_query_by_query_reference():
         sidx = rng.integers(0, ns, nq)
         p = {"nprobe": int(rng.integers(1, 40)), "visit_ratio": 1.0, "max_visit": int(rng.choice([0, 3, 10]))}
         k, pc, ratio = int(rng.integers(1, 20)), float(rng.uniform(0.5, 5)), bool(trial % 3)
-        got = _choose_clusters(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio=ratio)
+        got = choose_clusters(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio=ratio)
         want = _visit_reference(dc if ratio else -dc, sure, cand, sidx, k, p, pc, ratio)
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
 
@@ -437,9 +436,9 @@ def test_multilevel_plan_on_exact_statuses_equals_exact_filtered_search(built, t
     expr = None if text is None else filters.parse(text)
     mask = filters.evaluate(expr, cols, N)
     params = {**MAX, "mode": "auto", "exact_below": 1e-9, "level2": "exact"}
-    D, I = index.search(q, 10, filter=expr, params=params)
+    D, I, st = index.search_with_stats(q, 10, filter=expr, params=params)
     if mask.any():
-        assert index.last_stats["plan"] == "multilevel" and index.last_stats["maybe"] == 0
+        assert st["plan"] == "multilevel" and st["maybe"] == 0
     kd, ki = exact_filtered(x, q, ids, mask, 10, index.metric)
     assert np.array_equal(I >= 0, ki >= 0)
     np.testing.assert_allclose(D[I >= 0], kd[ki >= 0], rtol=1e-4, atol=1e-3)

@@ -1,4 +1,4 @@
-"""engine/readers.py: every format on small files written here, and the errors for bad ones."""
+"""cli/readers.py: every format on small files written here, and the errors for bad ones."""
 
 import builtins
 import json
@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from shoal.engine import readers
-from shoal.engine.readers import MissingDependency, read_attributes, read_ids, read_tenants, read_vectors, read_texmex
+from shoal.cli import readers
+from shoal.cli.readers import MissingDependency, read_attributes, read_ids, read_tenants, read_vectors, read_texmex
 from shoal.errors import InvalidArgument, NotFound
 
 pa = pytest.importorskip("pyarrow")

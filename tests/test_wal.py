@@ -1,15 +1,16 @@
-"""WAL: framing, checksums, torn/corrupt tails at every byte offset, rollback of failed appends."""
+"""WAL: framing, checksums, torn tails and mid-log damage at every byte offset, repair, rollback of failed appends."""
 
 from __future__ import annotations
 
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shoal.engine import Database
-from shoal.engine.wal import WALWarning, WriteAheadLog, encode_record, scan
+from shoal.engine.wal import WALDamaged, WALWarning, WriteAheadLog, encode_record, repair, scan
 
 
 def write_log(path, n):
@@ -59,17 +60,53 @@ def test_every_byte_of_last_records(tmp_path, damage):
             bad = bytes(bad)
         path.write_bytes(bad)
         wal = WriteAheadLog(str(path))
+        if damage == "flip" and j < 4:
+            # damage before an intact, acknowledged record: refuse, change nothing, say where and how much follows
+            with pytest.raises(WALDamaged) as err:
+                wal.recover(0)
+            assert err.value.offset == bounds[j] and err.value.intact_after == 4 - j, off
+            assert f"byte {bounds[j]}" in str(err.value) and "shoal repair" in str(err.value)
+            assert path.read_bytes() == bad
+            wal.close()
+            continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             recs = wal.recover(0)
         at_boundary = damage == "truncate" and off == bounds[j]
         assert [r.lsn for r in recs] == list(range(1, j + 1)), (damage, off)
         assert any(issubclass(w.category, WALWarning) for w in caught) != at_boundary, (damage, off)
-        assert path.stat().st_size == bounds[j]  # damaged tail truncated
+        assert path.stat().st_size == bounds[j]  # torn final record truncated
         # appends continue the sequence after the last good record
         assert wal.append("delete", {}, {}) == j + 1
         wal.close()
         assert [r.lsn for r in scan(path.read_bytes())[0]] == list(range(1, j + 2))
+
+
+def test_repair_keeps_every_intact_record_and_moves_the_bytes_aside(tmp_path):
+    data = write_log(tmp_path / "w", 6)
+    bounds = record_bounds(data)
+    for off in (bounds[0] + 2, bounds[1] + 9, bounds[2] + 30):  # length field, CRC, payload
+        bad = bytearray(data)
+        bad[off] ^= 0xFF
+        path = tmp_path / f"r{off}"
+        path.write_bytes(bytes(bad))
+        j = max(i for i in range(len(bounds) - 1) if bounds[i] <= off)
+        report = repair(str(path), 0)
+        assert report["kept"] == 5
+        assert report["damaged_bytes"] == bounds[j + 1] - bounds[j]
+        with open(report["moved_to"], "rb") as f:
+            assert f.read() == bytes(bad)  # the original bytes, untouched
+        recs, end, problem = scan(path.read_bytes())
+        assert problem is None and [r.lsn for r in recs] == [1, 2, 3, 4, 5]
+        expected = [i for i in range(6) if i != j]
+        assert [r.fields["i"] for r in recs] == expected
+        # records already in a snapshot (lsn <= after_lsn) are left out, the rest renumbered after it
+        path.write_bytes(bytes(bad))
+        report = repair(str(path), 2)
+        recs = scan(path.read_bytes(), after_lsn=2)[0]
+        assert [r.lsn for r in recs] == list(range(3, 3 + report["kept"]))
+        assert [r.fields["i"] for r in recs] == [i for i in range(2, 6) if i != j]
+    assert repair(str(tmp_path / "w"), 0) == {"kept": 6, "damaged_bytes": 0, "moved_to": None}
 
 
 def test_lsn_gap_and_read_only(tmp_path):
@@ -104,8 +141,8 @@ def test_collection_recovers_exactly_the_records_before_damage(tmp_path, rng):
     x = rng.standard_normal((6, 3)).astype(np.float32)
     for i in range(6):
         col.upsert([i], x[i:i + 1], attrs={"k": [i]})
-    col.wal.close()  # simulate a crash: no snapshot, WAL only
-    wal_path = root / "c" / "wal.log"
+    wal_path = Path(col.wal_path)
+    col._abandon()  # simulate a crash: no snapshot, WAL only
     data = wal_path.read_bytes()
     bounds = record_bounds(data)
     saved = tmp_path / "saved"
@@ -130,5 +167,5 @@ def test_collection_recovers_exactly_the_records_before_damage(tmp_path, rng):
             for r in got:
                 np.testing.assert_array_equal(r["vector"], x[r["id"]])
                 assert r["attrs"] == {"k": r["id"]}
-            c2.wal.close()
+            c2._abandon()
     db._closed = True

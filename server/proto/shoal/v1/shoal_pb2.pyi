@@ -250,16 +250,20 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., queries: _Optional[bytes] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., tenant: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., attributes: _Optional[_Iterable[str]] = ..., all_attributes: _Optional[bool] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class SearchStats(_message.Message):
-    __slots__ = ("plan", "ndis", "nscanned", "elapsed_ms")
+    __slots__ = ("plan", "ndis", "nscanned", "elapsed_ms", "matched", "exact_fallback")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     NDIS_FIELD_NUMBER: _ClassVar[int]
     NSCANNED_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     plan: str
     ndis: int
     nscanned: int
     elapsed_ms: float
-    def __init__(self, plan: _Optional[str] = ..., ndis: _Optional[int] = ..., nscanned: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+    matched: int
+    exact_fallback: int
+    def __init__(self, plan: _Optional[str] = ..., ndis: _Optional[int] = ..., nscanned: _Optional[int] = ..., elapsed_ms: _Optional[float] = ..., matched: _Optional[int] = ..., exact_fallback: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("nq", "k", "ids", "scores", "score_kind", "attributes", "stats")

@@ -1,7 +1,8 @@
-"""OSQ partitions (levels 1-3), the level-0 result, and helpers of :mod:`shoal.index.osq`.
+"""One OSQ partition's data and its search, levels 1-3 (Hamming prune, bound prune, exact re-rank).
 
 A serverless processor needs only this module's :class:`OSQPartition` (loaded by ``OSQIndex.load_partition``);
-the allocator's :class:`Level0` output tells it which rows pass the filter and which clusters to visit.
+level 0's output (:class:`~shoal.index.osq_planner.Level0`) tells it which rows pass the filter and which clusters
+to visit.
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ import numpy as np
 from .. import filters
 from ..errors import InvalidArgument
 from ..quantization import _osq_kernels as K
-from ..quantization.kmeans import sq_distances
 from ..quantization.osq import OSQCodebook
 from .base import array_bytes
-
-SETTINGS = {"partitions": 16, "clusters": 0, "bits": 0, "attr_bits": 8, "binary": 256, "lloyd": 25,
-            "balance": 0.1, "kmeans_iters": 10}
 
 HEAD_DIMS = 64  # leading rotated dimensions copied contiguously per partition (``OSQPartition.head``)
 
@@ -253,176 +250,5 @@ def _take_columns(columns: dict, names, rows: np.ndarray) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- level 0
-@dataclass
-class Level0:
-    """Output of level 0 for a batch: what an allocator hands to the partition processors.
-
-    Attributes
-    ----------
-    qrot : float32 (nq, d)
-    status : uint8 (ns, ntotal)  filter status per internal row (tombstones 0)
-    sidx : int64 (nq,)           status row of each query
-    visit : bool (nq, P)         partitions each query visits
-    plan : "multilevel" or "exact"
-    sure, maybe : int64 (ns,)    counts over the index
-    resolved : bool (ns,)        maybe rows were resolved exactly (status has no maybe)
-    clusters : bool (nq, P, C)   clusters each query visits inside each partition ((nq, P, 0) under the exact plan)
-    q : float32 (nq, d) or None  the prepared (cosine: normalised) unrotated queries; the exact plan scans the
-                                 unrotated vectors with them. ``qrot`` may be None under the exact plan when the
-                                 caller asked level 0 not to rotate.
-    rows : list of int64 arrays or None  under the exact plan, when level 0 found the matches through a range
-                                 index: the sorted sure rows of each status row (what ``status`` marks), so the scan
-                                 need not look for them again
-    """
-
-    qrot: np.ndarray
-    status: np.ndarray
-    sidx: np.ndarray
-    visit: np.ndarray
-    plan: str
-    sure: np.ndarray
-    maybe: np.ndarray
-    resolved: np.ndarray
-    clusters: np.ndarray
-    q: np.ndarray | None = None
-    rows: list | None = None
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-def row_counts(mask: np.ndarray) -> np.ndarray:
-    """True entries per row of a bool (ns, n) array, int64 (ns,). ``count_nonzero(axis=1)`` sums the bools as
-    integers (56 us for one row of 60,000); per row it counts bytes (6 us)."""
-    if mask.shape[0] == 1:
-        return np.array([np.count_nonzero(mask)], dtype=np.int64)
-    return np.fromiter((np.count_nonzero(r) for r in mask), dtype=np.int64, count=mask.shape[0])
-
-
 def _is_mapped(a) -> bool:
     return array_bytes(a)[1] > 0
-
-
-def _choose_clusters(dc: np.ndarray, sure: np.ndarray, cand: np.ndarray, sidx: np.ndarray, k: int,
-                     p: dict, per_cluster: float, ratio: bool = True) -> np.ndarray:
-    """Level-0 visiting rule over clusters, nearest first.
-
-    Visit clusters until the filter-passing (sure + maybe) rows of the visited ones reach ``nprobe`` clusters' worth
-    of rows (``nprobe * per_cluster``): a selective filter visits more clusters, so the search examines as many
-    candidates as an unfiltered one and recall does not collapse, and where the matches lie far from the query
-    (a filter anti-correlated with it) the per-cluster counts lead the search there. Clusters within
-    ``visit_ratio`` of the nearest distance are added, ``max_visit`` caps the count when set, and in any case
-    visiting goes on until the sure rows of the visited clusters reach ``k`` (one pass returns ``min(k, matches)``).
-
-    Parameters
-    ----------
-    dc : float32 (nq, G) keys of the cluster centroids (squared L2; or negated inner products, then ``ratio``
-        must be False since the ``visit_ratio`` rule needs distances)
-    sure, cand : int64 (ns, G) sure rows / sure + maybe rows per cluster for each status row
-    sidx : int64 (nq,)
-
-    Returns
-    -------
-    bool (nq, G)
-    """
-    nq, G = dc.shape
-    nprobe = max(1, int(p["nprobe"]))
-    target = nprobe * per_cluster
-    # rank only the nearest T clusters unless a query needs more to reach k sure rows; a filter passing a fraction f
-    # of the rows needs about nprobe / f clusters
-    frac = max(float(cand[sidx].sum()) / max(1.0, per_cluster * G * len(sidx)), 1e-6)
-    T = min(G, max(2 * nprobe, 32, int(np.ceil(2 * nprobe / frac))))
-    out = np.zeros((nq, G), dtype=bool)
-    sure = np.ascontiguousarray(sure, dtype=np.int64)
-    cand = np.ascontiguousarray(cand, dtype=np.int64)
-    todo = np.arange(nq)
-    # numpy selects and sorts each query's nearest T clusters (numba's sorts are several times slower); a compiled
-    # walk applies the rules and stops where no rule can want a farther cluster; queries whose T clusters hold too
-    # few rows (a filter far from them) go round again with 4x as many (the whole-array form of this rule sorted
-    # all G clusters for them and cost as much as levels 1-2 under a 50% filter)
-    while todo.size:
-        d = np.ascontiguousarray(dc[todo], dtype=np.float32)
-        if T < G:
-            top = np.argpartition(d, T - 1, axis=1)[:, :T]
-            order = np.take_along_axis(top, np.argsort(np.take_along_axis(d, top, axis=1), axis=1, kind="stable"),
-                                       axis=1)
-        else:
-            order = np.argsort(d, axis=1, kind="stable")
-        need = np.zeros(todo.size, dtype=bool)
-        K.walk_clusters(np.ascontiguousarray(order, dtype=np.int64), T >= G, d, sure, cand,
-                        np.ascontiguousarray(sidx[todo], dtype=np.int64), todo.astype(np.int64), int(k),
-                        float(target), float(p["visit_ratio"]), int(p["max_visit"]), bool(ratio), out, need)
-        todo = todo[need]
-        T = min(G, 4 * T)
-    return out
-
-
-def _as_expr(expr):
-    """Accept an AST, its JSON dict or its text form."""
-    if isinstance(expr, str):
-        return filters.parse(expr)
-    if isinstance(expr, dict):
-        return filters.from_json(expr)
-    return expr
-
-
-def _col_nbytes(col) -> int:
-    """Bytes of an exact attribute column in memory, with its range index once built."""
-    if col is None:
-        return 0
-    idx = col.__dict__.get("_sorted")
-    return int(col.nbytes) + (idx[1].nbytes + idx[2].nbytes if idx is not None else 0)
-
-
-def _missing_like(col, n: int):
-    if isinstance(col, filters.NumericColumn):
-        if col.kind == "int":
-            return filters.NumericColumn(np.zeros(n, np.int64), np.ones(n, bool))
-        return filters.NumericColumn(np.full(n, np.nan))
-    if isinstance(col, filters.KeywordColumn):
-        return filters.KeywordColumn(np.full(n, -1, np.int32), col.vocab)
-    return filters.TagsColumn(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), col.vocab)
-
-
-def _merge_vocab(old, new) -> tuple[list, np.ndarray, np.ndarray]:
-    """Union vocabulary (old words keep their codes) and code maps for both columns."""
-    vocab = list(old.vocab)
-    lookup = {w: i for i, w in enumerate(vocab)}
-    for w in new.vocab:
-        if w not in lookup:
-            lookup[w] = len(vocab)
-            vocab.append(w)
-    new_map = np.array([lookup[w] for w in new.vocab], dtype=np.int32)
-    return vocab, np.arange(len(old.vocab), dtype=np.int32), new_map
-
-
-def _concat_columns(old, new):
-    if isinstance(new, filters.NumericColumn):
-        if old.kind != new.kind:
-            vals = np.concatenate([old.values.astype(np.float64), new.values.astype(np.float64)])
-            return filters.NumericColumn(vals, np.concatenate([old.missing, new.missing]))
-        return filters.NumericColumn(np.concatenate([old.values, new.values]),
-                                     np.concatenate([old.missing, new.missing]))
-    vocab, _, nmap = _merge_vocab(old, new)
-    if isinstance(new, filters.KeywordColumn):
-        codes = np.where(new.codes >= 0, nmap[np.maximum(new.codes, 0)] if nmap.size else -1, -1)
-        return filters.KeywordColumn(np.concatenate([old.codes, codes.astype(np.int32)]), vocab)
-    codes = nmap[new.codes] if new.codes.size else new.codes
-    indptr = np.concatenate([old.indptr, old.indptr[-1] + new.indptr[1:]])
-    return filters.TagsColumn(indptr, np.concatenate([old.codes, codes]).astype(np.int32), vocab)
-
-
-def _column_arrays(pre: str, col) -> dict[str, np.ndarray]:
-    if isinstance(col, filters.NumericColumn):
-        return {f"{pre}/values": col.values, f"{pre}/missing": col.missing}
-    if isinstance(col, filters.KeywordColumn):
-        return {f"{pre}/kw": col.codes}
-    return {f"{pre}/indptr": col.indptr, f"{pre}/tags": col.codes}
-
-
-def _column_from_arrays(pre: str, entry: dict, a: dict):
-    kind = entry["kind"]
-    if kind in ("int", "float"):
-        return filters.NumericColumn(np.array(a[f"{pre}/values"]), np.array(a[f"{pre}/missing"]))
-    if kind == "keyword":
-        return filters.KeywordColumn(np.array(a[f"{pre}/kw"]), entry["vocab"])
-    return filters.TagsColumn(np.array(a[f"{pre}/indptr"]), np.array(a[f"{pre}/tags"]), entry["vocab"])
