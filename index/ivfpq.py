@@ -129,7 +129,6 @@ class IVFPQIndex(Index):
         self.block_offsets = np.empty((0, self.nlist + 1), dtype=np.int64)
         self.vectors = np.empty((0, self.d), dtype=np.float32) if self.refine else None
         self.default_nprobe = min(8, self.nlist)
-        self.last_nscanned: np.ndarray = np.empty(0, dtype=np.int64)
         self.tune_report: TuneReport | None = None
         self.set_precomputed(precomputed)
 
@@ -378,8 +377,8 @@ class IVFPQIndex(Index):
         mask = None if live is None else live[order][None, :]
 
         def retrieve(C, qs, n):
-            D, R = self._kernel(qs, C, n, nprobe, 0, offsets, packed, mask, 1 if mask is not None else 0,
-                                rotated=True)
+            D, R, _ = self._kernel(qs, C, n, nprobe, 0, offsets, packed, mask, 1 if mask is not None else 0,
+                                   rotated=True)
             return np.where(R >= 0, order[np.maximum(R, 0)], -1)
 
         offs = None
@@ -428,7 +427,8 @@ class IVFPQIndex(Index):
 
     def _kernel(self, q, C, k, nprobe, rerank, offsets, codes, mask, mask_mode, *, rotated=False,
                 q_orig=None, blocked=False):
-        """Run the compiled search over query blocks. ``q`` is prepared (rotated when ``rotated``).
+        """Run the compiled search over query blocks: ``(D float32 (nq, k), R int64 (nq, k) internal rows or -1,
+        nscanned int64 (nq,) codes scored per query)``. ``q`` is prepared (rotated when ``rotated``).
 
         ``codes`` are row-major code bytes scanned with float byte tables; ``blocked=True`` scans the index's own
         fast-scan blocks instead (4-bit codes: quantized tables, 16-bit sums; ``codes`` is then unused).
@@ -504,10 +504,9 @@ class IVFPQIndex(Index):
             Ds.append(D)
             Rs.append(R)
             scanned.append(ns)
-        self.last_nscanned = np.concatenate(scanned) if scanned else np.empty(0, np.int64)
         if not Ds:
-            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-        return np.concatenate(Ds), np.concatenate(Rs)
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64), np.empty(0, np.int64)
+        return np.concatenate(Ds), np.concatenate(Rs), np.concatenate(scanned)
 
     def _list_terms(self, probe: np.ndarray | None, nprobe: int, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Residual L2 list terms ``2 <coarse[l]_m, C[m, k]>`` float32 (nu, M, K) for the lists a block of queries
@@ -565,6 +564,13 @@ class IVFPQIndex(Index):
 
         Without re-ranking ``D`` holds ADC keys (approximate distances); with it, exact keys.
         """
+        D, I, _ = self.search_with_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """:meth:`search` plus this call's counts, owned by the caller: ``ndis`` (codes scored, all queries) and
+        ``nscanned`` int64 (nq,) (codes scored per query: rows of the probed lists; the 4-bit fast path leaves a
+        list early once none of its remaining rows can enter the candidates, so it can score fewer)."""
         q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
         nprobe = _as_int("nprobe", params.get("nprobe", self.default_nprobe))
         rerank = params.get("rerank", max(4 * k, 40) if self.refine else 0)
@@ -575,16 +581,16 @@ class IVFPQIndex(Index):
             rerank = max(rerank, k)
         nq = q.shape[0]
         if self.ntotal == 0 or nq == 0:
-            return self.empty(nq, k)
+            return (*self.empty(nq, k), {"ndis": 0, "nscanned": np.zeros(nq, np.int64)})
         mask = self.live_mask(allowed)
         mode = 0 if mask is None else (1 if mask.ndim == 1 else 2)
         if mask is not None and mask.ndim == 1:
             mask = mask[None, :]
         y = self._rotate(q)
-        D, R = self._kernel(y, self.pq.score_centroids(), k, min(nprobe, self.nlist), rerank, self.offsets,
-                            self._codes, mask, mode, rotated=True, q_orig=q, blocked=self.fastscan)
+        D, R, ns = self._kernel(y, self.pq.score_centroids(), k, min(nprobe, self.nlist), rerank, self.offsets,
+                                self._codes, mask, mode, rotated=True, q_orig=q, blocked=self.fastscan)
         I = np.where(R >= 0, self.row_ids[np.maximum(R, 0)], -1)
-        return D, I
+        return D, I, {"ndis": int(ns.sum()), "nscanned": ns}
 
     # ------------------------------------------------------------------ inspection
     def reconstruct(self, rows) -> np.ndarray:

@@ -311,9 +311,14 @@ def test_fast_path_is_deterministic_and_batch_independent(fast):
     # codes alone: the keys are ascending, and more probes scan more codes
     D0, _ = fast.search(Q, 10, params={"nprobe": 2, "rerank": 0})
     assert np.all(np.diff(D0, axis=1) >= 0)
-    n2 = fast.last_nscanned.sum()
-    fast.search(Q, 10, params={"nprobe": 8, "rerank": 0})
-    assert fast.last_nscanned.sum() > n2
+    _, _, st2 = fast.search_with_stats(Q, 10, params={"nprobe": 2, "rerank": 0})
+    _, _, st8 = fast.search_with_stats(Q, 10, params={"nprobe": 8, "rerank": 0})
+    assert st2["nscanned"].shape == (Q.shape[0],) and st2["ndis"] == st2["nscanned"].sum()
+    assert st8["ndis"] > st2["ndis"]
+    # every list probed: a query scores each row at most once (a list is left early once none of its remaining
+    # rows can enter the candidates)
+    _, _, sta = fast.search_with_stats(Q, 10, params={"nprobe": fast.nlist, "rerank": 0})
+    assert np.all(sta["nscanned"] > 0) and np.all(sta["nscanned"] <= fast.ntotal)
 
 
 def test_codes_alone_rank_better_than_chance_and_match_the_float_tables(fast):
@@ -323,7 +328,7 @@ def test_codes_alone_rank_better_than_chance_and_match_the_float_tables(fast):
     _, Ifast = fast.search(Q, 10, params={"nprobe": 16, "rerank": 0})
     C = fast.pq.score_centroids()
     q = fast._rotate(fast.prepare(Q))
-    _, R = fast._kernel(q, C, 10, 16, 0, fast.offsets, pack_codes(fast.sub_codes(), 4), None, 0, rotated=True)
+    _, R, _ = fast._kernel(q, C, 10, 16, 0, fast.offsets, pack_codes(fast.sub_codes(), 4), None, 0, rotated=True)
     Ifloat = np.where(R >= 0, fast.row_ids[np.maximum(R, 0)], -1)
 
     def rec(I):
