@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._ivf_kernels import _query_table, rerank_into
+from ._ivf_kernels import _add_tables, _query_table, add_list_terms, rerank_into
 from ._select_kernels import _EMPTY, pack_key, smallest_sorted, u64_heap_replace_top, unpack_index, unpack_key
 from ._simd import pq4_block_sums, prefetch_bytes, prefetch_row, trailing_zeros
 
@@ -314,23 +314,14 @@ def _scan_pair(q, l, base, per_list, tabs, table_mode, qmax, scratch, luts, qbia
     qt, lt, lut, sums = scratch
     blocks, offsets, block_offsets = layout
     nseg = offsets.shape[0]
-    M, K = qt.shape
     if per_list:
         # residual l2: the list adds 2 <c_l,m, C_mk> to the query's tables (see ivf_pq_search)
         _query_table(dots[q], cn, cn[0], table_mode, qt)
         slot = list_slot[l] if list_slot.shape[0] > 0 else -1
         if slot >= 0:
-            for m in range(M):
-                for kc in range(K):
-                    lt[m, kc] = qt[m, kc] + list_terms[slot, m, kc]
+            _add_tables(qt, list_terms[slot], lt)
         else:
-            dsub = pq_cent.shape[2]
-            for m in range(M):
-                for kc in range(K):
-                    acc = np.float32(0.0)
-                    for t in range(dsub):
-                        acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
-                    lt[m, kc] = qt[m, kc] + 2.0 * acc
+            add_list_terms(qt, coarse, l, pq_cent, lt)
         bias, scale = quantize_table(lt, qmax, lut)
         table = lut
     else:

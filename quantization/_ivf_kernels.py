@@ -76,7 +76,21 @@ def _query_table(dots, cn, qsub, table_mode, out):
                 out[m, j] = cn[m, j] - two * dots[m, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def add_list_terms(qt, coarse, l, pq_cent, out):
+    """``out[m, k] = qt[m, k] + 2 <coarse[l]_m, pq_cent[m, k]>`` float32 (M, K): the residual-L2 table of list ``l``
+    for a list whose terms were not computed beforehand (``coarse`` float32 (nlist, d), ``pq_cent`` float32
+    (M, K, dsub))."""
+    M, K, dsub = pq_cent.shape
+    for m in range(M):
+        for kc in range(K):
+            acc = np.float32(0.0)
+            for t in range(dsub):
+                acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
+            out[m, kc] = qt[m, kc] + 2.0 * acc
+
+
+@njit(cache=True, inline="always")
 def _add_tables(a, b, out):
     """``out[m, j] = a[m, j] + b[m, j]`` for float32 (M, K) tables (``out`` may have more columns than K)."""
     M, K = a.shape
@@ -249,7 +263,6 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode
     list_mode = 1 if table_mode == 2 else 0
     S = codes.shape[1]
     nseg = offsets.shape[0]
-    dsub = pq_cent.shape[2]
     D = np.full((nq, k), np.inf, dtype=np.float32)
     R = np.full((nq, k), -1, dtype=np.int64)
     nscanned = np.zeros(nq, dtype=np.int64)
@@ -282,12 +295,7 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode
                 elif slot >= 0:
                     _add_tables(qt, list_terms[slot], lt)
                 else:
-                    for m in range(M):
-                        for kc in range(K):
-                            acc = np.float32(0.0)
-                            for t in range(dsub):
-                                acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
-                            lt[m, kc] = qt[m, kc] + 2.0 * acc
+                    add_list_terms(qt, coarse, l, pq_cent, lt)
                 if slot < 0 or nbits != 8:
                     _byte_table(lt, nbits, bt)
             b0 = base[q, l] if use_base else np.float32(0.0)

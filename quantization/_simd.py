@@ -84,6 +84,7 @@ def _lane_lookup(builder, level: str, table, index):
 
 
 def _byte_pointer(context, builder, aryty, ary, offset):
+    """An ``i8*`` to byte ``offset`` (intp value) of the buffer of array value ``ary`` (numba type ``aryty``)."""
     data = context.make_array(aryty)(context, builder, ary).data
     return builder.gep(builder.bitcast(data, _I8.as_pointer()), [offset])
 
@@ -254,11 +255,9 @@ def prefetch_bytes(typingctx, arr, start, nbytes):
     sig = types.void(arr, start, nbytes)
 
     def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
         s = context.cast(builder, args[1], signature.args[1], types.intp)
         n = context.cast(builder, args[2], signature.args[2], types.intp)
-        _prefetch_span(builder, context, builder.gep(builder.bitcast(ary.data, _I8.as_pointer()), [s]), n)
+        _prefetch_span(builder, context, _byte_pointer(context, builder, signature.args[0], args[0], s), n)
         return context.get_dummy_value()
 
     return sig, codegen
