@@ -307,8 +307,8 @@ def run_dataset(args, name):
 def _loaded_memory(ref, xq, k) -> dict:
     """Save ``ref``, load it with memory-mapped re-ranking vectors: memory, RSS (here and in a fresh process), and
     whether searches are bit-identical after the round trip."""
-    from shoal.storage import LocalStore
     from shoal.index import load_index
+    from shoal.storage import LocalStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)

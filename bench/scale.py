@@ -144,8 +144,8 @@ def _order_desc(d: np.ndarray, i: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- building
 def build_shoal(spec: str, data: ScaledGlove, xt: np.ndarray, chunk: int, workdir: Path, label: str):
     """Train on ``xt``, add the data chunk by chunk, save, and load back with mmap=True; returns (index, info)."""
-    from shoal.storage import LocalStore
     from shoal.index import index_factory, load_index
+    from shoal.storage import LocalStore
 
     rss0 = rss_bytes()
     idx = index_factory(data.d, spec, metric="cosine")

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from shoal.storage import LocalStore
 from shoal.index import index_factory, load_index
 from shoal.index.flat import exact_search
 from shoal.quantization import fastscan
@@ -21,6 +20,7 @@ from shoal.quantization._fastscan_kernels import ivf_fastscan_search, quantize_t
 from shoal.quantization._select_kernels import pack_key, smallest_sorted, unpack_key
 from shoal.quantization._simd import LEVELS, SIMD_LEVEL, block_sums_at
 from shoal.quantization.pq import pack_codes
+from shoal.storage import LocalStore
 
 _HOST = llvm_binding.get_host_cpu_features()
 RUNNABLE = [lv for lv in LEVELS if lv == "portable" or (lv == "avx2" and _HOST.get("avx2"))
