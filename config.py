@@ -44,6 +44,9 @@ SETTINGS = (
     Setting("SHOAL_FAULTS_FILE", "unset: no faults", "serverless/faults.py",
             "JSON list of faults to inject; the emulator's workers install the hook that reads it (tests and chaos "
             "drills: the production handler never reads it)"),
+    Setting("SHOAL_KERNELS", "unset: none", "serverless/kernels.py",
+            "directory of compiled numba kernels (`python -m shoal.serverless.kernels build DIR`) that a Lambda "
+            "container loads in its init phase; the image and the emulator's workers set it"),
     Setting("SHOAL_API_KEYS", "unset: no keys", "server/auth.py",
             "plain API keys `KEY:ROLE[:TENANT],...` for `shoal serve`, added to `--keys`"),
 )
@@ -121,6 +124,11 @@ def payload_limit() -> int | None:
 def faults_file() -> str | None:
     """``$SHOAL_FAULTS_FILE`` or None (test harness only)."""
     return _get("SHOAL_FAULTS_FILE")
+
+
+def kernels_dir() -> str | None:
+    """``$SHOAL_KERNELS`` or None."""
+    return _get("SHOAL_KERNELS")
 
 
 def api_keys(env: Mapping[str, str] | None = None) -> str:

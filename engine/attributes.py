@@ -157,7 +157,8 @@ class AttributeStore:
         return new_ptr, codes[idx]
 
     def record(self, slot: int) -> dict[str, Any]:
-        """Attribute values of one slot as Python values; missing attributes are left out."""
+        """Attribute values of one slot as Python values; missing numbers and keywords are left out, tags are always
+        a list (a record without tags has the empty set, as filters see it: docs/filters.md)."""
         out: dict[str, Any] = {}
         for name, typ in self.schema.fields.items():
             if typ == "int":
@@ -174,8 +175,7 @@ class AttributeStore:
             else:
                 ptr = self.tag_ptr[name]
                 words = self.vocab[name].words
-                if ptr[slot + 1] > ptr[slot]:
-                    out[name] = [words[c] for c in self.tag_codes[name][ptr[slot]:ptr[slot + 1]]]
+                out[name] = [words[c] for c in self.tag_codes[name][ptr[slot]:ptr[slot + 1]]]
         return out
 
     def take(self, rows: np.ndarray) -> "AttributeStore":

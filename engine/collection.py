@@ -43,6 +43,7 @@ from . import builder, planner, snapshot
 from .apply import IndexOp, apply_delete, apply_drop_tenant, apply_record, apply_tenant_op, apply_upsert, \
     batch_to_wal, replay
 from .jobs import BuildJob, stderr_progress
+from .results import attribute_selection, select_attributes
 from .schema import Schema, parse_filter
 from .tenants import TenantRegistry
 from .view import View
@@ -172,6 +173,47 @@ class Collection:
             if wal is not None:
                 wal.close()
         raise FailedPrecondition(f"collection {self.name!r} kept changing while being opened read-only; retry")
+
+    def refresh(self) -> bool:
+        """Read-only handles: catch up with the writer. Records appended to the log since this handle read it are
+        applied; a new snapshot or a replaced collection (a new MANIFEST generation or log) is loaded whole.
+        Returns whether anything changed; :class:`NotFound` once the collection was dropped. A writable handle is
+        always current (returns False). Searches in flight finish on the state they began with.
+        """
+        self._check_open()
+        if not self.read_only or self.staged:
+            return False
+        with self._wlock:  # one refresh at a time
+            manifest = snapshot.read_manifest(self.store, self.name)
+            same = (manifest.get("generation") == self._generation and
+                    (manifest.get("wal") or snapshot.DEFAULT_WAL) == self._wal_name)
+            if same:
+                try:
+                    size = os.path.getsize(self.wal_path)
+                except OSError:
+                    size = 0
+                if size == self.wal.read_bytes:
+                    return False
+                try:
+                    records = self.wal.recover(self.wal.last_lsn)
+                except WALDamaged:
+                    records = None  # a snapshot emptied the log while it was read: reload below, or report damage
+                # the log read belongs to this generation only if the MANIFEST still names it afterwards (a
+                # writer's snapshot switches the MANIFEST before it empties the log)
+                if records is not None and not self._manifest_moved():
+                    if records:
+                        with self._rw.write:
+                            for rec in records:
+                                self._index_ops(apply_record(self.records, self.tenants, self.schema, rec))
+                    return bool(records)
+            fresh = Collection(self.name, self.store, self._wal_dir, read_only=True)
+            with self._rw.write:
+                old = self.wal
+                for attr in ("config", "dim", "metric", "schema", "multi_tenant", *SETTINGS, "_generation",
+                             "_snap_lsn", "_wal_name", "_view", "tenants", "wal"):
+                    setattr(self, attr, getattr(fresh, attr))
+            old.close()
+            return True
 
     def _manifest_moved(self) -> bool:
         try:
@@ -440,7 +482,8 @@ class Collection:
             self._filters[flt] = expr
         return expr
 
-    def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, include_attrs: bool = False):
+    def search(self, queries, k: int = 10, filter=None, tenant=None, params=None, attributes=False, *,
+               include_attrs=None):
         """Nearest neighbours of each query among live records.
 
         Parameters
@@ -454,8 +497,11 @@ class Collection:
             Search only the records this tenant can see (multi-tenant collections).
         params : dict or None
             Search parameters of the index kind (``nprobe``, ``rerank``, ``gamma``, ...).
+        attributes : bool or list of str
+            Return the attributes of each result: ``True`` for all, or the names wanted (unknown names raise
+            SchemaError). The same keyword as ``shoal.Client.search``.
         include_attrs : bool
-            Return each result's attributes.
+            Deprecated spelling of ``attributes=True`` (a DeprecationWarning); will be removed.
 
         Returns
         -------
@@ -464,10 +510,21 @@ class Collection:
         """
         if self._closed:
             self._check_open()
+        if include_attrs is not None:
+            warnings.warn("Collection.search(include_attrs=...) is deprecated: use attributes=True (or a list of "
+                          "names), as shoal.Client.search does", DeprecationWarning, stacklevel=2)
+            if attributes is not False:
+                raise InvalidArgument("give attributes= or the deprecated include_attrs=, not both")
+            attributes = bool(include_attrs)
+        want = attribute_selection(attributes) if attributes is not False else False
+        for name in want if isinstance(want, tuple) else ():
+            self.schema.type_of(name)  # SchemaError naming the known attributes
         expr = None if filter is None else self._parse_filter(filter)
         with self._rw.read:
             tid = None if tenant is None else self._tenant_id(tenant)
-            res = planner.search(self._view, self._search_settings(), queries, k, expr, tid, params, include_attrs)
+            res = planner.search(self._view, self._search_settings(), queries, k, expr, tid, params, bool(want))
+        if isinstance(want, tuple):
+            res = select_attributes(res, want)
         self.counters["searches"] += 1
         self.counters["queries"] += len(res)
         return res

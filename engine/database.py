@@ -7,8 +7,10 @@ durable on that disk; it reaches S3 with the next snapshot: a build, ``compact()
 
 Guarantees across processes (see docs/engine.md): a collection is open for writing in one process at a time (its
 owner lock, :mod:`.locks`); creating, dropping, repairing or replacing a collection that another process holds is
-refused with :class:`FailedPrecondition` naming the holder; read-only opens work beside a writer. A staged build
-(:meth:`Database.stage_collection`, ``shoal build``) becomes visible all at once or not at all.
+refused with :class:`FailedPrecondition` naming the holder; read-only opens work beside a writer and catch up with
+it through :meth:`Database.refresh`. A staged build (:meth:`Database.stage_collection`, ``shoal build``) becomes
+visible all at once or not at all. Opening a database creates nothing (the directory appears with the first
+collection), so a read of a mistyped path is NotFound and leaves no empty directory behind.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import shutil
 import threading
 from typing import Any
 
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ShoalError
 from ..index.factory import index_factory
 from ..index.validate import check_metric
 from . import snapshot, wal as wal_mod
 from .collection import SETTINGS, Collection, _remove_stale_logs
-from .locks import LOCK_DIR, collection_lock, database_lock
+from .locks import LOCK_DIR, check_writable, collection_lock, database_lock
 from .schema import Schema
 from ..storage import LocalStore, ObjectStore, open_store
 
@@ -44,17 +46,27 @@ class Database:
     Parameters
     ----------
     path : str, os.PathLike or ObjectStore
-        A directory (created if missing), ``file://`` or ``s3://bucket/prefix`` URI, or a store.
+        A directory, ``file://`` or ``s3://bucket/prefix`` URI, or a store. A missing directory is created by the
+        first collection written into it; opened read-only it is :class:`NotFound`.
     wal_dir : str, optional
         Where write-ahead logs (and owner locks) live. Default: inside each collection's directory for a local root;
         a local directory for other stores (default ``~/.cache/shoal/wal/<bucket>/<prefix>``).
     read_only : bool
-        Open collections without taking their owner lock (e.g. ``shoal info`` next to a running server); writes
-        raise FailedPrecondition.
+        Open collections without taking their owner lock (e.g. ``shoal info`` next to a running server, or data on a
+        read-only file system); writes raise FailedPrecondition. Collections show the state of the moment they were
+        opened until :meth:`refresh` loads what writers did since.
+
+    Raises
+    ------
+    NotFound
+        ``read_only`` and the directory does not exist.
+    FailedPrecondition
+        Not ``read_only`` and the directory (or ``wal_dir``) cannot be written: a read-only file system or missing
+        permissions; the message suggests ``read_only=True``.
     """
 
     def __init__(self, path, *, wal_dir: str | None = None, read_only: bool = False):
-        self.store: ObjectStore = path if isinstance(path, ObjectStore) else open_store(path)
+        self.store: ObjectStore = path if isinstance(path, ObjectStore) else open_store(path, create=not read_only)
         self.read_only = read_only
         if wal_dir is None:
             if isinstance(self.store, LocalStore):
@@ -63,6 +75,9 @@ class Database:
                 safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.store.uri)
                 wal_dir = os.path.join(os.path.expanduser("~"), ".cache", "shoal", "wal", safe)
         self.wal_dir = os.path.abspath(wal_dir)
+        if not read_only:
+            for path in {self.wal_dir} | ({self.store.root} if isinstance(self.store, LocalStore) else set()):
+                check_writable(path)
         self._open: dict[str, Collection] = {}
         self._lock = threading.RLock()
         self._closed = False
@@ -295,6 +310,36 @@ class Database:
                 manifest = snapshot.read_manifest(self.store.child(name), name)
                 path = os.path.join(self.wal_dir, name, manifest.get("wal") or snapshot.DEFAULT_WAL)
                 return wal_mod.repair(path, int(manifest.get("lsn", 0)))
+
+    def refresh(self) -> dict[str, Any]:
+        """Catch up with writers: every open collection of a read-only database loads what was written since it was
+        opened or last refreshed (records appended to the log are applied; a new snapshot or a replaced collection is
+        loaded whole). Collections dropped meanwhile are closed. Searches in flight finish on the state they began
+        with. A writable database is always current.
+
+        Returns
+        -------
+        dict
+            ``{"reloaded": [names that changed], "dropped": [names closed because they no longer exist],
+            "failed": {name: message}}``; a collection that fails (e.g. its log is damaged) keeps its last state and
+            does not stop the others.
+        """
+        self._check()
+        out: dict[str, Any] = {"reloaded": [], "dropped": [], "failed": {}}
+        if not self.read_only:
+            return out
+        with self._lock:
+            cols = list(self._open.items())
+        for name, col in cols:
+            try:
+                if col.refresh():
+                    out["reloaded"].append(name)
+            except NotFound:
+                col.close()
+                out["dropped"].append(name)
+            except ShoalError as exc:
+                out["failed"][name] = str(exc)
+        return out
 
     def close(self) -> None:
         """Close every open collection (each snapshots its WAL if non-empty)."""

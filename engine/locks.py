@@ -14,6 +14,7 @@ Read-only opens take no lock: they can run beside a writer (``shoal info`` next 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sys
@@ -23,6 +24,32 @@ import time
 from ..errors import FailedPrecondition
 
 LOCK_DIR = ".locks"
+
+#: errors that mean "this process cannot write here" rather than a bug
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def not_writable(path: str, why: str) -> FailedPrecondition:
+    """The error for a database that cannot be opened for writing, saying how to read it instead."""
+    return FailedPrecondition(f"cannot open {path} for writing: {why}; to read it, open it read-only: "
+                              "Database(path, read_only=True), `shoal serve --read-only` (`shoal search` and "
+                              "`shoal info` always read)")
+
+
+def check_writable(path: str) -> None:
+    """Raise :func:`not_writable` when ``path`` (or, if it does not exist yet, the nearest directory above it that
+    does) cannot be written by this process: a read-only file system or missing permissions."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.access(probe, os.W_OK):
+        return
+    try:
+        read_only_fs = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    raise not_writable(path, f"{probe} is on a read-only file system" if read_only_fs else
+                       f"no permission to write {probe}")
 
 
 def _holder_text() -> str:
@@ -64,8 +91,13 @@ class FileLock:
         with self._mutex:
             if self._fd is not None:
                 return self
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if exc.errno in _NOT_WRITABLE:
+                    raise not_writable(os.path.dirname(os.path.dirname(self.path)), exc.strerror) from None
+                raise
             deadline = time.monotonic() + timeout
             while True:
                 try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
+
+from ..errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class SearchResult:
     score_kind : {"distance", "similarity"}
     stats : SearchStats
     attrs : list of list of dict, or None
-        With ``include_attrs=True``: the attributes of each result (``{}`` for padding).
+        With ``attributes=True`` (or a list of names): the attributes of each result (``{}`` for padding).
     """
 
     ids: np.ndarray
@@ -84,6 +86,37 @@ class SearchResult:
                 row.append(item)
             out.append(row)
         return out
+
+
+def attribute_selection(attributes) -> bool | tuple[str, ...]:
+    """The ``attributes=`` argument of every search (embedded, ``Client.search``): ``False``/``None`` -> no
+    attributes, ``True`` -> all, a name or a sequence of names -> those (as a tuple; an empty sequence means none).
+
+    Raises InvalidArgument for anything else (names are checked against the schema by whoever has it).
+    """
+    if attributes is None or attributes is False:
+        return False
+    if attributes is True:
+        return True
+    if isinstance(attributes, str):
+        attributes = [attributes]
+    try:
+        names = tuple(attributes)
+    except TypeError:
+        raise InvalidArgument(f"attributes must be True, False or a list of attribute names, got {attributes!r}") \
+            from None
+    bad = [a for a in names if not isinstance(a, str) or not a]
+    if bad:
+        raise InvalidArgument(f"attributes: expected attribute names (non-empty strings), got {bad[0]!r}")
+    return names or False
+
+
+def select_attributes(res: SearchResult, names: Sequence[str]) -> SearchResult:
+    """``res`` with each result's attributes restricted to ``names``."""
+    if res.attrs is None:
+        return res
+    keep = set(names)
+    return replace(res, attrs=[[{k: v for k, v in a.items() if k in keep} for a in row] for row in res.attrs])
 
 
 def keys_to_scores(D: np.ndarray, metric: str) -> tuple[np.ndarray, str]:

@@ -213,6 +213,8 @@ class WriteAheadLog:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
+        #: bytes of the file the last recover() read (a read-only reader compares it with the file to see appends)
+        self.read_bytes = 0
         if not read_only:
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
@@ -232,6 +234,7 @@ class WriteAheadLog:
         intact frames raises :class:`WALDamaged` and changes nothing.
         """
         data = _read(self.path)
+        self.read_bytes = len(data)
         records, good_end, problem = scan(data, after_lsn)
         if problem is not None:
             # an intact frame can stop the scan too (an lsn out of sequence): it counts as following the damage

@@ -125,7 +125,9 @@ class _Parser:
         if t.kind == "kw" and t.value in ("and", "or"):
             hint = f"a predicate is missing before '{t.value}'"
         elif t.kind == "kw":
-            hint = f"'{t.value}' is a reserved word; quote such an attribute name in backquotes: `{t.value}`"
+            # collection schemas refuse keywords as attribute names, so no attribute can be called this
+            hint = f"'{t.value}' is a reserved word, not an attribute name; a predicate starts with an attribute " \
+                   "name, e.g. price < 10"
         elif t.kind == ")":
             hint = "unbalanced parenthesis" if not self.parens else None
         elif t.kind in ("str", "num"):

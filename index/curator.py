@@ -265,6 +265,7 @@ class CuratorIndex(Index):
         self._astart = grow(self._astart)
         self._alen = grow(self._alen)
         self._acap = grow(self._acap)
+        self._sync_views()  # row_ids / deleted are views: they must follow the new buffers
 
     def _need_pool(self) -> int:
         levels = self._levels() + 2

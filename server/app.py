@@ -47,19 +47,30 @@ def is_loopback(host: str) -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``serve`` options (shared by ``shoal serve`` and ``python -m shoal.server.app``)."""
-    p.add_argument("--data", required=True, help="database directory (created if missing)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 = any free port; see --port-file)")
-    p.add_argument("--port-file", default=None, help="write the bound port to this file once listening")
-    p.add_argument("--workers", type=int, default=8, help="threads serving calls (default 8)")
-    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request or response (default 64 MiB)")
-    p.add_argument("--keys", default=None, help="JSON file of hashed API keys (see shoal.server.auth); "
-                                                 "$SHOAL_API_KEYS adds plain keys KEY:ROLE[:TENANT],...")
-    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS (needs --tls-key)")
-    p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="database directory (created if missing; with --read-only it must exist)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; anything but loopback needs API keys (--keys) or --insecure")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on; 0 picks a free one")
+    p.add_argument("--port-file", default=None, metavar="FILE", help="write the bound port to this file once listening")
+    p.add_argument("--workers", type=int, default=8, metavar="N", help="threads serving calls")
+    p.add_argument("--max-message-mb", type=float, default=64.0, metavar="MB",
+                   help="largest request or response in MiB; larger ones get RESOURCE_EXHAUSTED")
+    p.add_argument("--keys", default=None, metavar="FILE",
+                   help="JSON file of hashed API keys (python -m shoal.server.auth new-key); $SHOAL_API_KEYS adds "
+                        "plain keys KEY:ROLE[:TENANT],...")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="certificate chain: serve TLS (needs --tls-key)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on shutdown")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--read-only", action="store_true",
+                   help="open nothing for writing (no owner locks; calls that write get FAILED_PRECONDITION): serves "
+                        "beside a writer process or from a read-only file system, and picks up the writer's changes "
+                        "every --refresh seconds")
+    p.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS",
+                   help="with --read-only: how often to load what writers changed (0: never)")
+    p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   type=str.upper, help="detail of the server log on stderr")
     return p
 
 
@@ -91,19 +102,52 @@ def _lock_data_dir(data: str, stop: threading.Event) -> int | None:
     return None
 
 
-def _open_database(data: str):
+def _open_database(data: str, read_only: bool = False):
+    """The database and its collections, each opened now (WAL replay, index load) so the first call does not pay
+    for it; a collection that fails to open is left out and reported (``{name: error}``), so one damaged collection
+    does not keep the others from being served (calls naming it get its error)."""
     from ..engine import Database
 
-    db = Database(data)
-    names = list(db.list_collections())
-    for name in names:  # open every collection now (WAL replay, index load) so the first call does not pay for it
-        col = db.collection(name)
+    db = Database(data, read_only=read_only)
+    names, failed = [], {}
+    for name in db.list_collections():
+        try:
+            col = db.collection(name)
+        except ShoalError as exc:
+            failed[name] = str(exc)
+            log.error("collection %s is not served: %s", name, exc)
+            continue
+        names.append(name)
         if col.count():  # and run one search: loads the compiled kernels and touches the index
             try:
                 col.search(np.zeros((1, col.dim), np.float32), k=1)
             except ShoalError as exc:  # e.g. an index that needs a build first: serving still works for the rest
                 log.warning("warm-up search on %s failed: %s", name, exc)
-    return db, names
+    return db, names, failed
+
+
+def _keep_refreshing(db, every: float, stop: threading.Event) -> threading.Thread:
+    """A read-only server's thread that loads what writers changed (:meth:`Database.refresh`) every ``every`` s."""
+    def loop():
+        reported: dict[str, str] = {}
+        while not stop.wait(every):
+            try:
+                out = db.refresh()
+            except ShoalError as exc:  # the database was closed under us: shutting down
+                log.debug("refresh stopped: %s", exc)
+                return
+            for name in out["reloaded"]:
+                log.info("collection %s: loaded the latest changes", name)
+            for name in out["dropped"]:
+                log.info("collection %s: dropped by its writer", name)
+            for name, msg in out["failed"].items():
+                if reported.get(name) != msg:
+                    log.error("collection %s: cannot load the latest changes: %s", name, msg)
+            reported = dict(out["failed"])
+
+    t = threading.Thread(target=loop, name="shoal-refresh", daemon=True)
+    t.start()
+    return t
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,25 +220,33 @@ def run(args: argparse.Namespace) -> int:
         _write_port_file(args.port_file, port)
     _say(f"listening on {args.host}:{port} ({'TLS' if args.tls_cert else 'plaintext'}); loading {args.data}")
 
-    lock_fd = _lock_data_dir(args.data, stop)
-    db = None
+    read_only = bool(getattr(args, "read_only", False))
+    # a read-only server writes nothing, so it needs no lock against another server (nor could it take one on a
+    # read-only file system)
+    lock_fd = None if read_only else _lock_data_dir(args.data, stop)
+    db = refresher = None
     status = 0
     try:
-        if lock_fd is not None:
+        if lock_fd is not None or (read_only and not stop.is_set()):
             t0 = time.perf_counter()
             try:
-                db, names = _open_database(args.data)
+                db, names, failed = _open_database(args.data, read_only)
             except Exception as exc:  # noqa: BLE001 - a start-up failure ends the process with a message
                 log.exception("cannot load %s", args.data)
                 _say(f"error: cannot load {args.data}: {exc}")
                 stop.set()
-                status = 1
+                status = 2 if isinstance(exc, (ShoalError, ValueError, KeyError)) else 1
             else:
                 state.db = db
                 state.ready.set()
                 for name in ("",) + SERVICE_NAMES:
                     health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-                _say(f"serving {len(names)} collection(s) after {time.perf_counter() - t0:.2f}s")
+                _say(f"serving {len(names)} collection(s){' read-only' if read_only else ''} after "
+                     f"{time.perf_counter() - t0:.2f}s")
+                for name, msg in failed.items():
+                    _say(f"error: collection {name!r} is not served: {msg}")
+                if read_only and args.refresh > 0:
+                    refresher = _keep_refreshing(db, args.refresh, stop)
         while not stop.wait(0.5):
             pass
     finally:
@@ -204,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         server.stop(args.grace).wait()
         if not state.operations.join(args.grace):
             _say("warning: a background operation was still running at exit")
+        if refresher is not None:
+            refresher.join(args.grace)  # stop is set: it finishes the refresh in progress, if any
         if db is not None:
             db.close()
         if lock_fd is not None:

@@ -9,7 +9,9 @@ Large upserts are split into batches under the message size limit and sent on on
 to repeat (everything except create/drop collection, build and compact) are retried on UNAVAILABLE with exponential backoff and
 jitter, within the call's timeout, so a client started next to a server that is still loading simply waits for it.
 Failures raise the typed errors of :mod:`shoal.errors` (``NotFound``, ``InvalidArgument``, ``DimensionMismatch``,
-``PermissionDenied``, ...) or :mod:`shoal.server.errors` (``Unavailable``, ``Internal``), each with ``.code``.
+``PermissionDenied``, ...) or :mod:`shoal.server.errors` (``Unavailable``, ``Internal``), each with ``.code``. Arguments
+are checked before anything is serialised or sent: a wrong type or value is an ``InvalidArgument`` naming the
+argument, never a bare protobuf ``ValueError`` or ``TypeError``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import grpc
 import numpy as np
 
-from ..engine.results import SearchResult, SearchStats
+from ..engine.results import SearchResult, SearchStats, attribute_selection
 from ..errors import DeadlineExceeded, InvalidArgument, backoff_delay
-from ..index.validate import check_k
+from ..index.validate import as_ids, check_k
 from . import codec
 from .errors import Unavailable, error_from_rpc
 from .proto.shoal.v1 import shoal_pb2 as pb
@@ -34,6 +36,68 @@ MAX_UINT32 = 2 ** 32 - 1
 DEFAULT_MAX_MESSAGE = 64 << 20
 #: upsert batches aim at this many bytes per message (well under the default 64 MiB limit)
 UPSERT_BATCH_BYTES = 4 << 20
+
+
+# ---------------------------------------------------------------------- argument checks (before serialising)
+def _text(value, what: str, *, optional: bool = False) -> str:
+    """A non-empty string argument ('' for an omitted optional one)."""
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _count(value, what: str, *, lo: int = 1, hi: int = MAX_UINT32) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise InvalidArgument(f"{what} must be an integer in {lo}..{hi:,}, got {value!r}")
+    return int(value)
+
+
+def _ids(ids) -> list[int]:
+    return as_ids(ids, allow_duplicates=True).tolist()
+
+
+def _timeout(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgument(f"timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _strings(values, what: str) -> dict[str, str]:
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in values.items()):
+        raise InvalidArgument(f"{what} must be a mapping of names to type names (strings), got {values!r}")
+    return dict(values)
+
+
+def _params(params) -> Mapping[str, Any] | None:
+    if params is None:
+        return None
+    if not isinstance(params, Mapping) or not all(isinstance(k, str) and k for k in params):
+        raise InvalidArgument(f"params must be a mapping of setting names to values, got {params!r}")
+    return params
+
+
+def _filter(filter):
+    if filter is None or isinstance(filter, (str, Mapping)):
+        return codec.to_filter(filter)
+    from .. import filters
+
+    if not isinstance(filter, filters.Expr):
+        raise InvalidArgument(f"filter must be an expression string, a JSON AST dict or a parsed expression, "
+                              f"got {type(filter).__name__}")
+    return codec.to_filter(filter)
 
 
 class Client:
@@ -145,32 +209,42 @@ class Client:
 
     def create_collection(self, name: str, dim: int, *, metric: str = "l2", schema: Mapping[str, str] | None = None,
                           index: str | None = None, multi_tenant: bool = False) -> dict:
-        req = pb.CreateCollectionRequest(name=name, dim=dim, metric=metric, schema=dict(schema or {}),
-                                         index=index or "", multi_tenant=multi_tenant)
+        req = pb.CreateCollectionRequest(name=_text(name, "name"), dim=_count(dim, "dim"),
+                                         metric=_text(metric, "metric"), schema=_strings(schema, "schema"),
+                                         index=_text(index, "index", optional=True),
+                                         multi_tenant=_flag(multi_tenant, "multi_tenant"))
         return self._info(self._call(self._collections.CreateCollection, req, retry=False))
 
     def describe_collection(self, name: str) -> dict:
-        return self._info(self._call(self._collections.DescribeCollection, pb.CollectionRequest(name=name)))
+        req = pb.CollectionRequest(name=_text(name, "name"))
+        return self._info(self._call(self._collections.DescribeCollection, req))
 
     def list_collections(self) -> list[str]:
         return list(self._call(self._collections.ListCollections, pb.ListCollectionsRequest()).names)
 
     def drop_collection(self, name: str) -> bool:
-        return self._call(self._collections.DropCollection, pb.CollectionRequest(name=name), retry=False).dropped
+        req = pb.CollectionRequest(name=_text(name, "name"))
+        return self._call(self._collections.DropCollection, req, retry=False).dropped
 
     # ------------------------------------------------------------------ points
     def _upsert_batches(self, collection, ids, vectors, attrs, tenants, batch_size) -> Iterator[pb.UpsertRequest]:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        x = np.asarray(vectors, dtype=np.float32)
+        collection = _text(collection, "collection")
+        ids = as_ids(ids, allow_duplicates=True)
+        x = codec.as_f32(vectors, "vectors")
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2 or x.shape[0] != ids.size:
             raise InvalidArgument(f"{ids.size} ids for vectors of shape {x.shape}")
         rows = codec.rows_of_attrs(attrs, ids.size)
         if tenants is not None:
+            if isinstance(tenants, str) or not all(isinstance(t, (list, tuple)) and
+                                                   all(isinstance(n, str) for n in t) for t in tenants):
+                raise InvalidArgument("tenants: expected one list of tenant names (strings) per point")
             tenants = [list(t) for t in tenants]
             if len(tenants) != ids.size:
                 raise InvalidArgument(f"{len(tenants)} tenant lists for {ids.size} points")
+        if batch_size is not None:
+            _count(batch_size, "batch_size")
         if batch_size is None:
             batch_size = max(1, UPSERT_BATCH_BYTES // max(1, 4 * x.shape[1] + 8 + (64 if rows else 0)))
         for start in range(0, max(ids.size, 1), batch_size):
@@ -190,6 +264,7 @@ class Client:
         it belongs to. Batches of ``batch_size`` rows (default: about 4 MiB each) go on one client stream when there
         is more than one (``stream=False`` sends one unary call per batch instead).
         """
+        timeout = _timeout(timeout)
         batches = list(self._upsert_batches(collection, ids, vectors, attrs, tenants, batch_size))
         if stream is None:
             stream = len(batches) > 1
@@ -202,18 +277,20 @@ class Client:
 
         With ``tenant``: only within that tenant; points it shares with other tenants are revoked from it, not deleted.
         """
-        req = pb.DeleteRequest(collection=collection, tenant=tenant or "")
+        req = pb.DeleteRequest(collection=_text(collection, "collection"),
+                               tenant=_text(tenant, "tenant", optional=True))
         if ids is not None:
-            req.ids.extend(np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
-        f = codec.to_filter(filter)
+            req.ids.extend(_ids(ids))
+        f = _filter(filter)
         if f is not None:
             req.filter.CopyFrom(f)
         return self._call(self._points.Delete, req).deleted
 
     def get(self, collection: str, ids, *, tenant: str | None = None, include_vectors: bool = True) -> list[dict]:
         """Points by id (missing ones omitted): ``{"id", "vector" (float32 (d,) or None), "attrs", "tenants"}``."""
-        req = pb.GetRequest(collection=collection, ids=np.asarray(ids, dtype=np.int64).reshape(-1).tolist(),
-                            tenant=tenant or "", include_vectors=include_vectors)
+        req = pb.GetRequest(collection=_text(collection, "collection"), ids=_ids(ids),
+                            tenant=_text(tenant, "tenant", optional=True),
+                            include_vectors=_flag(include_vectors, "include_vectors"))
         out = []
         for p in self._call(self._points.Get, req).points:
             out.append({"id": p.id, "vector": np.frombuffer(p.vector, dtype=codec.F32).copy() if p.vector else None,
@@ -221,8 +298,8 @@ class Client:
         return out
 
     def count(self, collection: str, *, tenant: str | None = None, filter=None) -> int:
-        req = pb.CountRequest(collection=collection, tenant=tenant or "")
-        f = codec.to_filter(filter)
+        req = pb.CountRequest(collection=_text(collection, "collection"), tenant=_text(tenant, "tenant", optional=True))
+        f = _filter(filter)
         if f is not None:
             req.filter.CopyFrom(f)
         return self._call(self._points.Count, req).count
@@ -233,22 +310,24 @@ class Client:
                timeout: float | None = None) -> SearchResult:
         """Nearest neighbours of ``queries`` float32 ``(nq, d)`` (or one ``(d,)``).
 
-        ``filter``: expression string or JSON AST dict; ``params``: per-query index settings (``nprobe``, ...);
-        ``attributes``: True for all, or the names to return with each hit.
+        ``filter``: expression string, JSON AST dict or parsed expression; ``params``: per-query index settings
+        (``nprobe``, ...); ``attributes``: True for all, or the names to return with each hit (the same keyword as
+        the embedded ``Collection.search``).
         """
         k = check_k(k)
         if k > MAX_UINT32:
             raise InvalidArgument(f"k = {k} is too large (the server's max_k applies, default 10,000)")
-        data, nq, d = codec.pack_vectors(queries)
-        req = pb.SearchRequest(collection=collection, queries=data, k=k, tenant=tenant or "", dim=d,
-                               params=codec.to_params(params))
-        f = codec.to_filter(filter)
+        collection, tenant = _text(collection, "collection"), _text(tenant, "tenant", optional=True)
+        want, timeout, f = attribute_selection(attributes), _timeout(timeout), _filter(filter)
+        data, nq, d = codec.pack_vectors(queries, name="queries")
+        req = pb.SearchRequest(collection=collection, queries=data, k=k, tenant=tenant, dim=d,
+                               params=codec.to_params(_params(params)))
         if f is not None:
             req.filter.CopyFrom(f)
-        if attributes is True:
+        if want is True:
             req.all_attributes = True
-        elif attributes:
-            req.attributes.extend(attributes)
+        elif want:
+            req.attributes.extend(want)
         resp = self._call(self._search.Search, req, timeout=timeout)
         ids = np.frombuffer(resp.ids, dtype=codec.I64).reshape(resp.nq, resp.k)
         scores = np.frombuffer(resp.scores, dtype=codec.F32).reshape(resp.nq, resp.k)
@@ -264,20 +343,21 @@ class Client:
 
     # ------------------------------------------------------------------ tenants
     def grant(self, collection: str, ids, tenant: str) -> int:
-        req = pb.TenantAccessRequest(collection=collection, tenant=tenant,
-                                     ids=np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
+        req = pb.TenantAccessRequest(collection=_text(collection, "collection"), tenant=_text(tenant, "tenant"),
+                                     ids=_ids(ids))
         return self._call(self._tenants.Grant, req).changed
 
     def revoke(self, collection: str, ids, tenant: str) -> int:
-        req = pb.TenantAccessRequest(collection=collection, tenant=tenant,
-                                     ids=np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
+        req = pb.TenantAccessRequest(collection=_text(collection, "collection"), tenant=_text(tenant, "tenant"),
+                                     ids=_ids(ids))
         return self._call(self._tenants.Revoke, req).changed
 
     def list_tenants(self, collection: str) -> list[str]:
-        return list(self._call(self._tenants.ListTenants, pb.ListTenantsRequest(collection=collection)).tenants)
+        req = pb.ListTenantsRequest(collection=_text(collection, "collection"))
+        return list(self._call(self._tenants.ListTenants, req).tenants)
 
     def drop_tenant(self, collection: str, tenant: str) -> bool:
-        req = pb.DropTenantRequest(collection=collection, tenant=tenant)
+        req = pb.DropTenantRequest(collection=_text(collection, "collection"), tenant=_text(tenant, "tenant"))
         return self._call(self._tenants.DropTenant, req).dropped
 
     # ------------------------------------------------------------------ admin
@@ -294,8 +374,9 @@ class Client:
         Returns the operation; with ``wait=True`` follows it to the end (calling ``progress(op)`` on every update)
         and raises the operation's error if it failed.
         """
-        op = self._op(self._call(self._admin.Build, pb.BuildRequest(collection=collection, index=index or ""),
-                                 retry=False))
+        req = pb.BuildRequest(collection=_text(collection, "collection"), index=_text(index, "index", optional=True))
+        timeout = _timeout(timeout)
+        op = self._op(self._call(self._admin.Build, req, retry=False))
         if not wait:
             return op
         for op in self.watch_operation(op["id"], timeout=timeout):
@@ -308,23 +389,26 @@ class Client:
         return op
 
     def get_operation(self, op_id: str) -> dict:
-        return self._op(self._call(self._admin.GetOperation, pb.OperationRequest(id=op_id)))
+        return self._op(self._call(self._admin.GetOperation, pb.OperationRequest(id=_text(op_id, "operation id"))))
 
     def watch_operation(self, op_id: str, *, timeout: float | None = None) -> Iterator[dict]:
         """Yield the operation after every change until it finishes."""
         try:
-            for msg in self._admin.WatchOperation(pb.OperationRequest(id=op_id), metadata=self._metadata,
+            req = pb.OperationRequest(id=_text(op_id, "operation id"))
+            timeout = _timeout(timeout)
+            for msg in self._admin.WatchOperation(req, metadata=self._metadata,
                                                   timeout=timeout if timeout is not None else max(self.timeout, 3600)):
                 yield self._op(msg)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
 
     def compact(self, collection: str) -> Any:
-        resp = self._call(self._admin.Compact, pb.CollectionRequest(name=collection), retry=False)
+        resp = self._call(self._admin.Compact, pb.CollectionRequest(name=_text(collection, "collection")), retry=False)
         return json.loads(resp.result_json) if resp.result_json else None
 
     def stats(self, collection: str | None = None) -> dict:
-        return json.loads(self._call(self._admin.Stats, pb.StatsRequest(collection=collection or "")).stats_json)
+        req = pb.StatsRequest(collection=_text(collection, "collection", optional=True))
+        return json.loads(self._call(self._admin.Stats, req).stats_json)
 
 
 class _FailedOp(grpc.RpcError):

@@ -20,13 +20,21 @@ I64 = np.dtype("<i8")
 
 
 # ------------------------------------------------------------------------------------------------------ arrays
-def pack_vectors(x) -> tuple[bytes, int, int]:
+def as_f32(x, name: str = "vectors") -> np.ndarray:
+    """``x`` as a float32 array; InvalidArgument (not numpy's ValueError) when it does not hold numbers."""
+    try:
+        return np.asarray(x, dtype=F32)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{name}: expected numbers (float32), got {type(x).__name__}") from None
+
+
+def pack_vectors(x, name: str = "vectors") -> tuple[bytes, int, int]:
     """``(bytes, n, d)`` of ``x`` as row-major little-endian float32 (a single vector is a batch of one)."""
-    arr = np.asarray(x, dtype=F32)
+    arr = as_f32(x, name)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2:
-        raise InvalidArgument(f"vectors: expected shape (n, d), got {arr.shape}")
+        raise InvalidArgument(f"{name}: expected shape (n, d), got {arr.shape}")
     return np.ascontiguousarray(arr).tobytes(), arr.shape[0], arr.shape[1]
 
 

@@ -448,17 +448,10 @@ class SearchServicer(_Base, pb_grpc.SearchServicer):
             raise DimensionMismatch(f"queries: dimension {request.dim} does not match the collection's dimension {d}")
         q = codec.unpack_vectors(request.queries, d, name="queries")
         check_limits(q.shape[0], int(request.k), col.max_k, col.max_results)  # before anything is allocated
-        if request.all_attributes:
-            include = True
-        elif len(request.attributes):
-            include = list(request.attributes)
-            for name in include:
-                col.schema.type_of(name)  # SchemaError naming the known attributes
-        else:
-            include = False
+        include = True if request.all_attributes else list(request.attributes)
         kwargs = dict(k=int(request.k), filter=codec.from_filter(request.filter, request.HasField("filter")),
                       tenant=scope(principal, request.tenant, info), params=codec.from_params(request.params),
-                      include_attrs=bool(include))
+                      attributes=include)  # the engine checks the names (SchemaError naming the known ones)
         parts = self._run(col, q, kwargs, context)
         self.state.count("search.queries", q.shape[0])
         return search_response(parts, include)
@@ -477,14 +470,10 @@ def search_response(parts: list, include) -> pb.SearchResponse:
                              matched=stats[0].matched,
                              exact_fallback=sum(int(s.exact_fallback) for s in stats)))
     if include:
-        wanted = set(include) if isinstance(include, list) else None
         for r in parts:
             for row_ids, row_attrs in zip(r.ids, r.attrs):
                 for uid, a in zip(row_ids, row_attrs):
-                    a = {} if uid < 0 or not a else a
-                    if wanted is not None:
-                        a = {key: v for key, v in a.items() if key in wanted}
-                    msg.attributes.append(codec.to_attributes(a))
+                    msg.attributes.append(codec.to_attributes({} if uid < 0 else a))
     return msg
 
 

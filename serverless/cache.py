@@ -249,6 +249,11 @@ class Reader:
                 self.hits += 1
         return value
 
+    def note_misses(self, n: int) -> None:
+        """Count ``n`` reads of data kept outside the cache's entries (e.g. a cached partition filled in place)."""
+        with self._lock:
+            self.misses += int(n)
+
     def metrics(self) -> dict:
         return {"cache_hits": self.hits, "cache_misses": self.misses, "bytes_fetched": self.store.bytes_fetched,
                 "get_requests": self.store.requests}

@@ -7,13 +7,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InvalidArgument
+from ..errors import (DimensionMismatch, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+                      SchemaError)
 from ..index.validate import as_vectors, check_k
 from .cache import store_for
 from .cost import X86, Prices, summarize
 from .handler import LocalContext, call, check_result, run_coordinator, use_child_invoker
 from .invokers import LambdaInvoker, RemoteError
 from .tree import Tree
+
+
+#: errors a coordinator raises about the request itself (bad filter or settings, unknown index or version): they
+#: come back to the caller as the same typed errors an embedded search raises, instead of a generic RemoteError
+_REQUEST_ERRORS = {cls.__name__: cls for cls in (InvalidArgument, DimensionMismatch, SchemaError, NotFound,
+                                                 FailedPrecondition, ResourceExhausted)}
+
+
+def typed_error(exc: RemoteError) -> Exception:
+    """The typed shoal error a coordinator's function error stands for (same class and message), else ``exc``."""
+    cls = _REQUEST_ERRORS.get(exc.error_type)
+    return exc if cls is None else cls(exc.remote_message)
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,10 @@ def search(queries, k: int = 10, *, index=None, function: str | None = None, inv
         info = {"req_bytes": 0, "resp_bytes": 0, "spilled_request": False, "spilled_response_bytes": 0}
         out["metrics"][0]["inline"] = True  # the client's own time is not billed by Lambda
     else:
-        out, info = call(function, body, index, throttle_retries=None, invoker=invoker)
+        try:
+            out, info = call(function, body, index, throttle_retries=None, invoker=invoker)
+        except RemoteError as exc:
+            raise typed_error(exc) from None
     elapsed = (time.perf_counter() - t0) * 1e3
     D, I, metrics = check_result(out, q.shape[0], k, f"coordinator {function or '(local)'}")
     if metrics:

@@ -14,9 +14,13 @@ real code path against it. Like Lambda:
   "stackTrace"}``; one that runs past its timeout is killed ("Task timed out after N seconds") and its container is
   gone.
 
-Workers are forked from a forkserver that has already imported the handler, numpy and boto3, so a cold start costs
-tens of milliseconds here rather than the seconds of a real Lambda cold start; reported cold/warm counts are exact,
-cold-start *times* are not representative. ``GET /_shoal/stats`` returns invocation counts per function and per role.
+Workers are forked from a forkserver that has already imported the handler, numpy and boto3 and loaded the compiled
+numba kernels, so a cold start costs tens of milliseconds here rather than the seconds of a real Lambda cold start;
+reported cold/warm counts are exact, cold-start *times* are not representative. Before it reports ready, the emulator
+builds those kernels (:func:`shoal.serverless.kernels.build`: compiled once into ``kernels_dir``, found in the cache
+afterwards), as a container image does at build time, and the forkserver loads them, as a container's init phase
+does: no invocation compiles. ``GET /_shoal/stats`` returns invocation counts per function and per role, and the
+init phase: the kernels' build and load, and each container's start-up time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import sys
 import threading
 import time
 import traceback
@@ -38,6 +43,7 @@ from urllib.parse import unquote
 
 from .. import config
 from ..errors import InvalidArgument
+from .kernels import SINGLE_THREAD
 from .payload import LAMBDA_PAYLOAD_LIMIT
 
 _PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
@@ -46,8 +52,14 @@ DEFAULT_HANDLER = "shoal.serverless.handler.handler"
 #: Lambda's documented limits: 6 MB request (6291456 bytes); the response limit is reported as 6291556 bytes
 REQUEST_LIMIT = LAMBDA_PAYLOAD_LIMIT
 RESPONSE_LIMIT = LAMBDA_PAYLOAD_LIMIT + 100
-_SINGLE_THREAD = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                  "MKL_NUM_THREADS": "1"}
+#: the forkserver of this process (multiprocessing keeps one per process): the kernels it loaded and its init record
+_FORKSERVER: dict | None = None
+_FORKSERVER_LOCK = threading.Lock()
+
+
+def default_kernels_dir() -> str:
+    """Where ``shoal lambda-local`` keeps compiled kernels: ``~/.cache/shoal/kernels``."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "shoal", "kernels")
 
 
 class _Context:
@@ -72,6 +84,7 @@ def _worker_main(conn, handler_path: str, env: dict, name: str, memory_mb: int, 
         from . import faults
 
         faults.install()
+    conn.send(("ready", None))  # the end of this container's init phase
     while True:
         try:
             msg = conn.recv()
@@ -96,10 +109,21 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, handler_path, env, function, memory_mb, timeout),
                                 daemon=True, name=f"lambda-{function}")
+        self.started = time.perf_counter()
         self.proc.start()
         child.close()
-        self.invocations = 0
+        self.ready = False
         self.last_used = time.monotonic()
+
+    def wait_ready(self, timeout: float) -> float | None:
+        """Wait for the container's init phase; its duration in ms, or None if it did not finish in time."""
+        if not self.conn.poll(timeout):
+            return None
+        msg = self.conn.recv()
+        if msg[0] != "ready":
+            raise RuntimeError(f"container sent {msg[0]!r} before it was ready")
+        self.ready = True
+        return (time.perf_counter() - self.started) * 1e3
 
     def kill(self) -> None:
         try:
@@ -142,12 +166,16 @@ class Emulator:
         ``handler``.
     handler : str
         Dotted path of the handler.
+    kernels_dir : str or None
+        Where compiled numba kernels are built and loaded from before the emulator reports ready (default:
+        :func:`default_kernels_dir`); ``None`` leaves kernels to compile on first use, inside invocations. One process
+        has one forkserver: the first emulator started in a process decides its kernels.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_workers: int = 8, timeout: float = 60.0,
                  memory_mb: int = 1024, env: dict | None = None, functions: dict | None = None, strict: bool = False,
                  handler: str = DEFAULT_HANDLER, request_limit: int = REQUEST_LIMIT,
-                 response_limit: int = RESPONSE_LIMIT):
+                 response_limit: int = RESPONSE_LIMIT, kernels_dir: str | None = "default", log=None):
         if max_workers < 1:
             raise InvalidArgument("max_workers must be >= 1")
         self.host, self.port = host, port
@@ -169,45 +197,99 @@ class Emulator:
         self.counts: Counter = Counter()
         self.role_counts: Counter = Counter()
         self.events: Counter = Counter()  # cold_starts, throttled, timeouts, errors, too_large, evicted
+        self.kernels_dir = default_kernels_dir() if kernels_dir == "default" else kernels_dir
+        self.log = log
+        self.init: dict = {}
+        self.container_init_ms: list[float] = []
         self.url = ""
+        self._t0 = 0.0
+        self._ready = threading.Event()
+        self._init_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> str:
-        """Start serving in a background thread; returns the endpoint URL."""
-        self._start_forkserver()
-        emulator = self
+    def listen(self) -> str:
+        """Bind the port and serve in a background thread; returns the endpoint URL. Invocations that arrive before
+        :meth:`start` has finished the init phase wait for it (as a first request waits for Lambda's init)."""
+        if self._server is None:
+            self._t0 = time.perf_counter()
+            emulator = self
 
-        class Handler(_RequestHandler):
-            pass
+            class Handler(_RequestHandler):
+                pass
 
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-local", daemon=True)
-        self._thread.start()
+            Handler.emulator = emulator
+            self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+            self._server.daemon_threads = True
+            self.port = self._server.server_address[1]
+            self.url = f"http://{self.host}:{self.port}"
+            self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-local", daemon=True)
+            self._thread.start()
         return self.url
 
-    def _start_forkserver(self) -> None:
-        """Start the forkserver with the handler preloaded and one thread per worker for numba/BLAS (a Lambda
-        container has one or two vCPUs; here many workers share the machine's cores)."""
+    def start(self) -> str:
+        """:meth:`listen`, then the init phase (kernels built and loaded, forkserver ready); returns the endpoint
+        URL once ready. :attr:`init` records the init phase (``ready_s``: from listening to ready)."""
+        self.listen()
+        try:
+            self.init = self._start_forkserver()
+        except BaseException as exc:
+            self._init_error = f"the emulator's init phase failed: {exc!r}"
+            self._ready.set()
+            raise
+        self.init["ready_s"] = time.perf_counter() - self._t0
+        self._ready.set()
+        return self.url
+
+    def _start_forkserver(self) -> dict:
+        """Build the kernels (when :attr:`kernels_dir` is set), then start the forkserver with the handler preloaded,
+        the kernels loaded, and one thread per worker for numba/BLAS (a Lambda container has one or two vCPUs; here
+        many workers share the machine's cores); wait until it has finished. Returns the init record."""
+        global _FORKSERVER
         from multiprocessing import forkserver
 
-        self._mp.set_forkserver_preload(["numpy", "boto3", "shoal.serverless.warmup",
-                                         self.handler.rpartition(".")[0]])
-        saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
-        os.environ.update(_SINGLE_THREAD)
-        try:
-            forkserver.ensure_running()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        from . import kernels
+
+        with _FORKSERVER_LOCK:
+            if _FORKSERVER is not None:
+                if _FORKSERVER["kernels_dir"] != self.kernels_dir:
+                    raise InvalidArgument(f"this process's forkserver already serves kernels from "
+                                          f"{_FORKSERVER['kernels_dir']!r}; start the emulator in another process")
+                return {**_FORKSERVER["init"], "reused": True}
+            init: dict = {"kernels_dir": self.kernels_dir}
+            env = dict(SINGLE_THREAD)
+            if self.kernels_dir:
+                init["build"] = kernels.build(self.kernels_dir, log=self.log)
+                env.update(NUMBA_CACHE_DIR=os.path.join(os.path.abspath(self.kernels_dir), "numba"),
+                           SHOAL_KERNELS=os.path.abspath(self.kernels_dir))
+            self._mp.set_forkserver_preload(["numpy", "boto3", "shoal.serverless.warmup",
+                                             self.handler.rpartition(".")[0]])
+            t0 = time.perf_counter()
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                forkserver.ensure_running()
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            # the forkserver preloads after it starts: a first child waits for that, and reports what was loaded
+            parent, child = self._mp.Pipe(duplex=False)
+            probe = self._mp.Process(target=_probe, args=(child,), daemon=True, name="lambda-local-probe")
+            probe.start()
+            child.close()
+            init["preload"] = parent.recv()
+            probe.join(10)
+            parent.close()
+            init["forkserver_s"] = time.perf_counter() - t0
+            _FORKSERVER = {"kernels_dir": self.kernels_dir, "init": init}
+            return dict(init)
 
     def stop(self) -> None:
+        if not self._ready.is_set():  # invocations still waiting for an init phase that will not finish
+            self._init_error = "the emulator stopped before its init phase finished"
+            self._ready.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -227,15 +309,19 @@ class Emulator:
 
     def reset_stats(self) -> None:
         with self._lock:
+            self.container_init_ms.clear()
             self.counts.clear()
             self.role_counts.clear()
             self.events.clear()
 
     def stats(self) -> dict:
         with self._lock:
+            inits = sorted(self.container_init_ms)
             return {"invocations": dict(self.counts), "by_role": dict(self.role_counts), **dict(self.events),
                     "workers_idle": sum(len(v) for v in self._idle.values()), "workers_busy": self._busy,
-                    "max_workers": self.max_workers}
+                    "max_workers": self.max_workers, "init": self.init,
+                    "container_init_ms": {"count": len(inits), "median": inits[len(inits) // 2] if inits else None,
+                                          "max": inits[-1] if inits else None}}
 
     def kill_idle(self) -> int:
         """Stop every idle worker (forces the next invocations to be cold); returns how many."""
@@ -303,6 +389,9 @@ class Emulator:
         """Run one invocation; returns ``(HTTP status, headers, body)`` as the Lambda API would."""
         request_id = str(uuid.uuid4())
         headers = {"x-amzn-RequestId": request_id}
+        self._ready.wait()
+        if self._init_error:
+            return _error(500, "ServiceException", self._init_error, headers)
         if self.strict and not any(fnmatch.fnmatchcase(function, pat) for pat in self.functions):
             return _error(404, "ResourceNotFoundException", f"Function not found: {function}", headers)
         if len(body) > self.request_limit:
@@ -327,6 +416,18 @@ class Emulator:
         timeout = self._config(function)[0]
         alive = True
         try:
+            if not worker.ready:
+                # a new container: its init phase first (on Lambda: at most 10 s, billed, before the invocation)
+                init_ms = worker.wait_ready(timeout)
+                if init_ms is None:
+                    alive = False
+                    with self._lock:
+                        self.events["timeouts"] += 1
+                    return _function_error({"errorMessage": f"RequestId: {request_id} Error: init phase timed out "
+                                                            f"after {timeout:.2f} seconds",
+                                            "errorType": "Sandbox.Timedout"}, headers)
+                with self._lock:
+                    self.container_init_ms.append(init_ms)
             worker.conn.send((request_id, body))
             if not worker.conn.poll(timeout):
                 alive = False
@@ -356,6 +457,14 @@ class Emulator:
                                     "errorType": "Function.ResponseSizeTooLarge"}, headers)
         headers["X-Amz-Executed-Version"] = "$LATEST"
         return 200, headers, out
+
+
+def _probe(conn) -> None:
+    """Forked from the forkserver once it has preloaded: report what its init phase did with the kernels."""
+    from . import kernels
+
+    conn.send(kernels.INIT)
+    conn.close()
 
 
 def _error(status: int, code: str, message: str, headers: dict, extra: dict | None = None):
@@ -425,6 +534,24 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--memory-mb", type=int, default=1024, help="memory size reported to handlers")
     ap.add_argument("--s3-endpoint", default=None, help="S3 endpoint for handlers (sets SHOAL_S3_ENDPOINT)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for handlers")
+    ap.add_argument("--kernels", default=default_kernels_dir(), metavar="DIR",
+                    help="compiled numba kernels: built here before the emulator is ready (once; later starts find "
+                         "them in the cache) and loaded by every container (default: %(default)s; 'none': compile "
+                         "on first use, inside invocations)")
+
+
+def describe_init(init: dict) -> str:
+    """One line about an emulator's init phase (:attr:`Emulator.init`)."""
+    build, pre = init.get("build"), init.get("preload")
+    if not build:
+        return f"ready in {init.get('ready_s', 0):.1f} s; kernels compile on first use (no kernels directory)"
+    line = (f"ready in {init.get('ready_s', 0):.1f} s: kernels built in {build['seconds']:.1f} s "
+            f"({build['compiled']} compiled, {build['kernels']} recorded) in {init['kernels_dir']}")
+    if pre:
+        line += f", loaded by the forkserver in {pre.get('load_ms', 0) / 1e3:.2f} s ({pre.get('compiled', 0)} compiled)"
+        if pre.get("error"):
+            line += f"; {pre['error']}"
+    return line
 
 
 def run(args) -> int:
@@ -437,11 +564,16 @@ def run(args) -> int:
     if args.s3_endpoint:
         env["SHOAL_S3_ENDPOINT"] = args.s3_endpoint
     emu = Emulator(host=args.host, port=args.port, max_workers=args.max_workers, timeout=args.timeout,
-                   memory_mb=args.memory_mb, env=env)
-    url = emu.start()
-    print(f"shoal lambda-local: Lambda Invoke API at {url} (max {args.max_workers} workers, "
-          f"timeout {args.timeout:g} s); Ctrl-C to stop", flush=True)
+                   memory_mb=args.memory_mb, env=env, kernels_dir=None if args.kernels == "none" else args.kernels,
+                   log=lambda msg: print(f"shoal lambda-local: {msg}", file=sys.stderr, flush=True))
     try:
+        url = emu.listen()
+        print(f"shoal lambda-local: Lambda Invoke API at {url} (max {args.max_workers} workers, "
+              f"timeout {args.timeout:g} s); Ctrl-C to stop", flush=True)
+        print("shoal lambda-local: init phase: kernels (the first start compiles them, later ones find them); "
+              "invocations wait for it", file=sys.stderr, flush=True)
+        emu.start()
+        print(f"shoal lambda-local: {describe_init(emu.init)}", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -3,9 +3,14 @@
 - **coordinator** (node 0): resolves the index version once (so the whole tree reads one version), then acts as the
   root of the tree: invokes its ``b`` child allocators in parallel and merges what comes back.
 - **allocator** (nodes ``1 .. b + ... + b^L``, pre-order, see :mod:`.tree`): first invokes its children (in parallel,
-  from threads), then does its own share: level 0 (routing, from router data it caches) for the batch, and one
-  processor invocation per owned partition with the queries routed there. Results and metrics are merged with
-  :func:`~shoal.index.topk.merge_topk` on the way up.
+  from threads), then does its own share: one processor invocation per owned partition with the queries routed there.
+  Results and metrics are merged with :func:`~shoal.index.topk.merge_topk` on the way up.
+- **routing** (level 0) runs once per batch. With ``split="partitions"`` (the default) it is two-phase: the
+  coordinator routes the whole batch (from router data it caches), then hands each child the routes of its subtree's
+  partitions, so allocators load no router data. With ``split="queries"`` each allocator routes its own slice.
+- **checks before fan-out**: the coordinator type-checks the filter against the schema the manifest publishes, and
+  the search settings, once, and fails with the same message as an embedded search (``invalid filter: unknown
+  attribute 'prce' (did you mean 'price'?)...``) before any child is invoked.
 - **processor**: searches one partition for a batch of queries (data from the container cache).
 
 A child that is throttled (429) is not waited for: the parent runs that child's work inline, in its own thread, so a
@@ -31,7 +36,8 @@ from .. import config
 from ..errors import DeadlineExceeded, InvalidArgument, ShoalError
 from ..index.topk import empty_result, merge_topk
 from ..index.validate import as_vectors, check_k
-from .backends import get_backend, scatter
+from . import kernels
+from .backends import check_filter, check_params, get_backend, scatter
 from .cache import CACHE, Reader, default_capacity, store_for
 from .invokers import LambdaInvoker, RemoteError, Throttled
 from .manifest import cached_manifest, check_partition, current_version
@@ -48,6 +54,10 @@ _CHILD_LOCK = threading.Lock()
 #: fault injection for tests and chaos drills: none in production. The local emulator's workers install
 #: :func:`shoal.serverless.faults.hook` when given a faults file (:func:`set_fault_hook`); this module reads no file.
 _FAULT_HOOK: dict[str, Any] = {"hook": None}
+
+# the container's init phase (Lambda imports this module before the first invocation): load the compiled kernels
+# shipped with the image (``$SHOAL_KERNELS``), so that no invocation compiles one
+kernels.init_container()
 
 
 class MalformedResponse(ShoalError, ValueError):
@@ -262,12 +272,39 @@ def _invoke_processor(ctx: dict, p: int, q: np.ndarray, extra: dict, context) ->
     raise PartitionError(f"partition {p}: processor {function} failed after {attempts} attempts: {last}")
 
 
-def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context) -> dict:
+def pack_routes(routes: dict[int, tuple[np.ndarray, dict]]) -> list:
+    """Routes ``{partition: (query rows, extra)}`` as a payload value (JSON objects have string keys only)."""
+    return [[int(p), rows, extra] for p, (rows, extra) in sorted(routes.items())]
+
+
+def unpack_routes(obj: Any, partitions: list[int], nq: int) -> dict[int, tuple[np.ndarray, dict]]:
+    """Inverse of :func:`pack_routes`, checked: partitions among ``partitions``, query rows int64 in ``[0, nq)``."""
+    if not isinstance(obj, list):
+        raise InvalidArgument("allocator payload needs 'routes' (a list of [partition, query rows, extra]): with "
+                              "split='partitions' the coordinator routes the batch")
+    allowed = set(partitions)
+    out: dict[int, tuple[np.ndarray, dict]] = {}
+    for item in obj:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], int) and item[0] in allowed
+                and isinstance(item[1], np.ndarray) and item[1].dtype == np.int64 and item[1].ndim == 1
+                and isinstance(item[2], dict)) or item[0] in out:
+            raise InvalidArgument(f"malformed route {str(item)[:200]} (partitions of this subtree: {partitions})")
+        rows = item[1]
+        if rows.size and (rows.min() < 0 or rows.max() >= nq):
+            raise InvalidArgument(f"route of partition {item[0]}: query rows outside 0..{nq - 1}")
+        out[item[0]] = (rows, item[2])
+    return out
+
+
+def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context, routes: dict | None) -> dict:
     function = ctx["functions"]["allocator"]
+    body = {"role": "allocator", "node": node, "ctx": ctx, "queries": q}
+    if routes is not None:
+        body["routes"] = pack_routes(routes)
     try:
-        out, info = call(function, {"role": "allocator", "node": node, "ctx": ctx, "queries": q}, ctx["index"])
+        out, info = call(function, body, ctx["index"])
     except Throttled:
-        return run_allocator(ctx, node, q, context, inline=True)
+        return run_allocator(ctx, node, q, context, inline=True, routes=routes)
     except RemoteError as exc:
         # the remote message already names the failing partition; say which subtree it came through
         raise PartitionError(f"allocator {node} failed: {exc.remote_message}") from None
@@ -280,16 +317,20 @@ def _invoke_allocator(ctx: dict, node: int, q: np.ndarray, context) -> dict:
     return out
 
 
-def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool = False) -> dict:
+def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool = False,
+                  routes: dict | None = None, reader: Reader | None = None) -> dict:
     """Node ``node``'s work: children first (in parallel), then its own share; merged results of its subtree.
 
     ``q`` holds the queries of the node's subtree: the whole batch with ``split="partitions"``, the subtree's
-    contiguous slice with ``split="queries"``.
+    contiguous slice with ``split="queries"``. With ``split="partitions"``, ``routes`` holds the coordinator's routes
+    ``{partition: (query rows, extra)}`` of the subtree's partitions (a routed partition absent from it has no query);
+    with ``split="queries"`` the node routes its own slice. ``reader``: the invocation's (the coordinator's, which
+    routed through it), so that its metrics count every byte the invocation read.
     """
     t0 = time.perf_counter()
     after = None if inline else _fault("allocator", node=node)
     tree = Tree(**ctx["tree"])
-    reader = _reader(ctx)
+    reader = reader or _reader(ctx)
     manifest = cached_manifest(reader)
     P = manifest["n_partitions"]
     q = as_vectors(q, manifest["d"], name="queries")
@@ -305,6 +346,8 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
         lo, hi = 0, nq
         share = tree.share(node, P)
         child_rows = {c: (0, nq) for c in children}
+        if routes is None:
+            raise InvalidArgument("split='partitions' needs the coordinator's routes")
     parts = [empty_result(nq, k)]
     metrics: list[dict] = []
     done: list[int] = []
@@ -312,19 +355,24 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
     nodes = [node]
     # threads start on demand; the cap bounds what one allocator keeps in flight
     with ThreadPoolExecutor(max_workers=64) as pool:
-        child_futs = {c: pool.submit(_invoke_allocator, ctx, c, q[a:b], context) for c, (a, b) in child_rows.items()}
+        child_futs = {c: pool.submit(_invoke_allocator, ctx, c, q[a:b], context,
+                                     None if by_queries else {p: routes[p] for p in tree.subtree_partitions(c, P)
+                                                              if p in routes})
+                      for c, (a, b) in child_rows.items()}
         proc_futs = []
         route_ms = 0.0
         if share:
-            t_route = time.perf_counter()
-            backend = get_backend(manifest["kind"])
-            routes = backend.router(reader, manifest).route(q[lo:hi], k, ctx["params"], ctx.get("filter"))
-            route_ms = (time.perf_counter() - t_route) * 1e3
+            own = routes
+            if by_queries:
+                t_route = time.perf_counter()
+                backend = get_backend(manifest["kind"])
+                own = backend.router(reader, manifest).route(q[lo:hi], k, ctx["params"], ctx.get("filter"))
+                route_ms = (time.perf_counter() - t_route) * 1e3
             for p in share:
-                if p not in routes or routes[p][0].size == 0:
+                if p not in own or own[p][0].size == 0:
                     skipped.append(p)
                     continue
-                rows, extra = routes[p]
+                rows, extra = own[p]
                 for sel in chunks(rows.size, ctx["chunk"]):
                     sub = rows[sel] + lo
                     proc_futs.append((p, sub, pool.submit(_invoke_processor, ctx, p, q[sub],
@@ -381,7 +429,8 @@ def run_allocator(ctx: dict, node: int, q: np.ndarray, context, *, inline: bool 
 
 
 def run_coordinator(event: dict, context) -> dict:
-    """Resolve the version, build the context, run the tree from node 0, check every partition is covered."""
+    """Resolve the version, check the request against the manifest (filter schema, settings), route the batch once
+    (``split="partitions"``), run the tree from node 0, check every partition is covered."""
     t0 = time.perf_counter()
     _fault("coordinator")
     index = event.get("index") or config.default_index()
@@ -401,8 +450,20 @@ def run_coordinator(event: dict, context) -> dict:
                      "params": event.get("params"), "filter": event.get("filter"), "tree": tree, "functions": funcs,
                      "retries": event.get("retries", DEFAULT_RETRIES), "chunk": event.get("chunk", 0),
                      "split": event.get("split") or "partitions"})
-    out = run_allocator(ctx, 0, q, context)
-    manifest = cached_manifest(_reader(ctx))
+    reader = _reader(ctx)
+    manifest = cached_manifest(reader)
+    backend = get_backend(manifest["kind"])
+    q = as_vectors(q, manifest["d"], name="queries")
+    # bad input fails here, once, with the embedded search's message, before any child is invoked
+    ctx["filter"] = check_filter(backend, reader, manifest, ctx.get("filter"))
+    check_params(backend, manifest, ctx["params"])
+    routes, route_ms = None, 0.0
+    if ctx["split"] == "partitions":
+        t_route = time.perf_counter()
+        routes = backend.router(reader, manifest).route(q, ctx["k"], ctx["params"], ctx["filter"])
+        route_ms = (time.perf_counter() - t_route) * 1e3
+    out = run_allocator(ctx, 0, q, context, routes=routes, reader=reader)
+    out["metrics"][0]["route_ms"] += route_ms
     if ctx["split"] == "queries":
         if out["nodes"] != list(range(Tree(**ctx["tree"]).n_nodes)):
             raise PartitionError(f"tree completed nodes {out['nodes']}, expected every node of the tree")
@@ -421,6 +482,7 @@ def run_coordinator(event: dict, context) -> dict:
 
 def handler(event, context=None):
     """AWS Lambda entry point (``shoal.serverless.handler.handler``); ``event`` is the decoded JSON payload."""
+    compiles0 = kernels.COMPILES.snapshot()
     with _STATE_LOCK:
         cold = _STATE["invocations"] == 0
         _STATE["invocations"] += 1
@@ -445,10 +507,24 @@ def handler(event, context=None):
             Tree(**ctx["tree"])._check(node)
             if node == 0:
                 raise InvalidArgument("node 0 is the coordinator")
-            out = run_allocator(ctx, node, body.get("queries"), context)
+            routes = None
+            if ctx["split"] == "partitions":
+                queries = body.get("queries")
+                nq = queries.shape[0] if isinstance(queries, np.ndarray) and queries.ndim == 2 else 0
+                n_parts = cached_manifest(_reader(ctx))["n_partitions"]
+                routes = unpack_routes(body.get("routes"), Tree(**ctx["tree"]).subtree_partitions(node, n_parts), nq)
+            out = run_allocator(ctx, node, body.get("queries"), context, routes=routes)
         else:
             out = run_processor(ctx, body.get("partition"), body.get("queries"), body.get("extra") or {}, context)
-    out["metrics"][0]["cold"] = cold
-    out["metrics"][0]["spilled_in_bytes"] = spilled
+    rec = out["metrics"][0]
+    rec["cold"] = cold
+    rec["spilled_in_bytes"] = spilled
+    # kernels compiled inside this invocation (0 once the init phase loaded them; process-wide, so in-process runs
+    # with concurrent invocations may count each other's), and on a cold container what its init phase loaded
+    count, seconds = kernels.COMPILES.snapshot()
+    rec["compiles"] = count - compiles0[0]
+    rec["compile_ms"] = (seconds - compiles0[1]) * 1e3
+    if cold and kernels.INIT is not None:
+        rec["init"] = dict(kernels.INIT, inherited=kernels.INIT.get("pid") != os.getpid())
     resp, _ = spill_if_large(encode(out), uri)
     return resp

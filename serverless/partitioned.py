@@ -96,6 +96,12 @@ def build_kmeans_partitions(store, x, ids, *, n_partitions: int, metric: str, se
     return manifest
 
 
+def _check_known(params: dict, known, kind: str) -> None:
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise InvalidArgument(f"unknown search parameter(s) {unknown} for {kind} partitions; valid: {list(known)}")
+
+
 class FlatPartition:
     def __init__(self, index: FlatIndex):
         self.index = index
@@ -118,6 +124,14 @@ class FlatBackend:
         return build_kmeans_partitions(store, x, ids, n_partitions=n_partitions, metric=metric, seed=seed,
                                        new_index=lambda: FlatIndex(d, metric), train_kwargs=None,
                                        manifest={"kind": "flat"})
+
+    @staticmethod
+    def filter_schema(reader: Reader, manifest: dict) -> None:
+        return None  # exact partitions hold no attributes
+
+    @staticmethod
+    def check_params(manifest: dict, params: dict) -> None:
+        _check_known(params, FlatBackend.search_params, "flat")
 
     @staticmethod
     def router(reader: Reader, manifest: dict) -> FlatRouter:
@@ -160,6 +174,10 @@ class KMeansBackend:
                                        new_index=lambda: index_factory(d, factory, metric),
                                        train_kwargs=dict(train_kwargs or {}),
                                        manifest={"kind": "kmeans", "factory": factory})
+
+    @staticmethod
+    def filter_schema(reader: Reader, manifest: dict) -> None:
+        return None  # the partition indexes hold no attributes
 
     @staticmethod
     def router(reader: Reader, manifest: dict) -> FlatRouter:

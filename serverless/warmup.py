@@ -1,7 +1,10 @@
 """Imported by the emulator's forkserver before it forks workers: loads the handler's modules and botocore's service
 models once, so every forked worker starts with them, much as a Lambda SnapStart snapshot would. Cold/warm *data*
-behaviour is unchanged: the data cache is empty. Kernels are not run here: a parallel numba kernel starts OpenMP
-threads, and a process with OpenMP threads must not fork."""
+behaviour is unchanged: the data cache is empty. Importing the handler is a container's init phase: with
+``$SHOAL_KERNELS`` set (the emulator sets it) the compiled numba kernels are loaded from the cache
+(:func:`shoal.serverless.kernels.init_container`), so the workers inherit them and no invocation compiles. Kernels are
+loaded, never run, here: a parallel numba kernel starts OpenMP threads, and a process with OpenMP threads must not
+fork."""
 
 from __future__ import annotations
 

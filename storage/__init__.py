@@ -19,8 +19,12 @@ from .s3 import S3Store
 __all__ = ["ObjectStore", "PrefixedStore", "LocalStore", "MemoryStore", "S3Store", "open_store", "aws_client", "fsync_dir"]
 
 
-def open_store(uri, **kwargs) -> ObjectStore:
-    """Open a store from a URI: ``s3://bucket/prefix``, ``file:///path`` or a plain directory path."""
+def open_store(uri, *, create: bool = True, **kwargs) -> ObjectStore:
+    """Open a store from a URI: ``s3://bucket/prefix``, ``file:///path`` or a plain directory path.
+
+    Opening creates nothing. ``create=False``: a local directory must exist already (:class:`NotFound`); S3 stores
+    ignore it (a missing object is NotFound when read).
+    """
     if isinstance(uri, ObjectStore):
         return uri
     uri = os.fspath(uri)
@@ -28,7 +32,7 @@ def open_store(uri, **kwargs) -> ObjectStore:
     if parsed.scheme == "s3":
         return S3Store(parsed.netloc, parsed.path, **kwargs)
     if parsed.scheme == "file":
-        return LocalStore(parsed.path, **kwargs)
+        return LocalStore(parsed.path, create=create, **kwargs)
     if parsed.scheme and len(parsed.scheme) > 1:
         raise InvalidArgument(f"unsupported store URI scheme {parsed.scheme!r}; use a path, file:// or s3://")
-    return LocalStore(uri, **kwargs)
+    return LocalStore(uri, create=create, **kwargs)

@@ -1,7 +1,11 @@
 """A store of objects as files under a directory (the embedded default).
 
 ``put`` writes a temporary file, fsyncs it, renames it over the key and fsyncs the directory, so a crash leaves the
-old object or the new one.
+old object or the new one. Objects get the permissions of any file the process creates (``0666`` less the umask, so
+usually ``0644``), whatever the temporary file had.
+
+Opening a store creates nothing: its directory is made by the first ``put``, so reading a store that does not exist
+(a typo in ``--data``, a ``file://`` index URI) fails with :class:`NotFound` and leaves no empty directory behind.
 """
 
 from __future__ import annotations
@@ -13,15 +17,36 @@ from ..errors import InvalidArgument, NotFound
 from .base import ObjectStore, check_key
 
 
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (read without changing it for other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+_FILE_MODE = _file_mode()
+
+
 class LocalStore(ObjectStore):
-    """Objects as files under a root directory."""
+    """Objects as files under a root directory.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+    create : bool
+        True (default): the directory may be missing; the first ``put`` creates it (opening never does). False: it
+        must exist already, else :class:`NotFound` (read-only users that want the error up front).
+    """
 
     def __init__(self, root: str, *, create: bool = True):
         self.root = os.path.abspath(os.fspath(root))
-        if create:
-            os.makedirs(self.root, exist_ok=True)
-        elif not os.path.isdir(self.root):
-            raise NotFound(f"store directory {self.root} does not exist")
+        if not create and not os.path.isdir(self.root):
+            raise NotFound(f"directory {self.root} does not exist")
         self.uri = "file://" + self.root
 
     def _path(self, key: str) -> str:
@@ -53,6 +78,8 @@ class LocalStore(ObjectStore):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
+                # mkstemp makes 0600 files: give the object the mode every other file of the store has
+                os.fchmod(f.fileno(), _FILE_MODE)
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:

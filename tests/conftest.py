@@ -54,3 +54,10 @@ def s3_bucket(moto_endpoint):
     name = "shoal-test-" + uuid.uuid4().hex[:12]
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
     return moto_endpoint, name
+
+
+@pytest.fixture(scope="session")
+def kernels_dir(tmp_path_factory):
+    """An EMPTY directory for compiled kernels: the first emulator of this process builds them there (the forkserver,
+    which loads them, is one per process, so every in-process emulator of the test session uses this directory)."""
+    return str(tmp_path_factory.mktemp("kernels"))

@@ -48,7 +48,7 @@ def test_build_search_info(tmp_path, vecs, capsys):
     assert [h["id"] for h in res["results"][0]["hits"]] == list(np.argsort(d)[:3])
     # by ids, table output
     code, out, err = run(capsys, "search", "--data", data, "--name", "v", "--ids", "5,7", "-k", "2")
-    assert code == 0 and "id 5: 2 result(s)" in out and "plan index(Flat)" in out
+    assert code == 0 and "id 5: 2 results" in out and "plan index(Flat)" in out
     # query file
     np.save(tmp_path / "q.npy", x[10:13])
     code, out, _ = run(capsys, "search", "--data", data, "--name", "v", "--query-file", tmp_path / "q.npy", "--json")

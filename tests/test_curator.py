@@ -217,6 +217,23 @@ def test_memory_accounting(built):
     assert ix.tenant_memory_bytes(0) > ix.tenant_memory_bytes(39) > 0
 
 
+
+def test_compact_keeps_row_views_live(rng):
+    """compact() reallocates the row buffers; row_ids / deleted (what the engine reads to know which ids the index
+    holds) must follow, or a remove after compact is invisible to them (found by the engine model test)."""
+    x = rng.standard_normal((1500, 8)).astype(np.float32)
+    ix = index_factory(8, "Curator(branch=4,leaf=16)")
+    ix.add(x[:1000], np.arange(1000))
+    ix.add(x[1000:], np.arange(1000, 1500))   # grows the buffers past 1,500 rows
+    ix.compact()
+    assert ix.row_ids.shape == ix.deleted.shape == (1500,)
+    assert ix.remove([5, 1200]) == 2
+    assert set(ix.row_ids[ix.deleted].tolist()) == {5, 1200}
+    with pytest.raises(NotFound, match="id 5 is not in the index"):
+        ix.grant([5], 0)
+    _, got = ix.search(x[5:6], 3)
+    assert 5 not in got[0]
+
 # ---------------------------------------------------------------------------------------------------- errors
 def test_errors_unknown_tenant_removed_id_and_bad_input(rng):
     x = rng.standard_normal((300, 8)).astype(np.float32)

@@ -91,7 +91,7 @@ def test_crud_get_count_and_attrs(db, rng):
     # columnar attrs and missing values
     col.upsert([3], x[:1], attrs={"price": [None], "color": ["red"]})
     g = col.get([3], include_vectors=False)[0]
-    assert g["attrs"] == {"color": "red"} and "vector" not in g
+    assert g["attrs"] == {"color": "red", "tags": []} and "vector" not in g  # tags: always a list
     assert col.count(filter='color = "red"') == sum(a["color"] == "red" for i, a in enumerate(attrs) if i != 3) + 1
     assert col.delete([3, 3, 77]) == 1
     assert col.count() == 9
@@ -107,7 +107,7 @@ def test_filtered_search_is_exact_and_matches(db, rng):
     col.upsert(np.arange(n, n + 50), rng.standard_normal((50, 8)).astype(np.float32), attrs=make_attrs(50, rng))
     flt = 'price < 50 and color in ("red", "blue") and not tags contains "sale"'
     q = rng.standard_normal((4, 8)).astype(np.float32)
-    res = col.search(q, k=10, filter=flt, include_attrs=True)
+    res = col.search(q, k=10, filter=flt, attributes=True)
     assert res.stats.plan.startswith("index(Flat)[filter]")
     allrec = col.get(np.arange(n + 50))
     keep = [r for r in allrec if r["attrs"].get("price", 1e9) < 50 and r["attrs"].get("color") in ("red", "blue")

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pytest
 
+import shoal
 from shoal import errors
 from shoal.server import gen_proto
 from shoal.server.app import LocalServer
@@ -380,6 +381,95 @@ def test_k_is_bounded_at_the_client_and_the_server(server, rng):
         assert res.stats.matched == 100 and res.stats.exact_fallback == 0
 
 
+def test_client_and_embedded_search_share_one_keyword_and_one_result(server, rng):
+    """``attributes=`` means the same in Collection.search and Client.search, and both return a SearchResult."""
+    from shoal.engine import Database
+
+    ids, x, attrs = make_points(rng, 60)
+    attrs[3]["tags"] = []
+    with server.client("admin") as c:
+        c.create_collection("same", DIM, schema=SCHEMA)
+        c.upsert("same", ids, x, attrs=attrs)
+        q = x[:3] + 0.01
+        ro = Database(server.data, read_only=True)  # beside the serving process, which holds the owner lock
+        try:
+            col = ro.collection("same")
+            for want in (True, ["price", "tags"], "color", False):
+                remote = c.search("same", q, k=5, attributes=want)
+                local = col.search(q, k=5, attributes=want)
+                assert type(remote) is type(local) is shoal.SearchResult
+                np.testing.assert_array_equal(remote.ids, local.ids)
+                np.testing.assert_allclose(remote.scores, local.scores, rtol=1e-6)
+                assert remote.attrs == local.attrs and remote.score_kind == local.score_kind
+            assert c.get("same", [3])[0]["attrs"]["tags"] == [] == col.get([3])[0]["attrs"]["tags"]
+            for bad in (["size"], 7):
+                with pytest.raises(errors.InvalidArgument):  # SchemaError (unknown name) or a wrong type
+                    c.search("same", q, k=5, attributes=bad)
+                with pytest.raises(errors.InvalidArgument):
+                    col.search(q, k=5, attributes=bad)
+        finally:
+            ro.close()
+
+
+def test_serve_skips_a_damaged_collection_and_serves_the_rest(tmp_path, rng):
+    from shoal.engine import Database
+
+    data = tmp_path / "mixed"
+    db = Database(data)
+    ids, x, _ = make_points(rng, 20)
+    for name in ("good", "bad"):
+        db.create_collection(name, DIM).upsert(ids, x)
+    db.close()
+    (data / "bad" / "MANIFEST").write_text("{not json")
+    srv = Server(data)
+    try:
+        with srv.client() as c:
+            assert c.search("good", x[:1], k=1).ids[0, 0] == 0
+            with pytest.raises(errors.FailedPrecondition, match=r"bad/MANIFEST is damaged"):
+                c.search("bad", x[:1], k=1)
+    finally:
+        assert srv.terminate() == 0
+    assert "collection 'bad' is not served" in srv.output() and "MANIFEST is damaged" in srv.output()
+
+
+def test_read_only_server_follows_a_writer(tmp_path, rng):
+    from shoal.engine import Database
+
+    data = tmp_path / "followed"
+    writer = Database(data)
+    col = writer.create_collection("live", DIM, schema=SCHEMA)
+    ids, x, attrs = make_points(rng, 30)
+    col.upsert(ids, x, attrs=attrs)
+    srv = Server(data, "--read-only", "--refresh", "0.1")  # beside a writer that holds the owner lock
+    try:
+        with srv.client(timeout=10) as c:
+            assert c.count("live") == 30
+            with pytest.raises(errors.FailedPrecondition, match="read-only"):
+                c.upsert("live", [99], x[:1])
+            col.upsert([99], x[:1] * 3, attrs=[{"price": 1.0}])
+            deadline = time.monotonic() + 20
+            while c.count("live") != 31 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.count("live") == 31 and c.get("live", [99])[0]["attrs"] == {"price": 1.0, "tags": []}
+            writer.create_collection("later", DIM).upsert([1], x[:1])  # a new collection is served on first use
+            assert c.count("later") == 1
+            writer.drop_collection("later")
+            assert "later" not in c.list_collections()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the next refresh closes it; then it is unknown
+                try:
+                    c.count("later")
+                except errors.NotFound:
+                    break
+                time.sleep(0.05)
+            with pytest.raises(errors.NotFound):
+                c.count("later")
+    finally:
+        writer.close()
+        assert srv.terminate() == 0
+    assert not (data / ".shoal-serve.lock").exists()  # a read-only server writes nothing into the directory
+
+
 def test_drop_during_a_grpc_build_cancels_it_and_the_collection_stays_dropped(tmp_path, rng):
     srv = Server(tmp_path / "dropbuild")
     try:
@@ -456,13 +546,14 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
             c.upsert("big", np.arange(n), x)
             probe = rng.standard_normal((512, d)).astype(np.float32)
             c.search("big", probe[:64], k=10)  # warm up
-            t0 = time.perf_counter()
-            c.search("big", probe[:64], k=10)
-            t1 = time.perf_counter()
-            c.search("big", probe, k=10)
-            t2 = time.perf_counter()
-            # marginal cost per query (a batch has a fixed cost too); the whole search: 12 s or more
-            per_query = max((t2 - t1) - (t1 - t0), 1e-3 * (t2 - t1)) / (probe.shape[0] - 64)
+            # cost per query of a whole batch (fixed costs included, so never underestimated), the fastest of three
+            # tries on a busy machine; the whole search below: 12 s or more
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                c.search("big", probe, k=10)
+                runs.append((time.perf_counter() - t0) / probe.shape[0])
+            per_query = min(runs)
             nq = int(min(200_000, max(2_000, 12.0 / per_query)))
             queries = rng.standard_normal((nq, d)).astype(np.float32)
             t0 = time.monotonic()
@@ -492,9 +583,9 @@ def test_deadline_stops_the_search_and_sigterm_drains(tmp_path, rng):
 
             watcher = threading.Thread(target=follow)
             watcher.start()
-            mid = queries[: max(8, int(1.5 / per_query))]
+            mid = queries[: max(8, min(int(1.5 / per_query), 50_000))]
             result: dict = {}
-            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=60)))
+            t = threading.Thread(target=lambda: result.update(res=c.search("big", mid, k=3, timeout=120)))
             t.start()
             time.sleep(0.3)
             assert seen == ["SERVING"]

@@ -5,6 +5,7 @@ throttling, >6 MB payloads), plus the deploy control plane against moto."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -153,6 +154,57 @@ def test_remote_rows_read_blocks_by_range_and_keep_them(tmp_path, rng):
         rows_of(r2, max_gap_bytes=-1)
 
 
+def test_cluster_major_codes_read_by_range_fill_only_the_clusters_asked(tmp_path, rng):
+    """osq_lists: a partition's records and head round-trip, in position order and not; ranged reads fill exactly the
+    asked clusters (neighbours closer than the gap share a GET), once; a short read is an error, not garbage."""
+    import copy as copy_
+
+    from shoal.index.osq import OSQIndex
+    from shoal.index.osq_partition import OSQPartition
+    from shoal.serverless import osq_lists as L
+    from shoal.serverless.cache import Reader
+
+    x = rng.standard_normal((1500, D_DIM)).astype(np.float32)
+    index = OSQIndex(D_DIM, "l2", partitions=1)
+    index.train(x)
+    index.add(x, np.arange(1500, dtype=np.int64) * 7)
+    src = index.parts[0]
+    perm = rng.permutation(src.size)  # the same partition with its positions out of cluster order
+    shuffled = OSQPartition(0, src.rows[perm], src.ids[perm], src.book, np.ascontiguousarray(src.segs[:, perm]),
+                            src.binary[perm], src.vectors[perm], src.metric, src.centroids, src.cluster[perm])
+    assert src.contiguous and not shuffled.contiguous
+    for part in (src, shuffled):
+        store = LocalStore(tmp_path / f"lists{int(part.contiguous)}")
+        store.put("v/lists/p0000.bin", L.pack(part))
+        head = L.load_head(L.pack_head(part, (np.dtype("<f4"), (part.size, D_DIM), 128)), "h")
+        np.testing.assert_array_equal(head["cluster"], part.cluster)
+        assert head["vectors_header"] == (np.dtype("<f4"), (part.size, D_DIM), 128)
+        assert all(np.array_equal(head["book"][k], v) for k, v in part.book.arrays().items())
+        blank = copy_.copy(part)
+        blank.segs, blank.binary = np.zeros_like(part.segs), np.zeros_like(part.binary)
+        blank.ids = np.full(part.size, -1, dtype=np.int64)
+        lists = L.ClusterLists("v/lists/p0000.bin", blank)
+        reader = Reader(store, "v1", LRUCache(1 << 20))
+        want = np.array([0, 1, 5, part.nclusters - 1])
+        gets = lists.ensure(reader, want)
+        # clusters 0 and 1 are neighbours: one GET for both; 5 and the last are far apart
+        assert gets == len(lists.runs(want)) <= 3
+        read = np.flatnonzero(lists.loaded & (np.diff(part.list_indptr) > 0))
+        assert set(want) <= set(read) and len(read) < part.nclusters
+        rows = np.isin(part.cluster, read)
+        np.testing.assert_array_equal(blank.ids[rows], part.ids[rows])
+        np.testing.assert_array_equal(blank.segs[:, rows], part.segs[:, rows])
+        np.testing.assert_array_equal(blank.binary[rows], part.binary[rows])
+        assert (blank.ids[~rows] == -1).all()
+        assert reader.metrics()["bytes_fetched"] == sum(lists.sizes[c0:c1].sum() for c0, c1 in lists.runs(want))
+        assert reader.metrics()["cache_misses"] == gets  # cold reads, counted as such in the metrics
+        assert lists.ensure(reader, want) == 0  # read once
+    store.put("v/lists/p0000.bin", L.pack(part)[:100])  # truncated object
+    lists = L.ClusterLists("v/lists/p0000.bin", copy_.copy(part))
+    with pytest.raises(RuntimeError, match="read .* bytes, expected"):
+        lists.ensure(Reader(store, "v1", LRUCache(1 << 20)), [part.nclusters - 1])
+
+
 def test_payload_roundtrip_and_spill(tmp_path, rng):
     obj = {"role": "processor", "a": rng.standard_normal((50, 8)).astype(np.float32),
            "i": np.arange(-1, 30, dtype=np.int64), "z": np.zeros(5000, np.float32), "n": np.int64(3), "s": "x",
@@ -283,14 +335,14 @@ def s3_index(moto_endpoint):
 
 
 @pytest.fixture(scope="module")
-def emulator(moto_endpoint, tmp_path_factory):
+def emulator(moto_endpoint, tmp_path_factory, kernels_dir):
     from shoal.serverless.emulator import Emulator
 
     faults_file = tmp_path_factory.mktemp("faults") / "faults.json"
     faults_file.write_text("[]")
     emu = Emulator(max_workers=16, timeout=60, env={"SHOAL_S3_ENDPOINT": moto_endpoint,
                                                     "SHOAL_FAULTS_FILE": str(faults_file)},
-                   functions={"shoal-p*": {"timeout": 10}})
+                   functions={"shoal-p*": {"timeout": 10}}, kernels_dir=kernels_dir)
     emu.start()
     emu.faults_file = faults_file
     yield emu
@@ -317,12 +369,28 @@ def run_search(emulator, store, q, **kw):
                          processor="shoal-p{partition}", invoker=LambdaInvoker(emulator.url), **kw)
 
 
-def test_end_to_end_tree_through_boto3_and_warm_second_batch(emulator, s3_index):
+def no_compiles(r) -> None:
+    """Every invocation of a search reports that it compiled no numba kernel (the init phase loaded them)."""
+    assert all(m["compiles"] == 0 for m in r.metrics if not m.get("inline")), \
+        [(m["role"], m["compiles"]) for m in r.metrics if m.get("compiles")]
+
+
+def test_end_to_end_tree_through_boto3_and_warm_second_batch(emulator, s3_index, record_property):
     store, x, ids, q = s3_index
     D0, I0 = search_inprocess(store, q, 10)
     emulator.reset_stats()
     r = run_search(emulator, store, q)
     assert np.array_equal(r.I, I0)
+    # the emulator started from an empty kernels directory: it compiled them before reporting ready, and the first
+    # batch's fresh containers loaded instead of compiling (the times are recorded, not asserted)
+    init = emulator.stats()["init"]
+    assert init["build"]["compiled"] > 0 and init["build"]["kernels"] > 0
+    assert init["preload"]["loaded"] == init["build"]["kernels"] and init["preload"]["compiled"] == 0
+    no_compiles(r)
+    assert all(m["cold"] for m in r.metrics if not m.get("inline"))
+    record_property("emulator_ready_s", init["ready_s"])
+    record_property("first_batch_ms", r.elapsed_ms)
+    record_property("container_init_ms", emulator.stats()["container_init_ms"])
     np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
     st = emulator.stats()
     # the tree: 1 coordinator, b + b^2 = 6 allocators, and each partition processed exactly once
@@ -375,9 +443,59 @@ def test_osq_on_s3_through_boto3_reads_vector_rows_by_range(emulator, moto_endpo
         assert np.array_equal(r.I, I0)
         np.testing.assert_allclose(r.D, D0, rtol=1e-5, atol=1e-4)
         assert r.stats["invocations"]["processor"] >= 1
+        no_compiles(r)  # OSQ's kernels came with the init phase too
+        # level 0 ran once, in the coordinator, whose container read the router data; the allocators' containers
+        # read only the manifest
+        assert [m["role"] for m in r.metrics if m.get("route_ms", 0) > 0] == ["coordinator"]
+        assert all(m["bytes_fetched"] < 2000 for m in r.metrics if m["role"] == "allocator")
+        if f is None:
+            assert r.metrics[0]["role"] == "coordinator" and r.metrics[0]["bytes_fetched"] > 10_000
     # warm: the same batch again reads nothing from S3
     r2 = run_search(emulator, store, q, filter=flt, L=1)
     assert np.array_equal(r2.I, I0) and r2.stats["bytes_fetched"] == 0
+
+
+def test_image_init_phase_seeds_and_loads_the_shipped_kernels(emulator, tmp_path):
+    """What a container of the image does: kernels built into a directory at image build time (here: by the emulator
+    fixture, from an empty directory) are copied into an empty, writable numba cache and loaded when the handler is
+    imported (the init phase), in a fresh process; searches through every OSQ plan then compile nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(12)
+    x, ids, q = make_data(seed=12)
+    index = OSQIndex(D_DIM, "l2", partitions=3)
+    index.train(x)
+    index.add(x, ids, attrs={"u": rng.random(N)})
+    OSQBackend.publish(LocalStore(tmp_path / "osq"), index)
+    np.save(tmp_path / "q.npy", q)
+    script = f"""
+import json, numpy as np
+from shoal import filters
+from shoal.serverless import handler, kernels
+from shoal.serverless.backends import search_inprocess
+from shoal.storage import LocalStore
+c0 = kernels.COMPILES.snapshot()[0]
+q = np.load({str(tmp_path / "q.npy")!r})
+for flt in (None, "u < 0.5", "u < 0.002"):
+    for mode in ("auto", "multilevel", "exact"):
+        search_inprocess(LocalStore({str(tmp_path / "osq")!r}), q, 10, params={{"mode": mode}},
+                         filter=None if flt is None else filters.to_json(filters.parse(flt)))
+print(json.dumps({{"init": kernels.INIT, "search_compiles": kernels.COMPILES.snapshot()[0] - c0}}))
+"""
+    env = dict(os.environ, SHOAL_KERNELS=emulator.kernels_dir, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               NUMBA_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    init = got["init"]
+    assert "error" not in init and init["copied_bytes"] > 0
+    assert init["kernels"] > 0 and init["loaded"] == init["kernels"] and init["compiled"] == 0
+    assert got["search_compiles"] == 0
 
 
 def test_processor_failures_are_retried_then_name_the_partition(emulator, s3_index, faults):
@@ -418,12 +536,12 @@ def test_processor_timeout_is_retried_then_named(emulator, s3_index, faults):
         run_search(emulator, store, q, b=2, L=1, retries=0)
 
 
-def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tmp_path):
+def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tmp_path, kernels_dir):
     from shoal.serverless.emulator import Emulator
 
     store, x, ids, q = s3_index
     I0 = search_inprocess(store, q, 10)[1]
-    with Emulator(max_workers=2, env={"SHOAL_S3_ENDPOINT": moto_endpoint}) as emu:
+    with Emulator(max_workers=2, env={"SHOAL_S3_ENDPOINT": moto_endpoint}, kernels_dir=kernels_dir) as emu:
         # the tree needs 13 concurrent invocations; with 2 the allocators run refused children inline
         r = run_search(emu, store, q)
         assert np.array_equal(r.I, I0)
@@ -436,7 +554,8 @@ def test_throttling_inline_fallback_and_client_retry(moto_endpoint, s3_index, tm
         # however late the second thread gets to its invoke on a loaded machine (0.5 s was once not enough in CI)
         slow = tmp_path / "slow-coordinator.json"
         slow.write_text(json.dumps([{"role": "coordinator", "mode": "sleep", "seconds": 2.0}]))
-        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint, "SHOAL_FAULTS_FILE": str(slow)}) as one:
+        with Emulator(max_workers=1, env={"SHOAL_S3_ENDPOINT": moto_endpoint, "SHOAL_FAULTS_FILE": str(slow)},
+                      kernels_dir=kernels_dir) as one:
             invokers = [LambdaInvoker(one.url, seed=i, base_delay=0.2, max_attempts=12) for i in range(2)]
             client.search(q, 10, index=store.uri, function="shoal", invoker=invokers[0], b=2, L=1)  # warm it
             results = [None, None]
@@ -498,7 +617,7 @@ def test_the_lambda_zip_holds_every_module_the_handler_imports(tmp_path):
     assert [f for f in files if not f.startswith(str(tmp_path / "shoal") + "/")] == []
 
 
-def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path):
+def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path, capsys):
     import uuid
 
     import boto3
@@ -542,8 +661,15 @@ def test_deploy_control_plane_against_moto(moto_endpoint, tmp_path):
     zpath = tmp_path / "shoal.zip"
     zpath.write_bytes(zipped)
     fn2 = fn + "-cli"
+    capsys.readouterr()
+    assert main(["deploy", "--function", fn2, "--role-arn", arn, "--zip", str(zpath), "--memory", "1024",
+                 "--index", "s3://bucket/idx", "--env", "SHOAL_CACHE_MB=256", "--endpoint-url", moto_endpoint,
+                 "--json"]) == 0
+    out, err = capsys.readouterr()  # --json: one document on stdout, the progress on stderr
+    assert [f["name"] for f in json.loads(out)["functions"]] == [fn2] and f"function {fn2}: created" in err
     assert main(["deploy", "--function", fn2, "--role-arn", arn, "--zip", str(zpath), "--memory", "1024",
                  "--index", "s3://bucket/idx", "--env", "SHOAL_CACHE_MB=256", "--endpoint-url", moto_endpoint]) == 0
+    assert capsys.readouterr().out.strip() == f"deployed 1 function (1024 MB, 120 s): {fn2} (updated)"
     env = lam.get_function_configuration(FunctionName=fn2)["Environment"]["Variables"]
     assert env == {"SHOAL_INDEX": "s3://bucket/idx", "SHOAL_CACHE_MB": "256"}
     assert main(["deploy", "--role-arn", arn, "--memory", "64", "--endpoint-url", moto_endpoint]) == 2
@@ -589,20 +715,151 @@ def test_osq_partitions_through_the_tree_match_in_process(tmp_path):
     # processors loaded only their own partition's objects
     r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1)
     assert r.stats["invocations"]["processor"] == 5
-    # keys that read every candidate's vector are refused up front, by name
-    with pytest.raises(RemoteError, match="level2=.exact. is not served by processors"):
+    # keys that read every candidate's vector are refused up front (at the coordinator), by name, typed
+    with pytest.raises(InvalidArgument, match="level2=.exact. is not served by processors"):
         client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1,
                       params={"level2": "exact"})
 
 
+def test_filters_and_settings_are_checked_at_the_coordinator_before_fan_out(tmp_path):
+    """The published manifest carries the schema: the coordinator fails a typo'd or mistyped filter, or a setting
+    the kind does not serve, with the embedded search's message and type, before it invokes any child."""
+    import json as json_
+
+    from shoal import Database, filters
+    from shoal.engine.schema import FilterAttributeError
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.manifest import read_manifest
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(8)
+    n = 900
+    x = rng.standard_normal((n, D_DIM)).astype(np.float32)
+    attrs = {"price": rng.uniform(0, 100, n),
+             "color": filters.KeywordColumn(rng.integers(0, 2, n).astype(np.int32), ["red", "blue"])}
+    index = OSQIndex(D_DIM, "l2", partitions=3)
+    index.train(x)
+    index.add(x, np.arange(n, dtype=np.int64), attrs=attrs)
+    store = LocalStore(tmp_path / "osq")
+    manifest = OSQBackend.publish(store, index)
+    assert manifest["schema"] == {"price": "float", "color": "keyword"}
+    flat = LocalStore(tmp_path / "flat")
+    FlatBackend.build(flat, x, np.arange(n, dtype=np.int64), n_partitions=2)
+    # the embedded search's message for the same typo
+    db = Database(str(tmp_path / "db"))
+    col = db.create_collection("c", dim=D_DIM, schema={"price": "float", "color": "keyword"})
+    with pytest.raises(FilterAttributeError) as embedded:
+        col.search(x[:1], 3, filter="prce < 5")
+    db.close()
+    q = x[:4]
+    cases = [(store, filters.to_json(filters.parse("prce < 5")), {},
+              re.escape("invalid filter: unknown attribute 'prce' (did you mean 'price'?); known: color, price")),
+             (store, {"op": "<", "attr": "color", "value": 3}, {}, "invalid filter: 'color'"),
+             (store, None, {"nprob": 4}, r"unknown OSQ search parameter\(s\) \['nprob'\]"),
+             (flat, filters.to_json(filters.parse("price < 5")), {}, "index kind 'flat' takes no filter"),
+             (flat, None, {"rerank": 5}, r"unknown search parameter\(s\) \['rerank'\] for flat")]
+    assert re.match(cases[0][3], str(embedded.value))
+    for where, flt, params, message in cases:
+        for split in ("partitions", "queries"):
+            inv = LocalInvoker()
+            with pytest.raises(InvalidArgument, match=message):
+                client.search(q, 5, index=where.uri, function="f", invoker=inv, filter=flt, params=params,
+                              split=split, b=2, L=2)
+            assert dict(inv.counts) == {"f": 1}  # the coordinator alone: nothing fanned out
+    # a version published before manifests carried the schema: the saved index's attribute kinds serve instead
+    old = read_manifest(store)
+    old.pop("schema")
+    store.put(f"versions/{old['version']}/manifest.json", json_.dumps(old).encode())
+    with pytest.raises(InvalidArgument, match="did you mean 'price'"):
+        client.search(q, 5, index=store.uri, function="f", invoker=LocalInvoker(),
+                      filter=filters.to_json(filters.parse("prce < 5")))
+    ok = client.search(q, 5, index=store.uri, function="f", invoker=LocalInvoker(),
+                       filter=filters.to_json(filters.parse('price < 50 and color = "red"')))
+    assert np.array_equal(ok.I, search_inprocess(store, q, 5, filter='price < 50 and color = "red"')[1])
+
+
+def test_level0_runs_once_per_batch_and_allocators_check_the_routes_they_get(tmp_path):
+    """With the partition split the coordinator routes the batch once and hands each allocator its subtree's routes:
+    no allocator routes or loads router data; a payload without routes, or with routes outside the subtree, is
+    refused."""
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless import handler
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, D_DIM)).astype(np.float32)
+    index = OSQIndex(D_DIM, "l2", partitions=6)
+    index.train(x)
+    index.add(x, np.arange(3000, dtype=np.int64), attrs={"u": rng.random(3000)})
+    store = LocalStore(tmp_path / "osq")
+    OSQBackend.publish(store, index)
+    q = rng.standard_normal((12, D_DIM)).astype(np.float32)
+    I0 = search_inprocess(store, q, 10)[1]
+    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=2)
+    assert np.array_equal(r.I, I0)
+    routed = [m for m in r.metrics if m.get("route_ms", 0) > 0]
+    assert [m["role"] for m in routed] == ["coordinator"]
+    assert all(m.get("route_ms", 0) == 0 for m in r.metrics if m["role"] == "allocator")
+    # the query split routes each slice in its allocator, once per query too
+    rq = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, split="queries")
+    assert np.array_equal(rq.I, I0)
+    assert sum(m["nq"] for m in rq.metrics if m.get("route_ms", 0) > 0) == q.shape[0]
+    ctx = {"index": store.uri, "version": current_version(store), "k": 10, "tree": {"b": 2, "L": 1},
+           "functions": {"allocator": "f", "processor": "f"}}
+    with pytest.raises(InvalidArgument, match="needs 'routes'"):
+        handler.handler({"role": "allocator", "node": 1, "ctx": ctx, "queries": q})
+    bad = [[1, np.arange(3, dtype=np.int64), {}]]  # node 1 of b=2, L=1 owns partitions 0, 2, 4
+    with pytest.raises(InvalidArgument, match="malformed route"):
+        handler.handler(json.loads(json.dumps(encode({"role": "allocator", "node": 1, "ctx": ctx, "queries": q,
+                                                      "routes": bad}))))
+    bad = [[0, np.array([0, 12], dtype=np.int64), {}]]
+    with pytest.raises(InvalidArgument, match="query rows outside"):
+        handler.handler(json.loads(json.dumps(encode({"role": "allocator", "node": 1, "ctx": ctx, "queries": q,
+                                                      "routes": bad}))))
+
+
+def test_osq_fan_out_equals_the_full_index_with_bounds_keys_under_filters(tmp_path):
+    """The fan-out answers what ``OSQIndex.search(..., level2="bounds")`` answers, filtered too: under a filter that
+    passes at most half the rows, level 0 tells the processors to keep every level-1 candidate, as the full index
+    does. Without that (issue 15: 'not (length < 9)' matched 18 of 20 queries) a filter that excludes the queries'
+    own clusters matched 6 of these 20: its passing rows lie far away, where sign codes rank poorly."""
+    from shoal import filters
+    from shoal.index.osq import OSQIndex
+    from shoal.serverless.osq_backend import OSQBackend
+
+    rng = np.random.default_rng(15)
+    n, d = 4000, 64
+    centers = rng.standard_normal((20, d)).astype(np.float32) * 3
+    label = rng.integers(0, 20, n)
+    x = (centers[label] + rng.standard_normal((n, d))).astype(np.float32)
+    index = OSQIndex(d, "l2", partitions=4)
+    index.train(x)
+    index.add(x, np.arange(n, dtype=np.int64), attrs={"c": label.astype(np.int64), "u": rng.random(n)})
+    store = LocalStore(tmp_path / "osq")
+    OSQBackend.publish(store, index)
+    q = (centers[rng.integers(0, 10, 20)] + rng.standard_normal((20, d))).astype(np.float32)
+    for text in (None, "not (c < 12)", "c >= 10", "u < 0.5", "u > 0.3 and c > 15", "c = 3 and u < 0.2"):
+        flt = None if text is None else filters.to_json(filters.parse(text))
+        for mode in ("auto", "multilevel"):  # small data: auto mostly picks the exact plan
+            _, I0, st = index.search_with_stats(q, 10, filter=text, params={"level2": "bounds", "mode": mode})
+            assert st.get("short_fixed", 0) == 0
+            r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=2, L=1, filter=flt,
+                              params={"mode": mode})
+            assert np.array_equal(r.I, I0), (text, mode, np.mean(np.all(r.I == I0, axis=1)))
+
+
 def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
-    """A cold tree fetches level 0 (once per allocator) and each partition's codes, never the full index's unrotated
-    copy; vectors are read only as the blocks of rows level 3 re-ranks, with ranged GETs, and a warm repeat reads
-    nothing."""
+    """A cold tree fetches level 0 once (the coordinator routes) and, per visited partition, its head (cluster sizes,
+    codebook, centroids, vectors header) whole, the codes of the clusters its queries visit by range of the
+    cluster-major records, and the vectors as the blocks of rows level 3 re-ranks; never the full index's unrotated
+    copy, the segment-major codes, ids or (without maybe rows) attributes. A warm repeat reads nothing; a version
+    published without cluster-major codes is read whole and answers the same."""
+    from shoal import filters
     from shoal.index.osq import OSQIndex
     from shoal.index.persist import load_meta
     from shoal.serverless import handler
     from shoal.serverless.osq_backend import OSQBackend
+    from shoal.serverless.osq_lists import head_key, lists_key, record_sizes
 
     rng = np.random.default_rng(6)
     n = 6000
@@ -612,7 +869,6 @@ def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
     index.add(x, np.arange(n, dtype=np.int64), attrs={"u": rng.random(n)})
     store = LocalStore(tmp_path / "osq")
     OSQBackend.publish(store, index)
-    handler.CACHE.clear()
     fetched, ranged = [], []
     get, get_range = LocalStore.get, LocalStore.get_range
     monkeypatch.setattr(LocalStore, "get", lambda self, key: fetched.append(key) or get(self, key))
@@ -622,37 +878,70 @@ def test_osq_cold_loads_fetch_only_what_the_roles_read(tmp_path, monkeypatch):
     monkeypatch.setenv("SHOAL_ROW_GAP_KB", "0")
     q = rng.standard_normal((2, D_DIM)).astype(np.float32)
     params = {"nprobe": 2}  # a query re-ranks ~50 rows in the few clusters it visits, out of 2,000 a partition
-    ref = search_inprocess(store, q, 10, params=params)  # fills the cache: clear it for the cold tree
+    version = current_version(store)
+    lv = index.level0(q, 10, params)
+    for flt in (None, "u < 0.5"):
+        fj = None if flt is None else filters.to_json(filters.parse(flt))
+        handler.CACHE.clear()
+        ref = search_inprocess(store, q, 10, params=params, filter=fj)
+        handler.CACHE.clear()
+        fetched.clear(), ranged.clear()
+        r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params,
+                          filter=fj)
+        assert np.array_equal(r.I, ref[1])
+        names = sorted({k.split("/osq/", 1)[1][:-4] for k in fetched if k.endswith(".npy")})
+        assert "raw_vectors" not in names
+        arrays = load_meta(store, f"versions/{version}/osq")["arrays"]
+        expected = set(OSQIndex.level0_array_names(arrays))
+        visited = sorted({m["partition"] for m in r.metrics if m["role"] == "processor"})
+        assert visited and r.stats["invocations"]["processor"] == len(visited)
+        attrs = {a for p in visited for a in arrays if a.startswith(f"p{p:04d}/attr/")}
+        assert sorted(k.split("/lists/")[1] for k in fetched if "/lists/" in k) == \
+            [head_key(p).split("/")[1] for p in visited]
+        if flt is None:
+            assert set(names) == expected
+        else:  # u < 0.5 leaves maybe rows to re-check: partitions with some read the exact values, whole
+            assert expected < set(names) <= expected | attrs
+        # codes: ranged reads of the records of the clusters the queries visit, much less than the whole objects
+        code_reads = [(key, a, b) for key, a, b in ranged if "/lists/" in key]
+        assert {key.rsplit("/", 1)[1] for key, _, _ in code_reads} == {lists_key(p).rsplit("/", 1)[1]
+                                                                         for p in visited}
+        for p in visited:
+            part = index.parts[p]
+            sizes = record_sizes(np.diff(part.list_indptr), part.segs.shape[0], part.binary.shape[1])
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            want = np.flatnonzero(lv.clusters[:, p].any(axis=0) if flt is None else np.ones(part.nclusters, bool))
+            got = [(a, b) for key, a, b in code_reads if key.endswith(lists_key(p))]
+            covered = {c for a, b in got for c in range(part.nclusters) if offsets[c] >= a and offsets[c + 1] <= b}
+            if flt is None:
+                assert set(want.tolist()) <= covered
+                assert sum(b - a for a, b in got) < offsets[-1] / 2, (got, offsets[-1])
+        # vectors: ranged reads of row blocks (the header came with the head), far less than the whole objects
+        vec = [(key, a, b) for key, a, b in ranged if key.endswith("/vectors.npy")]
+        whole = sum(store.size(f"versions/{version}/osq/{OSQIndex.partition_vectors_name(p)}.npy")
+                    for p in visited)
+        data = sum(b - a for key, a, b in vec)
+        assert all(a > 0 for _, a, _ in vec) and 0 < data < whole / 2, (data, whole)
+        assert r.stats["bytes_fetched"] >= data
+        # warm: the same queries read nothing again
+        ranged.clear(), fetched.clear()
+        r2 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params,
+                           filter=fj)
+        assert np.array_equal(r2.I, ref[1])
+        assert ranged == [] and [k for k in fetched if k.endswith(".npy")] == []
+        assert r2.stats["bytes_fetched"] == 0
+    # a version without cluster-major codes (published before them): codes, ids and attributes read whole
+    OSQBackend.publish(store, index, lists=False)
+    before = search_inprocess(store, q, 10, params=params, version=version)[1]
     handler.CACHE.clear()
     fetched.clear(), ranged.clear()
-    r = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
-    assert np.array_equal(r.I, ref[1])
-    names = sorted({k.split("/osq/", 1)[1][:-4] for k in fetched if k.endswith(".npy")})
-    assert "raw_vectors" not in names
-    arrays = load_meta(store, f"versions/{current_version(store)}/osq")["arrays"]
-    expected = set(OSQIndex.level0_array_names(arrays))
-    visited = sorted({int(name[1:5]) for name in names if name.startswith("p0")})
-    assert visited and r.stats["invocations"]["processor"] == len(visited)
-    for p in visited:
-        expected |= set(OSQIndex.partition_array_names(arrays, p, vectors=False))
-    assert set(names) == expected
-    assert not any(name.endswith("/vectors") for name in names)
-    # vectors: one header read per partition, then ranged reads of row blocks, far less than the whole objects
-    vec = [(key, a, b) for key, a, b in ranged if key.endswith("/vectors.npy")]
-    whole = sum(store.size(f"versions/{current_version(store)}/osq/{OSQIndex.partition_vectors_name(p)}.npy")
-                for p in visited)
-    data = sum(b - a for key, a, b in vec if a > 0)
-    assert 0 < data < whole / 2, (data, whole)
-    assert r.stats["bytes_fetched"] >= data
-    # warm: the same queries read no block again
-    ranged.clear(), fetched.clear()
-    r2 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
-    assert np.array_equal(r2.I, ref[1])
-    assert ranged == [] and [k for k in fetched if k.endswith(".npy")] == []
-    assert r2.stats["bytes_fetched"] == 0
+    r3 = client.search(q, 10, index=store.uri, function="f", invoker=LocalInvoker(), b=1, L=1, params=params)
+    assert r3.version != version and np.array_equal(r3.I, before)
+    assert not any("/lists/" in key for key, _, _ in ranged)
+    assert any(k.endswith("/binary.npy") for k in fetched) and any(k.endswith("/ids.npy") for k in fetched)
 
 
-def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys):
+def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, monkeypatch, capsys, kernels_dir):
     import socket
     import subprocess
     import sys
@@ -668,7 +957,8 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
     x = rng.standard_normal((600, 8)).astype(np.float32)
     db = Database(str(tmp_path / "data"))
     col = db.create_collection("docs", dim=8, metric="l2", schema={"price": "float"}, index="Flat")
-    col.upsert(np.arange(600) + 100, x, attrs={"price": list(rng.uniform(0, 10, 600))})
+    col_price = rng.uniform(0, 10, 600)
+    col.upsert(np.arange(600) + 100, x, attrs={"price": list(col_price)})
     db.close()
     bucket = "shoal-cli-" + uuid.uuid4().hex[:8]
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
@@ -676,13 +966,18 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
     assert main(["push", "--data", str(tmp_path / "data"), "--name", "docs", "--to", uri, "--partitions", "4",
                  "--s3-endpoint", moto_endpoint]) == 0
     assert "600 vectors as flat with 4 partitions" in capsys.readouterr().out
+    osq_uri = f"s3://{bucket}/docs-osq"
+    assert main(["push", "--data", str(tmp_path / "data"), "--name", "docs", "--to", osq_uri, "--index",
+                 "OSQ(partitions=2)", "--s3-endpoint", moto_endpoint]) == 0
+    assert "600 vectors as osq with 2 partitions" in capsys.readouterr().out
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "lambda-local", "--port", str(port),
-                             "--max-workers", "8", "--s3-endpoint", moto_endpoint],
+                             "--max-workers", "8", "--s3-endpoint", moto_endpoint, "--kernels", kernels_dir],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # listening at once; the first search goes out during the init phase (the kernels' build or load) and waits
         assert "Lambda Invoke API at" in proc.stdout.readline()
         monkeypatch.setenv("SHOAL_S3_ENDPOINT", moto_endpoint)
         q = x[:3] + 0.01
@@ -693,14 +988,33 @@ def test_cli_push_lambda_local_and_search_serverless(tmp_path, moto_endpoint, mo
         t0 = time.time()
         assert main(argv) == 0
         out = json.loads(capsys.readouterr().out)
-        assert [h["id"] for h in out["results"][0]][:1] == [100] and time.time() - t0 < 120
-        st = out["stats"]
+        assert [h["id"] for h in out["results"][0]["hits"]][:1] == [100] and time.time() - t0 < 120
+        lines = []
+        while not any("ready in" in line for line in lines):
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)
+        st = out["source"]["metrics"]  # the shape of every shoal search --json (tests/test_cli_interface.py)
         done = {r: st["invocations"].get(r, 0) + st["inline"].get(r, 0) for r in ("coordinator", "allocator",
                                                                                  "processor")}
         assert done == {"coordinator": 1, "allocator": 6, "processor": 4}  # 11 > 8 workers: some ran inline
-        assert out["stats"]["usd_per_1000_queries"] > 0
+        assert st["usd_per_1000_queries"] > 0
         # without --serverless the local collection path still needs --data/--name
         assert main(["search", "--vector", "1,2,3,4,5,6,7,8"]) == 2
+        # filters are checked against the published schema at the coordinator, before fan-out: one line, exit 2,
+        # the embedded search's message
+        base = ["search", "--serverless", "shoal", "--lambda-endpoint", f"http://127.0.0.1:{port}", "-k", "3",
+                "--vector=" + ",".join(f"{t:.6f}" for t in q[0])]
+        assert main(base + ["--index-uri", osq_uri, "--filter", "price < 5", "--json"]) == 0
+        hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
+        assert hits and all(col_price[h["id"] - 100] < 5 for h in hits)
+        for flt, message in (("prce < 5", "unknown attribute 'prce' (did you mean 'price'?)"),
+                             ('price < "cheap"', "'price': '<' compares numbers")):
+            assert main(base + ["--index-uri", osq_uri, "--filter", flt]) == 2
+            out = capsys.readouterr()
+            assert out.out == "" and out.err.count("\n") == 1 and message in out.err, out.err
+            assert out.err.startswith("shoal search: error: invalid filter: ")
+        assert main(base + ["--index-uri", uri, "--filter", "price < 5"]) == 2  # exact partitions take no filter
+        assert "index kind 'flat' takes no filter" in capsys.readouterr().err
     finally:
         proc.terminate()
         proc.wait(20)
