@@ -127,22 +127,36 @@ def time_batches(col, index, xq: np.ndarray, ckw: list[dict], ikw: list[dict], r
     return best_c, best_i
 
 
-def measure(ds, kinds: list[str], nq: int, rounds: int, out: str | None, ntenants: int = 100) -> list[dict]:
-    """Build each kind through a collection and time both paths; returns (and appends) one record per case."""
+def each_collection(xb: np.ndarray, metric: str, kinds: list[str], price: np.ndarray, tenants: list[list[str]]):
+    """Yield ``(kind, spec, collection, build seconds)`` for each kind, built by :func:`build_collection` in a
+    temporary database (``tenants`` for Curator only); each collection is closed once the caller moves on."""
     from shoal.engine import Database
 
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(tmp)
+        try:
+            for kind in kinds:
+                spec = spec_for(kind, xb.shape[1])
+                col, build_s = build_collection(db, kind.replace("-", ""), spec, xb, metric, price,
+                                                tenants if kind == "Curator" else None)
+                try:
+                    yield kind, spec, col, build_s
+                finally:
+                    col.close()
+        finally:
+            db.close()
+
+
+def measure(ds, kinds: list[str], nq: int, rounds: int, out: str | None, ntenants: int = 100) -> list[dict]:
+    """Build each kind through a collection and time both paths; returns (and appends) one record per case."""
     xb, xq = ds.get_database(), ds.get_queries()[:nq]
     n = xb.shape[0]
     rng = np.random.default_rng(7)
     price = rng.random(n)
     tenants = zipf_tenants(n, ntenants)
     records = []
-    with tempfile.TemporaryDirectory() as tmp, thread_limit(1):
-        db = Database(tmp)
-        for kind in kinds:
-            spec = spec_for(kind, xb.shape[1])
-            col, build_s = build_collection(db, kind.replace("-", ""), spec, xb, ds.metric, price,
-                                            tenants if kind == "Curator" else None)
+    with thread_limit(1):
+        for kind, spec, col, build_s in each_collection(xb, ds.metric, kinds, price, tenants):
             index = col._view.index
             for label, ckw, ikw in cases(col, kind, nq, rng):
                 for i in range(min(20, nq)):  # warm-up: compiled kernels, caches
@@ -157,8 +171,6 @@ def measure(ds, kinds: list[str], nq: int, rounds: int, out: str | None, ntenant
                 records.append(rec)
                 if out:
                     append_result(out, rec)
-            col.close()
-        db.close()
     return records
 
 
@@ -168,8 +180,6 @@ def memory(ds, kinds: list[str], out: str | None, ntenants: int = 100) -> list[d
     IVFFlat (``nlist = 4 sqrt(n)``, serialized: vectors, ids and centroids, all in memory) built in the same run.
     One record per kind with ``case="memory"``; returns them (and appends them to ``out``)."""
     import faiss
-
-    from shoal.engine import Database
 
     xb = ds.get_database()
     n, d = xb.shape
@@ -184,23 +194,16 @@ def memory(ds, kinds: list[str], out: str | None, ntenants: int = 100) -> list[d
         ivf_bpv = faiss.serialize_index(ivf).nbytes / n
         del ivf, quant
         records = []
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Database(tmp)
-            for kind in kinds:
-                spec = spec_for(kind, d)
-                col, _ = build_collection(db, kind.replace("-", ""), spec, xb, ds.metric, price,
-                                          tenants if kind == "Curator" else None)
-                mb = col.stats()["memory_bytes"]
-                rec = {"dataset": ds.key, "kind": kind, "index": spec, "case": "memory", "nb": n,
-                       "resident_bytes_per_vector": mb["index"] / n, "mapped_bytes_per_vector": mb["index_mapped"] / n,
-                       "ivfflat_bytes_per_vector": ivf_bpv, "ivfflat_nlist": nlist,
-                       "resident_vs_ivfflat": mb["index"] / n / ivf_bpv,
-                       "with_mapped_vs_ivfflat": (mb["index"] + mb["index_mapped"]) / n / ivf_bpv}
-                records.append(rec)
-                if out:
-                    append_result(out, rec)
-                col.close()
-            db.close()
+        for kind, spec, col, _ in each_collection(xb, ds.metric, kinds, price, tenants):
+            mb = col.stats()["memory_bytes"]
+            rec = {"dataset": ds.key, "kind": kind, "index": spec, "case": "memory", "nb": n,
+                   "resident_bytes_per_vector": mb["index"] / n, "mapped_bytes_per_vector": mb["index_mapped"] / n,
+                   "ivfflat_bytes_per_vector": ivf_bpv, "ivfflat_nlist": nlist,
+                   "resident_vs_ivfflat": mb["index"] / n / ivf_bpv,
+                   "with_mapped_vs_ivfflat": (mb["index"] + mb["index_mapped"]) / n / ivf_bpv}
+            records.append(rec)
+            if out:
+                append_result(out, rec)
     return records
 
 
