@@ -189,6 +189,26 @@ def test_save_load_search_identical(built, tmp_path):
     back.check_invariants()
 
 
+def test_ids_removed_and_added_again(rng):
+    """The id table holds rows only (keys read from the row ids): ids come and go many times, and stay findable."""
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    ix = index_factory(8, "Curator(branch=4,leaf=32,shortlist=16)")
+    ix.add(x[:200], np.arange(200) * 7, tenants=csr([[i % 3] for i in range(200)]))
+    size0 = ix.memory_breakdown()["id_map"]
+    for r in range(6):  # tombstones pile up, the table is rebuilt, never grows past what the live ids need
+        gone = (np.arange(r * 30, r * 30 + 30) % 200) * 7
+        assert ix.remove(gone) == 30
+        ix.add(x[200 + r * 30:230 + r * 30], gone, tenants=csr([[5]] * 30))
+        assert ix.tenants_of(int(gone[0])) == [5]
+    assert ix.memory_breakdown()["id_map"] <= 2 * size0
+    with pytest.raises(InvalidArgument):
+        ix.add(x[:1], [7], tenants=csr([[1]]))  # id 7 is live again
+    ix.check_invariants()
+    D, I = ix.search(x[200:201], 1, tenant=5, params={"gamma": 1e9, "rerank": 0})
+    assert I[0, 0] == 0  # row 200 now carries id 0
+    assert ix.remove([10**6]) == 0
+
+
 def test_memory_accounting(built):
     ix, *_ = built
     br = ix.memory_breakdown()
