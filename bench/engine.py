@@ -17,6 +17,10 @@ latencies are compared. Batches of 200: both paths alternate batch by batch, bes
 runs single-threaded (BLAS, faiss, numba). The ratio ``collection / index`` is the engine's cost; targets: <= 1.3x
 single, <= 1.1x batched.
 
+Memory first (``--memory-only``: just that): each kind's index as the collection serves it after the build, resident
+bytes and memory-mapped bytes per vector (``collection.stats()``), beside faiss IVFFlat's bytes per vector built in the
+same run (target for OSQ: resident <= 1.2x IVFFlat's).
+
 Results: ``bench/results/engine.jsonl``; plot: ``bench/results/engine.png``.
 """
 
@@ -123,22 +127,36 @@ def time_batches(col, index, xq: np.ndarray, ckw: list[dict], ikw: list[dict], r
     return best_c, best_i
 
 
-def measure(ds, kinds: list[str], nq: int, rounds: int, out: str | None, ntenants: int = 100) -> list[dict]:
-    """Build each kind through a collection and time both paths; returns (and appends) one record per case."""
+def each_collection(xb: np.ndarray, metric: str, kinds: list[str], price: np.ndarray, tenants: list[list[str]]):
+    """Yield ``(kind, spec, collection, build seconds)`` for each kind, built by :func:`build_collection` in a
+    temporary database (``tenants`` for Curator only); each collection is closed once the caller moves on."""
     from shoal.engine import Database
 
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(tmp)
+        try:
+            for kind in kinds:
+                spec = spec_for(kind, xb.shape[1])
+                col, build_s = build_collection(db, kind.replace("-", ""), spec, xb, metric, price,
+                                                tenants if kind == "Curator" else None)
+                try:
+                    yield kind, spec, col, build_s
+                finally:
+                    col.close()
+        finally:
+            db.close()
+
+
+def measure(ds, kinds: list[str], nq: int, rounds: int, out: str | None, ntenants: int = 100) -> list[dict]:
+    """Build each kind through a collection and time both paths; returns (and appends) one record per case."""
     xb, xq = ds.get_database(), ds.get_queries()[:nq]
     n = xb.shape[0]
     rng = np.random.default_rng(7)
     price = rng.random(n)
     tenants = zipf_tenants(n, ntenants)
     records = []
-    with tempfile.TemporaryDirectory() as tmp, thread_limit(1):
-        db = Database(tmp)
-        for kind in kinds:
-            spec = spec_for(kind, xb.shape[1])
-            col, build_s = build_collection(db, kind.replace("-", ""), spec, xb, ds.metric, price,
-                                            tenants if kind == "Curator" else None)
+    with thread_limit(1):
+        for kind, spec, col, build_s in each_collection(xb, ds.metric, kinds, price, tenants):
             index = col._view.index
             for label, ckw, ikw in cases(col, kind, nq, rng):
                 for i in range(min(20, nq)):  # warm-up: compiled kernels, caches
@@ -153,8 +171,39 @@ def measure(ds, kinds: list[str], nq: int, rounds: int, out: str | None, ntenant
                 records.append(rec)
                 if out:
                     append_result(out, rec)
-            col.close()
-        db.close()
+    return records
+
+
+def memory(ds, kinds: list[str], out: str | None, ntenants: int = 100) -> list[dict]:
+    """Resident and memory-mapped bytes per vector of each kind's index as a collection serves it after its build
+    (``collection.stats()``: the snapshot's arrays opened with ``mmap_index=True``, the default), beside faiss
+    IVFFlat (``nlist = 4 sqrt(n)``, serialized: vectors, ids and centroids, all in memory) built in the same run.
+    One record per kind with ``case="memory"``; returns them (and appends them to ``out``)."""
+    import faiss
+
+    xb = ds.get_database()
+    n, d = xb.shape
+    price = np.random.default_rng(7).random(n)
+    tenants = zipf_tenants(n, ntenants)
+    with thread_limit(1):
+        nlist = int(4 * np.sqrt(n))
+        quant = faiss.IndexFlatIP(d) if ds.metric != "l2" else faiss.IndexFlatL2(d)
+        ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_L2 if ds.metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+        ivf.train(xb)
+        ivf.add(xb)
+        ivf_bpv = faiss.serialize_index(ivf).nbytes / n
+        del ivf, quant
+        records = []
+        for kind, spec, col, _ in each_collection(xb, ds.metric, kinds, price, tenants):
+            mb = col.stats()["memory_bytes"]
+            rec = {"dataset": ds.key, "kind": kind, "index": spec, "case": "memory", "nb": n,
+                   "resident_bytes_per_vector": mb["index"] / n, "mapped_bytes_per_vector": mb["index_mapped"] / n,
+                   "ivfflat_bytes_per_vector": ivf_bpv, "ivfflat_nlist": nlist,
+                   "resident_vs_ivfflat": mb["index"] / n / ivf_bpv,
+                   "with_mapped_vs_ivfflat": (mb["index"] + mb["index_mapped"]) / n / ivf_bpv}
+            records.append(rec)
+            if out:
+                append_result(out, rec)
     return records
 
 
@@ -185,6 +234,9 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of " + ", ".join(KINDS))
     p.add_argument("--rounds", type=int, default=5, help="batch-mode rounds (best kept)")
     p.add_argument("--tenants", type=int, default=100, help="tenants (Zipf sizes) of the Curator collection")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the memory records: each kind's resident and mapped bytes per vector as a collection "
+                        "serves it, beside faiss IVFFlat's in the same run")
     args = p.parse_args(argv)
     if args.nb is None and not args.quick and args.dataset in (None, ["glove-50"]):
         args.nb = 100_000
@@ -193,6 +245,12 @@ def main(argv=None) -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         p.error(f"unknown kind(s) {unknown}; valid: {', '.join(KINDS)}")
+    for r in memory(ds, kinds, args.out, args.tenants):
+        print(f"{r['kind']:8s} memory: {r['resident_bytes_per_vector']:6.1f} B/vector resident"
+              f" + {r['mapped_bytes_per_vector']:6.1f} mapped; faiss IVFFlat {r['ivfflat_bytes_per_vector']:.1f}:"
+              f" {r['resident_vs_ivfflat']:.2f}x resident, {r['with_mapped_vs_ivfflat']:.2f}x with mapped")
+    if args.memory_only:
+        return 0
     records = measure(ds, kinds, min(args.nq, ds.get_queries().shape[0]), args.rounds, args.out, args.tenants)
     for r in records:
         print(f"{r['kind']:8s} {r['case']:11s} single {r['single_collection_us']:8.1f} / {r['single_index_us']:8.1f} us"

@@ -1,18 +1,24 @@
-"""IVF-PQ: shoal's ``IVF`` index (plain, balanced, balanced + tuned; with and without re-ranking) against faiss
-``IndexIVFPQ`` (same nlist, M, nbits), ``IndexIVFPQ`` + ``IndexRefineFlat``, ``IndexIVFPQFastScan`` (4-bit) +
-``IndexRefineFlat`` and ``IndexHNSWFlat``, all searched single-threaded in one run, timed in alternation.
+"""IVF-PQ: shoal's ``IVF`` index against faiss, all searched single-threaded in one run, timed in alternation.
 
-On L2 data sets the plain index is also searched with precomputed residual list tables (``PQ..(precomputed)``:
-the same codes, ``nlist * M * K`` more floats in memory; faiss ``IndexIVFPQ`` keeps such a table by default).
+Two suites (``--suite``, default both):
+
+* ``8bit``: shoal ``IVF{nlist},PQ{M}x8,Refine`` (plain, balanced, balanced + tuned; on L2 data also with
+  precomputed residual list tables) vs faiss ``IndexIVFPQ`` (same nlist, M, 8 bits) and ``IndexIVFPQ`` +
+  ``IndexRefineFlat``;
+* ``4bit``: shoal ``IVF{nlist},PQ{M4}x4,Refine``, which takes the fast-scan path (plain, balanced, balanced + tuned)
+  vs faiss ``IndexIVFPQFastScan`` (same nlist, M4, 4 bits) alone (codes only, equal bytes) and + ``IndexRefineFlat``;
+
+plus faiss ``IndexHNSWFlat`` unless ``--no-hnsw``.
 
 For every data set: build each method (training on the same seeded sample), then sweep ``nprobe`` (HNSW: efSearch)
-and the re-rank depth; every point appends a line to ``bench/results/ivfpq.jsonl`` (recall@k, QPS, bytes/vector,
-build time, codeword-usage entropy per sub-space) and a summary line per data set gives each method's best
-single-thread QPS at recall@10 >= 0.9 and its ratio to faiss IVFPQ + Refine. ``python -m bench.plot
-bench/results/ivfpq.jsonl --mode curve`` draws recall vs QPS.
+and the re-rank depth (faiss: ``k_factor`` = depth / k); every point appends a line to ``bench/results/ivfpq.jsonl``
+(recall@k, QPS, bytes/vector, build time, codeword-usage entropy per sub-space) and a summary line per data set gives
+each method's best single-thread QPS at recall@10 >= 0.9 and its ratios to faiss IVFPQ + Refine and to faiss
+IVFPQFastScan + Refine. ``python -m bench.plot bench/results/ivfpq.jsonl --mode curve`` draws recall vs QPS.
 
-    python -m bench.ivfpq                         # Fashion-MNIST and GloVe-50d, 2,000 queries, k=10
-    python -m bench.ivfpq --dataset glove-50 --nq 2000
+    python -m bench.ivfpq                         # Fashion-MNIST and GloVe-50d, 2,000 queries, k=10, both suites
+    python -m bench.ivfpq --dataset glove-50 --suite 4bit --plain-only --no-hnsw
+                                                  # the fast-scan target: shoal 4-bit vs faiss fast scan + Refine
     python -m bench.ivfpq --quick                 # smoke run
     python -m bench.ivfpq --dataset fashion-mnist --nprobes 4,8,16 --reranks 0,40,100 --plain-only --no-hnsw
                                                   # reduced run: points around recall 0.9, plain index vs faiss
@@ -39,6 +45,8 @@ CONFIGS = {
 }
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RERANKS = (0, 40, 100, 200)
+#: 4-bit codes rank less sharply: deeper re-ranking reaches recall 0.9 (faiss fast scan on Fashion-MNIST: 0.78 at 100)
+FS_RERANKS = (0, 20, 40, 100, 200, 400)
 EF = (16, 32, 64, 128, 256)
 
 
@@ -139,9 +147,30 @@ def faiss_search(index, kind, nprobe=None, k_factor=None, ef=None):
     return run
 
 
-def run_dataset(args, name):
-    import faiss
+SUITES = ("8bit", "4bit")
 
+
+def _our_specs(suite, c, plain_only):
+    """{label: (factory string, tune)} of the shoal indexes of one suite (``c``: the data set's CONFIGS entry)."""
+    nlist = c["nlist"]
+    if suite == "8bit":
+        M, nb = c["M"], 8
+        labels = ("shoal-ivfpq", "shoal-balanced", "shoal-balanced-tuned")
+    else:
+        M, nb = c["M4"], 4
+        labels = ("shoal-fs", "shoal-fs-balanced", "shoal-fs-balanced-tuned")
+    specs = {labels[0]: (f"IVF{nlist},PQ{M}x{nb},Refine", False),
+             labels[1]: (f"IVF{nlist}(balanced),PQ{M}x{nb}(balanced),Refine", False),
+             labels[2]: (f"IVF{nlist}(balanced),PQ{M}x{nb}(balanced),Refine", True)}
+    return dict(list(specs.items())[:1]) if plain_only else specs
+
+
+#: per suite: faiss kinds built, the faiss reference of the summary ratios, and its codes-only counterpart
+FAISS_KINDS = {"8bit": ("ivfpq", "ivfpq-refine"), "4bit": ("ivfpq-fs", "ivfpq-fs-refine")}
+REFERENCE = {"8bit": "faiss-ivfpq-refine", "4bit": "faiss-ivfpq-fs-refine"}
+
+
+def run_dataset(args, name):
     ds = dataset_from_args(args, name)
     xb, xq = ds.get_database(), ds.get_queries()
     k = args.k
@@ -152,28 +181,28 @@ def run_dataset(args, name):
     rng = np.random.default_rng(0)
     nt = min(c["train"], xb.shape[0])
     xt = np.ascontiguousarray(xb[np.sort(rng.choice(xb.shape[0], nt, replace=False))])
-    print(f"[ivfpq] {ds.key}: nb={xb.shape[0]} nq={xq.shape[0]} d={ds.d} train={nt} {c}", file=sys.stderr)
-    nlist, M, M4 = c["nlist"], c["M"], c["M4"]
-    ours_specs = {
-        "shoal-ivfpq": (f"IVF{nlist},PQ{M}x8,Refine", False),
-        "shoal-balanced": (f"IVF{nlist}(balanced),PQ{M}x8(balanced),Refine", False),
-        "shoal-balanced-tuned": (f"IVF{nlist}(balanced),PQ{M}x8(balanced),Refine", True),
-    }
-    if args.plain_only:
-        del ours_specs["shoal-balanced"], ours_specs["shoal-balanced-tuned"]
-    faiss_kinds = ("ivfpq", "ivfpq-refine", "ivfpq-fs-refine") + (() if args.no_hnsw else ("hnsw",))
-    methods, infos = {}, {}
-    build_threads = args.build_threads
-    with thread_limit(build_threads):
-        for label, (spec, tune) in ours_specs.items():
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    print(f"[ivfpq] {ds.key}: nb={xb.shape[0]} nq={xq.shape[0]} d={ds.d} train={nt} {c} suites={suites}",
+          file=sys.stderr)
+    nlist = c["nlist"]
+    ours_specs = {}
+    for suite in suites:
+        ours_specs.update({label: (spec, tune, suite) for label, (spec, tune) in
+                           _our_specs(suite, c, args.plain_only).items()})
+    faiss_kinds = tuple(kd for suite in suites for kd in FAISS_KINDS[suite]) + (() if args.no_hnsw else ("hnsw",))
+    methods, infos, suite_of = {}, {}, {}
+    with thread_limit(args.build_threads):
+        for label, (spec, tune, suite) in ours_specs.items():
             print(f"[ivfpq] building {label}: {spec}", file=sys.stderr)
-            if tune and "shoal-balanced" in methods:
+            untuned = label.replace("-tuned", "")
+            if tune and untuned in methods:
                 # training is seeded, so tuning a copy of the balanced index equals train(xt, tune=...) from scratch
-                methods[label], infos[label] = tune_copy(methods["shoal-balanced"], infos["shoal-balanced"], xt)
+                methods[label], infos[label] = tune_copy(methods[untuned], infos[untuned], xt)
             else:
                 methods[label], infos[label] = build_ours(label, spec, ds, xb, xt, tune)
+            suite_of[label] = suite
             print(f"[ivfpq]   {infos[label]}", file=sys.stderr)
-        if ds.metric == "l2":
+        if ds.metric == "l2" and "shoal-ivfpq" in methods:
             # the same trained index with precomputed residual list tables (a shallow copy shares codes and vectors)
             pre = copy.copy(methods["shoal-ivfpq"])
             t0 = time.perf_counter()
@@ -182,39 +211,20 @@ def run_dataset(args, name):
                         bytes_per_vector=pre.memory_bytes() / xb.shape[0], table_bytes=pre.list_table().nbytes)
             info["build_s"] += time.perf_counter() - t0
             methods["shoal-ivfpq-precomputed"], infos["shoal-ivfpq-precomputed"] = pre, info
-            ours_specs["shoal-ivfpq-precomputed"] = (info["factory"], False)
+            ours_specs["shoal-ivfpq-precomputed"] = (info["factory"], False, "8bit")
+            suite_of["shoal-ivfpq-precomputed"] = "8bit"
         for kind in faiss_kinds:
             print(f"[ivfpq] building faiss {kind}", file=sys.stderr)
             methods["faiss-" + kind], infos["faiss-" + kind] = build_faiss(kind, ds, xb, xt, c)
+            suite_of["faiss-" + kind] = "4bit" if "-fs" in kind else ("8bit" if kind != "hnsw" else "-")
             print(f"[ivfpq]   {infos['faiss-' + kind]}", file=sys.stderr)
 
-    # memory of a loaded index with memory-mapped re-ranking vectors (balanced)
+    # memory of each suite's first index loaded with memory-mapped re-ranking vectors
     mem = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        from shoal.storage import LocalStore
-        from shoal.index import load_index
-
-        store = LocalStore(tmp)
-        ref = methods.get("shoal-balanced", methods["shoal-ivfpq"])
-        ref.save(store, "ix")
-        with rss_delta() as m:
-            loaded = load_index(store, "ix", mmap=True)
-        core = loaded.codes.nbytes + loaded.row_ids.nbytes + loaded.coarse.nbytes + loaded.pq.nbytes()
-        mem = {"method": "shoal-balanced" if "shoal-balanced" in methods else "shoal-ivfpq",
-               "memory_bytes": loaded.memory_bytes(), "mapped_bytes": loaded.mapped_bytes(),
-               "rss_delta_bytes": m["bytes"], "codes_ids_centroids_bytes": core,
-               "ratio_memory_to_core": loaded.memory_bytes() / core, "ratio_rss_to_core": m["bytes"] / core}
-        if loaded.residual and loaded.metric == "l2":
-            loaded.set_precomputed(True)  # what the loaded index would hold with PQ..(precomputed)
-            mem["memory_bytes_precomputed"] = loaded.memory_bytes()
-            mem["ratio_memory_precomputed_to_core"] = loaded.memory_bytes() / core
-            loaded.set_precomputed(False)
-        mem.update(_rss_in_child(tmp, xq[:200], k))
-        D1, I1 = ref.search(xq[:200], k, params={"nprobe": 8, "rerank": 40})
-        D2, I2 = loaded.search(xq[:200], k, params={"nprobe": 8, "rerank": 40})
-        mem["identical_after_load"] = bool(np.array_equal(I1, I2) and np.array_equal(D1, D2))
-        del loaded
-    print(f"[ivfpq] loaded-index memory: {mem}", file=sys.stderr)
+    for suite in suites:
+        label = next(lb for lb, v in ours_specs.items() if v[2] == suite)
+        mem[label] = _loaded_memory(methods[label], xq, k)
+        print(f"[ivfpq] loaded-index memory {label}: {mem[label]}", file=sys.stderr)
 
     points = []
 
@@ -222,7 +232,8 @@ def run_dataset(args, name):
         D_, I_ = timing.result
         rec = {"bench": "ivfpq", "dataset": ds.key, "dataset_name": name, "method": label, "threads": 1, "k": k,
                "nq": int(xq.shape[0]), "nb": int(xb.shape[0]), "params": params, "qps": timing.qps,
-               "recall": recall_at_k(I_, gt, k), **{kk: v for kk, v in infos[label].items()}}
+               "recall": recall_at_k(I_, gt, k), "suite": suite_of[label],
+               **{kk: v for kk, v in infos[label].items()}}
         points.append(rec)
         append_result(args.out, rec, echo=False)
 
@@ -230,21 +241,23 @@ def run_dataset(args, name):
         if nprobe > nlist // 2:
             continue
         searches, labels = {}, {}
-        for label in ours_specs:
-            for rr in args.reranks:
+        for label, (_, _, suite) in ours_specs.items():
+            for rr in (args.reranks if suite == "8bit" else args.fs_reranks):
                 key = f"{label}|{rr}"
                 idx = methods[label]
                 searches[key] = (lambda idx, p: (lambda q: idx.search(q, k, params=p)))(
                     idx, {"nprobe": nprobe, "rerank": rr})
                 labels[key] = (label, {"nprobe": nprobe, "rerank": rr})
-        searches["faiss-ivfpq"] = (lambda f: (lambda q: f(q, k)))(faiss_search(methods["faiss-ivfpq"], "ivf", nprobe))
-        labels["faiss-ivfpq"] = ("faiss-ivfpq", {"nprobe": nprobe, "rerank": 0})
-        for kind in ("ivfpq-refine", "ivfpq-fs-refine"):
-            for kf in sorted({max(1, rr // k) for rr in args.reranks if rr} or {4}):
+        for kind in faiss_kinds:
+            if kind == "hnsw":
+                continue
+            reranks = args.reranks if "-fs" not in kind else args.fs_reranks
+            kfs = sorted({max(1, rr // k) for rr in reranks if rr} or {4}) if kind.endswith("refine") else [None]
+            for kf in kfs:
                 key = f"faiss-{kind}|{kf}"
                 f = faiss_search(methods["faiss-" + kind], "ivf", nprobe, k_factor=kf)
                 searches[key] = (lambda f: (lambda q: f(q, k)))(f)
-                labels[key] = ("faiss-" + kind, {"nprobe": nprobe, "rerank": kf * k})
+                labels[key] = ("faiss-" + kind, {"nprobe": nprobe, "rerank": kf * k if kf else 0})
         timings = measure_interleaved(searches, xq, threads=1, rounds=args.rounds)
         for key, t in timings.items():
             label, params = labels[key]
@@ -257,25 +270,28 @@ def run_dataset(args, name):
         for key, t in measure_interleaved(hn, xq, threads=1, rounds=args.rounds).items():
             record("faiss-hnsw", {"efSearch": int(key[2:])}, t)
 
-    # summary: best single-thread QPS at recall@k >= target, ratios to faiss IVFPQ + Refine
+    # summary: best single-thread QPS at recall@k >= target; ratios to faiss IVFPQ + Refine (8-bit suite) and
+    # to faiss IVFPQFastScan + Refine (4-bit suite)
     target = args.target
     best = {}
     for p in points:
         if p["recall"] >= target and (p["method"] not in best or p["qps"] > best[p["method"]]["qps"]):
             best[p["method"]] = p
-    ref_qps = best.get("faiss-ivfpq-refine", {}).get("qps")
+    refs = {suite: best.get(REFERENCE[suite], {}).get("qps") for suite in SUITES}
     summary = {"bench": "ivfpq-summary", "dataset": ds.key, "dataset_name": name, "k": k, "target_recall": target,
-               "nq": int(xq.shape[0]), "loaded_memory": mem, "methods": {}}
+               "nq": int(xq.shape[0]), "suites": list(suites), "loaded_memory": mem, "methods": {}}
     for label in infos:
         b = best.get(label)
-        summary["methods"][label] = {
-            "qps_at_target": b["qps"] if b else None, "params": b["params"] if b else None,
-            "recall": b["recall"] if b else None,
-            "ratio_to_faiss_ivfpq_refine": (b["qps"] / ref_qps) if b and ref_qps else None,
-            "max_recall": max((p["recall"] for p in points if p["method"] == label), default=None),
-            **{kk: infos[label].get(kk) for kk in ("code_bytes", "bytes_per_vector", "build_s", "entropy_mean",
-                                                   "tune")}}
-    # codes alone (no re-rank) at equal nprobe: ours vs faiss IndexIVFPQ
+        row = {"qps_at_target": b["qps"] if b else None, "params": b["params"] if b else None,
+               "recall": b["recall"] if b else None, "suite": suite_of[label],
+               "max_recall": max((p["recall"] for p in points if p["method"] == label), default=None),
+               **{kk: infos[label].get(kk) for kk in ("code_bytes", "bytes_per_vector", "build_s", "entropy_mean",
+                                                      "tune")}}
+        for suite in SUITES:
+            ref = refs[suite]
+            row[f"ratio_to_{REFERENCE[suite].replace('-', '_')}"] = (b["qps"] / ref) if b and ref else None
+        summary["methods"][label] = row
+    # codes alone (no re-rank) at equal nprobe and bytes: ours vs faiss IndexIVFPQ / IndexIVFPQFastScan
     codes_only = {}
     for nprobe in args.nprobes:
         row = {p["method"]: p["recall"] for p in points
@@ -288,12 +304,43 @@ def run_dataset(args, name):
     return summary
 
 
+def _loaded_memory(ref, xq, k) -> dict:
+    """Save ``ref``, load it with memory-mapped re-ranking vectors: memory, RSS (here and in a fresh process), and
+    whether searches are bit-identical after the round trip."""
+    from shoal.index import load_index
+    from shoal.storage import LocalStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(tmp)
+        ref.save(store, "ix")
+        with rss_delta() as m:
+            loaded = load_index(store, "ix", mmap=True)
+        core = loaded.codes_nbytes() + loaded.row_ids.nbytes + loaded.coarse.nbytes + loaded.pq.nbytes()
+        mem = {"memory_bytes": loaded.memory_bytes(), "mapped_bytes": loaded.mapped_bytes(),
+               "rss_delta_bytes": m["bytes"], "codes_ids_centroids_bytes": core,
+               "ratio_memory_to_core": loaded.memory_bytes() / core, "ratio_rss_to_core": m["bytes"] / core}
+        if loaded.residual and loaded.metric == "l2":
+            loaded.set_precomputed(True)  # what the loaded index would hold with PQ..(precomputed)
+            mem["memory_bytes_precomputed"] = loaded.memory_bytes()
+            mem["ratio_memory_precomputed_to_core"] = loaded.memory_bytes() / core
+            loaded.set_precomputed(False)
+        mem.update(_rss_in_child(tmp, xq[:200], k))
+        same = True
+        for params in ({"nprobe": 8, "rerank": 40}, {"nprobe": 8, "rerank": 0}):
+            D1, I1 = ref.search(xq[:200], k, params=params)
+            D2, I2 = loaded.search(xq[:200], k, params=params)
+            same &= bool(np.array_equal(I1, I2) and np.array_equal(D1, D2))
+        mem["identical_after_load"] = same
+        del loaded
+    return mem
+
+
 _CHILD = """
 import sys, json, numpy as np
 from bench.common import rss_bytes
 from shoal.storage import LocalStore
 from shoal.index import load_index
-import shoal.quantization._ivf_kernels  # compiled code and libraries loaded before measuring
+import shoal.quantization._ivf_kernels, shoal.quantization._fastscan_kernels  # compiled before measuring
 q = np.load(sys.argv[2]); k = int(sys.argv[3])
 before = rss_bytes()
 ix = load_index(LocalStore(sys.argv[1]), "ix", mmap=True)
@@ -324,18 +371,21 @@ def _rss_in_child(tmp, q, k) -> dict:
 
 def _print_summary(s):
     print(f"\n== {s['dataset']} (recall@{s['k']} >= {s['target_recall']}, single thread, nq={s['nq']})")
-    print(f"{'method':24s} {'QPS':>9s} {'x faiss+R':>9s} {'params':>28s} {'B/vec':>8s} {'code B':>6s} "
-          f"{'build s':>8s} {'H bits':>6s}")
+    print(f"{'method':26s} {'QPS':>9s} {'x faiss+R':>9s} {'x fs+R':>7s} {'params':>28s} {'B/vec':>8s} "
+          f"{'code B':>6s} {'build s':>8s} {'H bits':>6s}")
     for label, m in s["methods"].items():
         qps = f"{m['qps_at_target']:.0f}" if m["qps_at_target"] else "-"
-        ratio = f"{m['ratio_to_faiss_ivfpq_refine']:.2f}" if m["ratio_to_faiss_ivfpq_refine"] else "-"
+        r8 = m.get("ratio_to_faiss_ivfpq_refine")
+        r4 = m.get("ratio_to_faiss_ivfpq_fs_refine")
         ent = f"{m['entropy_mean']:.2f}" if m.get("entropy_mean") else "-"
-        print(f"{label:24s} {qps:>9s} {ratio:>9s} {str(m['params']):>28s} {m['bytes_per_vector']:8.1f} "
-              f"{m['code_bytes']:6d} {m['build_s']:8.1f} {ent:>6s}")
+        print(f"{label:26s} {qps:>9s} {f'{r8:.2f}' if r8 else '-':>9s} {f'{r4:.2f}' if r4 else '-':>7s} "
+              f"{str(m['params']):>28s} {m['bytes_per_vector']:8.1f} {m['code_bytes']:6d} {m['build_s']:8.1f} "
+              f"{ent:>6s}")
     print("codes-only recall (rerank 0) by nprobe:")
     for nprobe, row in s["codes_only_recall"].items():
         print(f"  nprobe={nprobe}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
-    print(f"loaded index (mmap): {s['loaded_memory']}")
+    for label, mem in s["loaded_memory"].items():
+        print(f"loaded index {label} (mmap): {mem}")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -351,6 +401,10 @@ def main(argv=None) -> int:
     p.add_argument("--nprobes", type=_int_list, default=NPROBES, help="comma-separated nprobe values to sweep")
     p.add_argument("--reranks", type=_int_list, default=RERANKS,
                    help="comma-separated shoal re-rank depths (faiss k_factor: each non-zero depth / k)")
+    p.add_argument("--fs-reranks", type=_int_list, default=FS_RERANKS,
+                   help="re-rank depths of the 4-bit (fast-scan) suite, ours and faiss's (k_factor = depth / k)")
+    p.add_argument("--suite", choices=("all",) + SUITES, default="all",
+                   help="8bit: PQ x8 vs faiss IVFPQ (+Refine); 4bit: PQ x4 fast scan vs faiss IVFPQFastScan (+Refine)")
     p.add_argument("--plain-only", action="store_true", help="skip the balanced and tuned shoal indexes")
     p.add_argument("--no-hnsw", action="store_true", help="skip faiss HNSW")
     args = p.parse_args(argv)

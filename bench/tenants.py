@@ -158,7 +158,7 @@ def time_single(fn, Q: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarra
 class Curator:
     name = "curator"
 
-    def __init__(self, ds, xb, members, csr, factory, tmpdir):
+    def __init__(self, ds, xb, members, csr, factory, tmpdir, mmap=True):
         from shoal.storage import LocalStore
         from shoal.index import index_factory, load_index
 
@@ -171,17 +171,21 @@ class Curator:
         ix.save(store, "curator")
         del ix
         gc.collect()
+        # as a collection serves it after a snapshot (mmap_index): the float32 vectors memory-mapped, the rest in
+        # memory; --no-mmap loads every array into memory
         with rss_delta() as mem:
-            self.ix = load_index(store, "curator")
+            self.ix = load_index(store, "curator", mmap=mmap)
         self.rss = mem["bytes"]
+        self.mmap = mmap
         self.factory = factory
         # default rerank (64: candidates ranked by 4-bit codes, the best 64 scored exactly); rerank 0 scores all
         self.sweep = ([{"gamma": g} for g in (32, 64, 128, 192, 256, 384, 512, 768)]
                       + [{"gamma": 256, "rerank": 0}, {"gamma": 384, "rerank": 0}])
 
     def memory(self):
-        return {"memory_bytes": self.ix.memory_bytes(), "rss_delta_bytes": self.rss,
-                "breakdown": self.ix.memory_breakdown()}
+        return {"memory_bytes": self.ix.memory_bytes(), "mapped_bytes": self.ix.mapped_bytes(),
+                "rss_delta_bytes": self.rss, "breakdown": self.ix.memory_breakdown(), "mmap": self.mmap,
+                "measure": "memory_bytes(): in-memory arrays; mapped_bytes(): memory-mapped float32 vectors"}
 
     def searcher(self, p):
         ix = self.ix
@@ -189,6 +193,35 @@ class Curator:
         def fn(q, t):
             return ix.search(q, K, tenant=t, params=p)[1][0]
         return fn
+
+
+def collection_memory(ds, xb, members, csr, factory, tmpdir, batch=10_000):
+    """Curator built the way users build it: ``Database`` -> ``create_collection`` -> ``upsert`` in batches (tenant
+    names, each record with its list) -> ``build``. Returns the collection's memory figures (its index as served
+    after the build's snapshot, memory-mapped by default), and the collection, still open, for searching."""
+    from shoal import Database
+
+    indptr, tids = csr
+    n = xb.shape[0]
+    db = Database(os.path.join(tmpdir, "db"))
+    col = db.create_collection("tenants", dim=ds.d, metric=ds.metric, index=factory, multi_tenant=True,
+                               tail_limit=n + 1)  # one explicit build at the end, none in the background
+    names = np.array([f"t{t}" for t in range(len(members))], dtype=object)
+    t0 = time.perf_counter()
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        tl = [names[tids[indptr[i]:indptr[i + 1]]].tolist() for i in range(lo, hi)]
+        col.upsert(np.arange(lo, hi, dtype=np.int64), xb[lo:hi], tenants=tl)
+    upsert_s = time.perf_counter() - t0
+    gc.collect()
+    with rss_delta() as mem:
+        summary = col.build()
+    st = col.stats()["memory_bytes"]
+    index = col._view.index
+    return {"memory_bytes": st["index"], "mapped_bytes": st["index_mapped"], "records_bytes": st["records"],
+            "breakdown": index.memory_breakdown(), "rss_delta_build_bytes": mem["bytes"], "upsert_s": upsert_s,
+            "build_s": summary["seconds"], "batch": batch,
+            "measure": "collection.stats(): the index as served after the build's snapshot"}, db, col
 
 
 class TenantIVF:
@@ -421,6 +454,42 @@ def paired(rounds, Q, T, gt, top50, ds, draw, out):
     return res
 
 
+def memory_ratios(mems, ds, setup, out):
+    """One ``kind="memory-ratio"`` line: Curator's bytes (index alone and through a collection; in memory, and in
+    memory + mapped) over per-tenant IVFFlat's (serialized indexes: vectors, ids and centroids of every tenant)."""
+    if "tenant-ivf" not in mems:
+        return
+    ivf = mems["tenant-ivf"]["memory_bytes"]
+    line = {"kind": "memory-ratio", "dataset": ds.key, "setup": setup, "tenant_ivf_bytes": ivf}
+    for name in ("curator", "curator-collection"):
+        if name in mems:
+            m = mems[name]
+            line[name] = {"memory_bytes": m["memory_bytes"], "mapped_bytes": m.get("mapped_bytes", 0),
+                          "ratio_in_memory": m["memory_bytes"] / ivf,
+                          "ratio_with_mapped": (m["memory_bytes"] + m.get("mapped_bytes", 0)) / ivf}
+    append_result(out, line)
+    for name in ("curator", "curator-collection"):
+        if name in line:
+            r = line[name]
+            print(f"[{ds.key}] {name}: {r['memory_bytes'] / 1e6:.1f} MB in memory + {r['mapped_bytes'] / 1e6:.1f} MB "
+                  f"mapped vs per-tenant IVFFlat {ivf / 1e6:.1f} MB: {r['ratio_in_memory']:.2f}x in memory, "
+                  f"{r['ratio_with_mapped']:.2f}x with the mapped vectors", file=sys.stderr)
+
+
+def coll_recall(col, xq, draws, gts, ds, out, nq=300, gamma=256):
+    """Recall of the collection-built Curator on the first ``nq`` pairs of each draw (through ``col.search`` with
+    the tenant's name), so its memory figure is that of an index answering as well as the one timed."""
+    for draw, (qr, tt) in draws.items():
+        m = min(nq, qr.shape[0])
+        I = np.full((m, K), -1, np.int64)
+        for i in range(m):
+            res = col.search(xq[qr[i]][None], K, tenant=f"t{int(tt[i])}", params={"gamma": gamma})
+            I[i] = res.ids[0]
+        rec = float(recall(I, gts[draw][:m]).mean())
+        append_result(out, {"kind": "collection-recall", "method": "curator-collection", "dataset": ds.key,
+                            "draw": draw, "params": {"gamma": gamma}, "nq": m, "recall": rec})
+
+
 def update_latencies(ix, xq, members, nb, seed, n_ops):
     """Curator insert / grant / revoke / delete latencies (seconds per single-item call)."""
     rng = np.random.default_rng(seed)
@@ -495,9 +564,15 @@ def run_dataset(ds, args, tmpdir):
 
     methods = []
     with single_thread():
-        cur = Curator(ds, xb, members, csr, args.factory, tmpdir)
+        cur = Curator(ds, xb, members, csr, args.factory, tmpdir, mmap=not args.no_mmap)
         print(f"[{ds.key}] curator built in {cur.build_s:.1f}s", file=sys.stderr)
         methods.append(cur)
+        coll = None
+        if "collection" not in args.skip:
+            cmem, cdb, ccol = collection_memory(ds, xb, members, csr, args.factory, tmpdir)
+            coll = {"memory": cmem, "db": cdb, "col": ccol}
+            print(f"[{ds.key}] curator through a collection: {cmem['memory_bytes'] / 1e6:.1f} MB in memory, "
+                  f"{cmem['mapped_bytes'] / 1e6:.1f} MB mapped", file=sys.stderr)
         builders = [("tenant-ivf", lambda: TenantIVF(ds, xb, members)),
                     ("shared-ivf-bitmap", lambda: SharedIVF(ds, xb, members, nlist)),
                     ("brute-force", lambda: BruteForce(ds, xb, members, used)),
@@ -509,10 +584,20 @@ def run_dataset(ds, args, tmpdir):
             print(f"[{ds.key}] {name} built in {m.build_s:.1f}s", file=sys.stderr)
             methods.append(m)
         lines = []
+        mems = {}
         for m in methods:
-            mem = m.memory()
+            mem = mems[m.name] = m.memory()
             append_result(args.out, {"method": m.name, "dataset": ds.key, "kind": "memory", "build_s": m.build_s,
                                      **mem, "setup": setup})
+        if coll is not None:
+            mems["curator-collection"] = coll["memory"]
+            append_result(args.out, {"method": "curator-collection", "dataset": ds.key, "kind": "memory",
+                                     **coll["memory"], "setup": setup})
+            coll_recall(coll["col"], xq, draws, gts, ds, args.out)
+            coll["db"].close()
+        memory_ratios(mems, ds, setup, args.out)
+        for m in methods:
+            mem = mems[m.name]
             for p in (m.sweep if not args.paired_only else []):
                 for draw, (qr, tt) in draws.items():
                     Q, T, gt = xq[qr], tt, gts[draw]
@@ -642,10 +727,13 @@ def main(argv=None):
     p.add_argument("--tenants", type=int, default=1000, help="tenants of the GloVe set-up")
     p.add_argument("--per-vector", type=float, default=10.0, help="average tenants per vector (GloVe)")
     p.add_argument("--factory", default="Curator(branch=16,leaf=128,shortlist=256)")
-    p.add_argument("--skip", action="append", default=[], help="baseline to leave out (repeatable)")
+    p.add_argument("--skip", action="append", default=[], help="baseline to leave out (repeatable; also `collection`: the Curator built through a collection)")
     p.add_argument("--update-ops", type=int, default=500, help="single-item calls per update kind")
     p.add_argument("--hnsw-every", type=int, default=None,
                    help="build per-tenant HNSW for every n-th tenant only (default: 5 for GloVe, 1 otherwise)")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="load Curator with every array in memory (default: float32 vectors memory-mapped, as a "
+                        "collection serves it)")
     p.add_argument("--paired-only", action="store_true",
                    help="only the paired (alternated) rounds: no sweeps, memory-growth or update runs, no plots")
     args = p.parse_args(argv)

@@ -61,7 +61,7 @@ DEFAULT_SNAPSHOT_WAL_BYTES = 64 << 20
 #: collection settings beside dim / metric / schema / index / multi_tenant: name -> default
 SETTINGS = {"tail_limit": DEFAULT_TAIL_LIMIT, "exact_threshold": DEFAULT_EXACT_THRESHOLD,
             "snapshot_wal_bytes": DEFAULT_SNAPSHOT_WAL_BYTES, "max_k": planner.DEFAULT_MAX_K,
-            "max_results": planner.DEFAULT_MAX_RESULTS}
+            "max_results": planner.DEFAULT_MAX_RESULTS, "mmap_index": True}
 
 
 class MemoryLog:
@@ -127,7 +127,7 @@ class Collection:
         self.multi_tenant = bool(self.config.get("multi_tenant", False))
         for key, default in SETTINGS.items():
             value = self.config.get(key, default)
-            setattr(self, key, None if value is None else int(value))
+            setattr(self, key, bool(value) if isinstance(default, bool) else None if value is None else int(value))
         self.target_recall = float(self.config.get("target_recall", DEFAULT_TARGET))
         self._generation = int(manifest.get("generation", 0))
         self._snap_lsn = int(manifest.get("lsn", 0))
@@ -717,6 +717,13 @@ class Collection:
         self._generation += 1
         self._snap_lsn = lsn
         self.wal.reset(lsn)
+        if self.mmap_index and view.index is not None and not self._closing:
+            # serve from the generation just written, its large arrays memory-mapped (page cache, not heap); its
+            # files never change, and deleting them later (the next snapshot) leaves the mapping valid
+            mapped = snapshot.reopen_index(self.store, manifest)
+            if mapped is not None:
+                with self._rw.write:
+                    self._view = view.with_index(mapped, view.row_slot, view.boundary)
         snapshot.delete_other_generations(self.store, manifest["snapshot"])
 
     # ------------------------------------------------------------------ introspection

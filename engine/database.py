@@ -122,6 +122,10 @@ class Database:
         for label, v in settings.items():
             if label == "exact_threshold" and v is None:
                 continue  # chosen by the planner per index kind
+            if isinstance(SETTINGS[label], bool):
+                if not isinstance(v, bool):
+                    raise InvalidArgument(f"{label} must be True or False, got {v!r}")
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (label in ("max_k", "max_results") and v < 1):
                 raise InvalidArgument(f"{label} must be a {'positive' if label.startswith('max') else 'non-negative'} "
                                       f"integer, got {v!r}")
@@ -133,7 +137,8 @@ class Database:
                           index: str = "Flat", multi_tenant: bool = False, *, exist_ok: bool = False,
                           tail_limit: int = SETTINGS["tail_limit"], exact_threshold: int | None = SETTINGS["exact_threshold"],
                           snapshot_wal_bytes: int = SETTINGS["snapshot_wal_bytes"], max_k: int = SETTINGS["max_k"],
-                          max_results: int = SETTINGS["max_results"], target_recall: float = DEFAULT_TARGET
+                          max_results: int = SETTINGS["max_results"],
+                          mmap_index: bool = SETTINGS["mmap_index"], target_recall: float = DEFAULT_TARGET
                           ) -> Collection:
         """Create a collection and return it open.
 
@@ -163,6 +168,11 @@ class Database:
             Largest ``k`` a search may ask for (default 10,000).
         max_results : int
             Largest ``nq * k`` of one search call (default 4,194,304).
+        mmap_index : bool
+            On a local store, serve the index from its snapshot with its large arrays (float32 vectors) memory-mapped
+            rather than copied into the heap: after each snapshot the index is reopened from the files just
+            written, and a reopened collection maps them too (default True; the index's ``memory_bytes()`` then
+            leaves them out and ``mapped_bytes()`` counts them).
         target_recall : float
             Recall@10 that searches without explicit settings reach: every build calibrates the index's default
             search settings for it (``search(params={"recall": r})`` picks another target per call).
@@ -170,7 +180,8 @@ class Database:
         self._check(write=True)
         config = self._config(name, dim, metric, schema, index, multi_tenant,
                               {"tail_limit": tail_limit, "exact_threshold": exact_threshold,
-                               "snapshot_wal_bytes": snapshot_wal_bytes, "max_k": max_k, "max_results": max_results},
+                               "snapshot_wal_bytes": snapshot_wal_bytes, "max_k": max_k, "max_results": max_results,
+                               "mmap_index": mmap_index},
                               target_recall)
         with self._lock, database_lock(self.wal_dir):
             if self.exists(name):

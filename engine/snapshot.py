@@ -78,8 +78,23 @@ def load(store, manifest: dict[str, Any], dim: int, schema: Schema) -> tuple[Vie
     records = Records.from_arrays(dim, schema, meta, arrays)
     if not manifest.get("has_index"):
         return View(records), tenants
-    index = load_index(store, f"{snap}/index")
+    index = load_index(store, f"{snap}/index", mmap=maps_index(store, manifest))
     return View(records, index, np.array(arrays["row_slot"], dtype=np.int64), int(manifest["boundary"])), tenants
+
+
+def maps_index(store, manifest: dict[str, Any]) -> bool:
+    """Whether the index of ``manifest`` is opened memory-mapped: the collection asks for it (``mmap_index``, on by
+    default) and the store keeps its objects as local files (mapping from an S3 store would first download every
+    array to its cache)."""
+    return bool(manifest["config"].get("mmap_index", True)) and store.is_local
+
+
+def reopen_index(store, manifest: dict[str, Any]):
+    """The index of the generation ``manifest`` names, opened memory-mapped; ``None`` when it would not be mapped
+    (see :func:`maps_index`)."""
+    if not manifest.get("has_index") or not maps_index(store, manifest):
+        return None
+    return load_index(store, f"{manifest['snapshot']}/index", mmap=True)
 
 
 def write(store, config: dict[str, Any], view: View, tenants: TenantRegistry, *, generation: int, lsn: int,

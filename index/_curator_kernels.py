@@ -116,11 +116,6 @@ def ht_find_h(keys, key, h):
 
 
 @njit(cache=True)
-def ht_find(keys, key):
-    return ht_find_h(keys, key, _mix(key))
-
-
-@njit(cache=True)
 def ht_put_h(keys, vals, meta, ci, ti, key, val, h):
     """Insert or overwrite ``key -> val`` probing from ``h``; ``meta[ci]`` counts entries, ``meta[ti]`` tombstones.
 
@@ -148,11 +143,6 @@ def ht_put_h(keys, vals, meta, ci, ti, key, val, h):
 
 
 @njit(cache=True)
-def ht_put(keys, vals, meta, ci, ti, key, val):
-    ht_put_h(keys, vals, meta, ci, ti, key, val, _mix(key))
-
-
-@njit(cache=True)
 def ht_del_h(keys, meta, ci, ti, key, h):
     pos = ht_find_h(keys, key, h)
     if pos >= 0:
@@ -160,11 +150,6 @@ def ht_del_h(keys, meta, ci, ti, key, h):
         meta[ci] -= 1
         meta[ti] += 1
     return pos
-
-
-@njit(cache=True)
-def ht_del(keys, meta, ci, ti, key):
-    return ht_del_h(keys, meta, ci, ti, key, _mix(key))
 
 
 @njit(inline="always")
@@ -198,39 +183,77 @@ def nt_rehash(keys, vals, new_cap, parent, child_lo):
     return nk, nv, meta[0]
 
 
-@njit(cache=True)
-def ht_rehash(keys, vals, new_cap):
-    """Copy live entries into fresh tables of ``new_cap`` (a power of two); returns (keys, vals, count)."""
-    nk = np.full(new_cap, EMPTY, dtype=np.int64)
-    nv = np.zeros(new_cap, dtype=vals.dtype)
-    meta = np.zeros(2, dtype=np.int64)
-    for i in range(keys.shape[0]):
-        if keys[i] >= 0:
-            ht_put(nk, nv, meta, 0, 1, keys[i], vals[i])
-    return nk, nv, meta[0]
+# The id table holds only row numbers: a row's key is its user id, read from ``row_ids`` (4 bytes a slot instead of
+# 12 with the keys stored; the extra read per probe costs only updates: searches never look ids up).
+@njit(inline="always")
+def _id_slot(table, row_ids, key):
+    """Slot holding the row of user id ``key`` in ``table`` int32 (H,) (H a power of two; EMPTY / TOMB / row), or
+    -1."""
+    mask = table.shape[0] - 1
+    i = _mix(key) & mask
+    while True:
+        r = table[i]
+        if r == EMPTY:
+            return -1
+        if r >= 0 and row_ids[r] == key:
+            return i
+        i = (i + 1) & mask
+
+
+@njit(inline="always")
+def _id_put(table, row_ids, r):
+    """Insert row ``r`` (its id absent from the table) at the first free or tombstoned slot of its probe run;
+    returns 1 when a tombstone was reused."""
+    mask = table.shape[0] - 1
+    i = _mix(row_ids[r]) & mask
+    while table[i] >= 0:
+        i = (i + 1) & mask
+    reused = 1 if table[i] == TOMB else 0
+    table[i] = r
+    return reused
 
 
 @njit(cache=True)
-def ids_lookup(keys, vals, ids):
+def ids_lookup(table, row_ids, ids):
     """Rows of user ``ids`` int64 (n,) in the id table; -1 where absent."""
     out = np.full(ids.shape[0], -1, dtype=np.int64)
     for j in range(ids.shape[0]):
-        p = ht_find(keys, ids[j])
+        p = _id_slot(table, row_ids, ids[j])
         if p >= 0:
-            out[j] = vals[p]
+            out[j] = table[p]
     return out
 
 
 @njit(cache=True)
-def ids_insert(keys, vals, meta, ids, rows):
-    for j in range(ids.shape[0]):
-        ht_put(keys, vals, meta, 0, 1, ids[j], rows[j])
+def ids_insert(table, meta, row_ids, rows):
+    """Enter ``rows`` int64 (n,), whose ids (``row_ids[rows]``) are not in the table; ``meta`` = (count, tombs)."""
+    for j in range(rows.shape[0]):
+        meta[1] -= _id_put(table, row_ids, rows[j])
+        meta[0] += 1
 
 
 @njit(cache=True)
-def ids_delete(keys, meta, ids):
-    for j in range(ids.shape[0]):
-        ht_del(keys, meta, 0, 1, ids[j])
+def ids_delete(table, meta, row_ids, rows):
+    """Tombstone the entries of ``rows`` int64 (n,) (rows not entered are ignored)."""
+    for j in range(rows.shape[0]):
+        p = _id_slot(table, row_ids, row_ids[rows[j]])
+        if p >= 0 and table[p] == rows[j]:
+            table[p] = TOMB
+            meta[0] -= 1
+            meta[1] += 1
+
+
+@njit(cache=True)
+def ids_build(row_ids, deleted, n, cap):
+    """A fresh id table of ``cap`` slots (a power of two) holding every live row below ``n``; returns
+    ``(table int32 (cap,), count)``."""
+    table = np.full(cap, EMPTY, dtype=np.int32)
+    count = 0
+    for r in range(n):
+        if not deleted[r]:
+            _id_put(table, row_ids, r)
+            count += 1
+    return table, count
 
 
 # ---------------------------------------------------------------------------------------------------- slab pools

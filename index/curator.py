@@ -185,9 +185,8 @@ class CuratorIndex(Index):
         self._smeta = np.zeros(8, np.int64)
         self._hkeys = np.full(1024, K.EMPTY, np.int64)
         self._hvals = np.zeros(1024, np.int32)
-        self._ikeys = np.full(1024, K.EMPTY, np.int64)
-        self._ivals = np.zeros(1024, np.int32)
-        self._imeta = np.zeros(2, np.int64)
+        self._irows = np.full(1024, K.EMPTY, np.int32)  # id -> row table (keys read from row ids)
+        self._imeta = np.zeros(2, np.int64)  # (entries, tombstones)
         self._tcount = np.zeros(16, np.int64)
         self._tnsl = np.zeros(16, np.int64)
         self._talive = np.zeros(16, bool)
@@ -268,6 +267,7 @@ class CuratorIndex(Index):
         self._astart = grow(self._astart)
         self._alen = grow(self._alen)
         self._acap = grow(self._acap)
+        self._sync_views()  # row_ids / deleted are views: they must follow the new buffers
 
     def _need_pool(self) -> int:
         levels = self._levels() + 2
@@ -311,11 +311,14 @@ class CuratorIndex(Index):
 
     def _ensure_ids(self, extra: int) -> None:
         # up to 3/4 full: linear probing stays short and a pow2 table need not double too early
-        if (self._imeta[0] + self._imeta[1] + extra) * 4 > self._ikeys.shape[0] * 3:
-            self._ikeys, self._ivals, cnt = K.ht_rehash(self._ikeys, self._ivals,
-                                                        _pow2(int((self._imeta[0] + extra) / 0.75) + 1))
-            self._imeta[0] = cnt
-            self._imeta[1] = 0
+        if (self._imeta[0] + self._imeta[1] + extra) * 4 > self._irows.shape[0] * 3:
+            self._rebuild_ids(int(self._imeta[0]) + extra)
+
+    def _rebuild_ids(self, entries: int) -> None:
+        """A fresh id table with room for ``entries`` ids (every live row entered, tombstones gone)."""
+        self._irows, cnt = K.ids_build(self._ids, self._del, self._n, _pow2(int(entries / 0.75) + 1))
+        self._imeta[0] = cnt
+        self._imeta[1] = 0
 
     def _ensure_tenants(self, tmax: int) -> None:
         cap = self._tcount.shape[0]
@@ -350,7 +353,7 @@ class CuratorIndex(Index):
 
     # ------------------------------------------------------------------ checks
     def _rows(self, ids: np.ndarray) -> np.ndarray:
-        return K.ids_lookup(self._ikeys, self._ivals, ids)
+        return K.ids_lookup(self._irows, self._ids, ids)
 
     @staticmethod
     def _as_tenant(tenant) -> int:
@@ -438,9 +441,9 @@ class CuratorIndex(Index):
             self._alen[start:start + n] = 0
             self._acap[start:start + n] = counts
             self._ameta[0] += total
+            self._ensure_ids(n)  # before the new rows count: a rebuilt table holds the rows below self._n
             self._n = start + n
-            self._ensure_ids(n)
-            K.ids_insert(self._ikeys, self._ivals, self._imeta, ids, rows.astype(np.int32))
+            K.ids_insert(self._irows, self._imeta, self._ids, rows)
             if tids.size:
                 self._ensure_tenants(int(tids.max()))
                 self._talive[tids] = True
@@ -479,7 +482,7 @@ class CuratorIndex(Index):
                 return 0
             self._run(K.remove_rows, rows)
             self._del[rows] = True
-            K.ids_delete(self._ikeys, self._imeta, self._ids[rows])
+            K.ids_delete(self._irows, self._imeta, self._ids, rows)
             self._after_revoke(rows.shape[0])
             return int(rows.size)
 
@@ -767,7 +770,7 @@ class CuratorIndex(Index):
             "vectors": [self._vecs],
             "codes": [self._codes, *self._sq],
             "rows": [self._ids, self._del, self._leaf],
-            "id_map": [self._ikeys, self._ivals],
+            "id_map": [self._irows],
             "access": [self._astart, self._alen, self._acap, self._apool],
             "shortlists": [self._sstart, self._slen, self._scap, self._snode, self._sten, self._sfree, self._spool],
             "shortlist_map": [self._hkeys, self._hvals],
@@ -813,21 +816,20 @@ class CuratorIndex(Index):
                 "sl_node": self._snode[:hw], "sl_tenant": self._sten[:hw],
                 "sl_free": self._sfree[:int(self._smeta[K.M_NFREE])], "sl_pool": self._spool[:int(self._smeta[K.M_USED])],
                 "sl_meta": self._smeta, "sl_keys": self._hkeys, "sl_vals": self._hvals,
-                "id_keys": self._ikeys, "id_vals": self._ivals, "id_meta": self._imeta,
                 "t_count": self._tcount, "t_nsl": self._tnsl, "t_alive": self._talive,
             }
             if self._tree is not None:
                 for name, a in self._tree._asdict().items():
                     arrays["tree_" + name] = a
             meta = {"kind": self.kind, "d": self.d, "metric": self.metric, "settings": self.settings,
-                    "curator_version": 1, "trained": self._tree is not None, "ntotal": n, "stale": self._stale,
+                    "curator_version": 2, "trained": self._tree is not None, "ntotal": n, "stale": self._stale,
                     **self.calibration_meta()}
             save_arrays(store, prefix, meta, arrays)
 
     @classmethod
     def load(cls, store, prefix: str, *, mmap: bool = False) -> "CuratorIndex":
         meta, a = load_arrays(store, prefix, kind=cls.kind, mmap=mmap)
-        if meta.get("curator_version") != 1:
+        if meta.get("curator_version") not in (1, 2):
             raise FailedPrecondition(f"{prefix}: Curator layout version {meta.get('curator_version')} is not supported")
         ix = cls(meta["d"], meta["metric"], **meta["settings"])
         own = lambda name: np.array(a[name])  # noqa: E731 - writable in-memory copy
@@ -847,7 +849,7 @@ class CuratorIndex(Index):
         for attr, name in (("_ids", "row_ids"), ("_del", "deleted"), ("_leaf", "row_leaf"), ("_astart", "acc_start"),
                            ("_alen", "acc_len"), ("_acap", "acc_cap"), ("_apool", "acc_pool"),
                            ("_ameta", "acc_meta"), ("_smeta", "sl_meta"), ("_hkeys", "sl_keys"),
-                           ("_hvals", "sl_vals"), ("_ikeys", "id_keys"), ("_ivals", "id_vals"), ("_imeta", "id_meta"),
+                           ("_hvals", "sl_vals"),
                            ("_tcount", "t_count"), ("_tnsl", "t_nsl"), ("_talive", "t_alive")):
             setattr(ix, attr, own(name))
         hw = int(ix._smeta[K.M_HW])
@@ -863,6 +865,8 @@ class CuratorIndex(Index):
             ix._tree = K.Tree(*(own("tree_" + name) for name in K.Tree._fields))
         ix._stale = int(meta.get("stale", 0))
         ix.restore_calibration(meta)
+        # the id table is not saved (version 1 saved one with its keys): rebuilt from the row ids, ~20 ns a row
+        ix._rebuild_ids(int(ix._n - np.count_nonzero(ix._del[:ix._n])))
         ix._sync_views()
         return ix
 

@@ -9,7 +9,10 @@ Factory strings (ARCHITECTURE.md grammar)::
 
 Storage: codes are kept in row order and every ``add`` batch (a segment) is sorted by list before its rows are
 numbered, so each list of each segment is a contiguous row range (``offsets[segment, list]``): the scan reads codes
-sequentially and needs no slot -> row array. Rows are never renumbered by ``remove`` (tombstones).
+sequentially and needs no slot -> row array. Rows are never renumbered by ``remove`` (tombstones). 4-bit codes are
+kept only in the fast-scan layout (``quantization/fastscan.py``: blocks of 32 rows, sub-quantizer major; each
+(segment, list) range starts a block) and searched with 8-bit quantized tables and 16-bit sums
+(``quantization/_fastscan_kernels.py``); 8-bit codes are row-major bytes scanned with float tables.
 
 Search settings (``params``): ``nprobe`` (lists probed per query) and ``rerank`` (ADC candidates re-ranked exactly from
 the stored vectors; needs ``Refine``; 0 disables). ``residual=0`` codes vectors rather than residuals, the form
@@ -27,8 +30,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument
+from ..quantization import fastscan
+from ..quantization._fastscan_kernels import ivf_fastscan_search
 from ..quantization._ivf_kernels import ivf_pq_search
-from ..quantization.kmeans import assign, balanced_kmeans, kmeans, sq_distances, usage_entropy
+from ..quantization.kmeans import assign, balanced_kmeans, kmeans, usage_entropy
 from ..quantization.pq import ProductQuantizer, check_pq_shape, pack_codes, train_opq, unpack_codes
 from ..quantization.tuning import TuneReport, tune_centroids
 from .base import Index, array_bytes
@@ -42,7 +47,15 @@ from .validate import as_ids
 # nprobe 8, rerank 40, without precomputed tables: 80 / 67 / 61 us per query at 128 / 512 / 2000; with them about
 # 60 at every size)
 _QUERY_BLOCK = 512
+
+
+def _fastscan_query_block(nlist: int) -> int:
+    """Queries per fast-scan kernel call: the kernel scans list by list, so every query of a block that probes a list
+    reuses its blocks from cache; more queries per call, more reuse (bounded so the (block, nlist) float32
+    query-centroid products stay within 32 MiB)."""
+    return int(min(2048, max(256, 2**23 // max(1, nlist))))
 _STAGE_ORDER = ("OPQ", "IVF", "PQ", "Refine")
+_MAX_FASTSCAN_ROWS = 2**32 - 1
 
 
 def _as_int(name: str, value, low: int = 1) -> int:
@@ -108,11 +121,15 @@ class IVFPQIndex(Index):
         self.rotation: np.ndarray | None = None
         self.coarse: np.ndarray | None = None
         self.coarse_bias = np.zeros(self.nlist, dtype=np.float32)
-        self.codes = np.empty((0, self.pq.code_size), dtype=np.uint8)
+        # 8-bit codes: row-major bytes (ntotal, M); 4-bit codes: the fast-scan blocks (nblocks, 16 Mp), see
+        # quantization/fastscan.py, with the first block of each (segment, list) in block_offsets
+        self.fastscan = self.pq.nbits == 4
+        self._codes = np.empty((0, self.pq.code_size), dtype=np.uint8)
+        self.blocks = np.empty((0, fastscan.block_bytes(self.pq.M)), dtype=np.uint8)
         self.offsets = np.empty((0, self.nlist + 1), dtype=np.int64)
+        self.block_offsets = np.empty((0, self.nlist + 1), dtype=np.int64)
         self.vectors = np.empty((0, self.d), dtype=np.float32) if self.refine else None
         self.default_nprobe = min(8, self.nlist)
-        self.last_nscanned: np.ndarray = np.empty(0, dtype=np.int64)
         self.tune_report: TuneReport | None = None
         self.set_precomputed(precomputed)
 
@@ -193,6 +210,29 @@ class IVFPQIndex(Index):
     @property
     def is_trained(self) -> bool:
         return self.coarse is not None and self.pq.is_trained
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Stored codes uint8 (ntotal, code_size) in row order (4-bit: packed two per byte, see ``pq.pack_codes``).
+
+        With 4-bit codes the index keeps only the fast-scan blocks, so this is a copy unpacked from them.
+        """
+        if not self.fastscan:
+            return self._codes
+        return pack_codes(self.sub_codes(), self.pq.nbits)
+
+    def sub_codes(self, rows=None) -> np.ndarray:
+        """Sub-quantizer codes uint8 (n, M) of internal ``rows`` (all rows when ``None``)."""
+        if not self.fastscan:
+            codes = self._codes if rows is None else self._codes[np.asarray(rows, dtype=np.int64)]
+            return unpack_codes(codes, self.pq.M, self.pq.nbits)
+        if rows is None:
+            return fastscan.unpack_all(self.blocks, self.offsets, self.pq.M)
+        return fastscan.unpack_rows(self.blocks, self.offsets, self.block_offsets, self.pq.M, rows)
+
+    def codes_nbytes(self) -> int:
+        """Bytes of the stored codes (4-bit: the blocks, padding included)."""
+        return int(self.blocks.nbytes if self.fastscan else self._codes.nbytes)
 
     def _rotate(self, x: np.ndarray) -> np.ndarray:
         if self.rotation is None:
@@ -319,7 +359,7 @@ class IVFPQIndex(Index):
                 ids = as_ids([v for v in np.asarray(p, dtype=np.int64).ravel() if v >= 0], allow_duplicates=True)
                 pos_rows.append(np.array([id_to_row[i] for i in ids.tolist() if i in id_to_row], dtype=np.int64))
         lists = self._row_lists()
-        sub = unpack_codes(self.codes, self.pq.M, self.pq.nbits)
+        sub = self.sub_codes()
         return self._run_tuning(q, pos_rows, sub, lists, live, settings, log)
 
     def _run_tuning(self, q, positives, sub, lists, live, settings: dict, log) -> TuneReport:
@@ -338,8 +378,8 @@ class IVFPQIndex(Index):
         mask = None if live is None else live[order][None, :]
 
         def retrieve(C, qs, n):
-            D, R = self._kernel(qs, C, n, nprobe, 0, offsets, packed, mask, 1 if mask is not None else 0,
-                                rotated=True)
+            D, R, _ = self._kernel(qs, C, n, nprobe, 0, offsets, packed, mask, 1 if mask is not None else 0,
+                                   rotated=True)
             return np.where(R >= 0, order[np.maximum(R, 0)], -1)
 
         offs = None
@@ -367,18 +407,33 @@ class IVFPQIndex(Index):
         lists = self._lists_of(y)
         order = np.argsort(lists, kind="stable")
         lists, x, y, ids = lists[order], x[order], y[order], ids[order]
-        codes = self.pq.encode(self._pq_input(y, lists), rotated=True)
         start = self.ntotal
+        if self.fastscan and start + x.shape[0] > _MAX_FASTSCAN_ROWS:
+            raise InvalidArgument(f"a 4-bit IVF index holds at most {_MAX_FASTSCAN_ROWS} rows (the fast scan packs row "
+                                  f"numbers into 32 bits); it has {start}, adding {x.shape[0]}: split it into segments")
+        sub = self.pq.encode_sub(self._pq_input(y, lists))
+        rel = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))]).astype(np.int64)
+        if self.fastscan:
+            blocks = fastscan.pack_segment(sub, rel, self.pq.M)
+            self.blocks = np.concatenate([self.blocks, blocks]) if self.blocks.shape[0] else blocks
+        else:
+            codes = pack_codes(sub, self.pq.nbits)
+            self._codes = np.concatenate([self._codes, codes]) if self._codes.shape[0] else codes
         self._append_rows(ids)
-        seg = start + np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))]).astype(np.int64)
-        self.offsets = np.concatenate([self.offsets, seg[None, :]])
-        self.codes = np.concatenate([self.codes, codes]) if self.codes.shape[0] else codes
+        self.offsets = np.concatenate([self.offsets, (start + rel)[None, :]])
+        if self.fastscan:
+            self.block_offsets = fastscan.block_offsets(self.offsets)
         if self.refine:
             self.vectors = np.concatenate([np.asarray(self.vectors), x]) if self.vectors.shape[0] else x.copy()
 
     def _kernel(self, q, C, k, nprobe, rerank, offsets, codes, mask, mask_mode, *, rotated=False,
-                q_orig=None):
-        """Run the compiled search over query blocks. ``q`` is prepared (rotated when ``rotated``)."""
+                q_orig=None, blocked=False):
+        """Run the compiled search over query blocks: ``(D float32 (nq, k), R int64 (nq, k) internal rows or -1,
+        nscanned int64 (nq,) codes scored per query)``. ``q`` is prepared (rotated when ``rotated``).
+
+        ``codes`` are row-major code bytes scanned with float byte tables; ``blocked=True`` scans the index's own
+        fast-scan blocks instead (4-bit codes: quantized tables, 16-bit sums; ``codes`` is then unused).
+        """
         y = q if rotated else self._rotate(q)
         nq = y.shape[0]
         M, K, dsub = C.shape
@@ -393,11 +448,22 @@ class IVFPQIndex(Index):
         # the kept tables hold the terms of the scoring centroids only (tuning scores with centroids in training)
         table = self.list_table() if self.precomputed and C is self.pq.score_centroids() else None
         all_slots = np.arange(self.nlist, dtype=np.int64)
+        coarse_norms = np.ascontiguousarray(np.einsum("ij,ij->i", self.coarse, self.coarse), dtype=np.float32)
         Ds, Rs, scanned = [], [], []
-        for s in range(0, nq, _QUERY_BLOCK):
-            yb = y[s:s + _QUERY_BLOCK]
-            cl2 = sq_distances(yb, self.coarse)
-            probe = cl2 - self.coarse_bias[None, :] if self.ivf_balanced else cl2
+        qblock = _fastscan_query_block(self.nlist) if blocked else _QUERY_BLOCK
+        for s in range(0, nq, qblock):
+            yb = y[s:s + qblock]
+            # one product with the coarse centroids serves both the probe keys (squared L2, the arithmetic of
+            # sq_distances) and, for inner product, the per-list base keys; the fast-scan kernel derives both itself
+            ipc = np.ascontiguousarray(yb @ self.coarse.T, dtype=np.float32)
+            qn = np.einsum("ij,ij->i", yb, yb)
+            probe = cl2 = None
+            if not blocked or (l2 and self.residual and table is None):
+                cl2 = ipc * np.float32(-2.0)
+                cl2 += qn[:, None]
+                cl2 += coarse_norms[None, :]
+                np.maximum(cl2, 0.0, out=cl2)
+                probe = cl2 - self.coarse_bias[None, :] if self.ivf_balanced else cl2
             qs = yb.reshape(yb.shape[0], M, dsub)
             terms, slots = np.zeros((0, M, K), np.float32), np.zeros(0, np.int64)
             # one BLAS product per sub-space straight into the (nb, M, K) layout the kernel reads (einsum returned
@@ -419,21 +485,29 @@ class IVFPQIndex(Index):
                 base = cl2
             else:
                 table_mode = 0
-                base = -(yb @ self.coarse.T)
-            qb = (q_orig if q_orig is not None else q)[s:s + _QUERY_BLOCK]
-            mb = mask_arr[s:s + _QUERY_BLOCK] if mask_mode == 2 else mask_arr
-            D, R, ns = ivf_pq_search(np.ascontiguousarray(probe, dtype=np.float32), int(nprobe),
-                                     np.ascontiguousarray(base, dtype=np.float32), self.residual,
-                                     dots, cn, qsub, table_mode, self.pq.nbits,
-                                     self.coarse, C, terms, slots, offsets, codes, mb, mask_mode, kk, k, bool(rerank), vectors,
-                                     np.ascontiguousarray(qb, dtype=np.float32), l2)
+                base = None if blocked else -ipc
+            qb = (q_orig if q_orig is not None else q)[s:s + qblock]
+            mb = mask_arr[s:s + qblock] if mask_mode == 2 else mask_arr
+            qb = np.ascontiguousarray(qb, dtype=np.float32)
+            if blocked:
+                D, R, ns = ivf_fastscan_search(ipc, np.ascontiguousarray(qn, dtype=np.float32), coarse_norms,
+                                               self.coarse_bias, self.ivf_balanced, int(nprobe), self.residual,
+                                               dots, cn, qsub, table_mode, self.coarse, C, terms, slots, offsets,
+                                               self.block_offsets, self.blocks.reshape(-1),
+                                               self.blocks.shape[1] // 64, mb, mask_mode, kk, k, bool(rerank),
+                                               vectors, qb, l2)
+            else:
+                probe = np.ascontiguousarray(probe, dtype=np.float32)
+                base = np.ascontiguousarray(base, dtype=np.float32)
+                D, R, ns = ivf_pq_search(probe, int(nprobe), base, self.residual, dots, cn, qsub, table_mode,
+                                         self.pq.nbits, self.coarse, C, terms, slots, offsets, codes, mb, mask_mode,
+                                         kk, k, bool(rerank), vectors, qb, l2)
             Ds.append(D)
             Rs.append(R)
             scanned.append(ns)
-        self.last_nscanned = np.concatenate(scanned) if scanned else np.empty(0, np.int64)
         if not Ds:
-            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-        return np.concatenate(Ds), np.concatenate(Rs)
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64), np.empty(0, np.int64)
+        return np.concatenate(Ds), np.concatenate(Rs), np.concatenate(scanned)
 
     def _list_terms(self, probe: np.ndarray | None, nprobe: int, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Residual L2 list terms ``2 <coarse[l]_m, C[m, k]>`` float32 (nu, M, K) for the lists a block of queries
@@ -491,6 +565,13 @@ class IVFPQIndex(Index):
 
         Without re-ranking ``D`` holds ADC keys (approximate distances); with it, exact keys.
         """
+        D, I, _ = self.search_with_stats(q, k, params=params, allowed=allowed, tenant=tenant, filter=filter)
+        return D, I
+
+    def search_with_stats(self, q, k, *, params=None, allowed=None, tenant=None, filter=None):
+        """:meth:`search` plus this call's counts, owned by the caller: ``ndis`` (codes scored, all queries) and
+        ``nscanned`` int64 (nq,) (codes scored per query: rows of the probed lists; the 4-bit fast path leaves a
+        list early once none of its remaining rows can enter the candidates, so it can score fewer)."""
         q, k, params, allowed = self.check_search(q, k, params, allowed, tenant, filter)
         nprobe = _as_int("nprobe", params.get("nprobe", self.default_nprobe))
         rerank = params.get("rerank", max(4 * k, 40) if self.refine else 0)
@@ -501,16 +582,16 @@ class IVFPQIndex(Index):
             rerank = max(rerank, k)
         nq = q.shape[0]
         if self.ntotal == 0 or nq == 0:
-            return self.empty(nq, k)
+            return (*self.empty(nq, k), {"ndis": 0, "nscanned": np.zeros(nq, np.int64)})
         mask = self.live_mask(allowed)
         mode = 0 if mask is None else (1 if mask.ndim == 1 else 2)
         if mask is not None and mask.ndim == 1:
             mask = mask[None, :]
         y = self._rotate(q)
-        D, R = self._kernel(y, self.pq.score_centroids(), k, min(nprobe, self.nlist), rerank, self.offsets,
-                            self.codes, mask, mode, rotated=True, q_orig=q)
+        D, R, ns = self._kernel(y, self.pq.score_centroids(), k, min(nprobe, self.nlist), rerank, self.offsets,
+                                self._codes, mask, mode, rotated=True, q_orig=q, blocked=self.fastscan)
         I = np.where(R >= 0, self.row_ids[np.maximum(R, 0)], -1)
-        return D, I
+        return D, I, {"ndis": int(ns.sum()), "nscanned": ns}
 
     # ------------------------------------------------------------------ calibration (index/calibrate.py)
     def calibration_ladder(self, k: int) -> tuple[list[dict], list[dict]]:
@@ -519,9 +600,10 @@ class IVFPQIndex(Index):
                 [{"rerank": r} for r in (2 * k, 5 * k, 10 * k, 20 * k, 50 * k)] if self.refine else [{"rerank": 0}])
 
     def calibration_cost(self, params: dict, info: dict, nq: int) -> float:
-        """Per query: byte-table look-ups of the codes scanned (``last_nscanned``, of the calibration's own call on
-        this private index), coarse distances and exact re-rank distances, in multiply-adds."""
-        scanned = float(self.last_nscanned.mean()) if self.last_nscanned.size else 0.0
+        """Per query: byte-table look-ups of the codes scanned (the call's ``nscanned`` from
+        :meth:`search_with_stats`), coarse distances and exact re-rank distances, in multiply-adds."""
+        ns = info.get("nscanned")
+        scanned = float(np.mean(ns)) if ns is not None and np.size(ns) else 0.0
         return scanned * self.pq.code_size + self.nlist * self.d + params.get("rerank", 0) * self.d
 
     # ------------------------------------------------------------------ inspection
@@ -530,7 +612,7 @@ class IVFPQIndex(Index):
         rows = np.asarray(rows, dtype=np.int64)
         if self.vectors is not None:
             return np.asarray(self.vectors[rows])
-        y = self.pq.decode(self.codes[rows], rotated=True)
+        y = self.pq.decode_sub(self.sub_codes(rows))
         if self.residual:
             y = y + self.coarse[self._row_lists()[rows]]
         return y if self.rotation is None else np.ascontiguousarray(y @ self.rotation, dtype=np.float32)
@@ -543,7 +625,7 @@ class IVFPQIndex(Index):
 
     def code_entropy(self) -> np.ndarray:
         """Codeword-usage entropy (bits) of each PQ sub-space over the live rows; the maximum is ``nbits``."""
-        sub = unpack_codes(self.codes[~self.deleted], self.pq.M, self.pq.nbits)
+        sub = self.sub_codes(np.flatnonzero(~self.deleted))
         return usage_entropy(sub, self.pq.K)
 
     def list_sizes(self) -> np.ndarray:
@@ -558,7 +640,9 @@ class IVFPQIndex(Index):
                 "precomputed": self.precomputed,
                 "refine": self.refine, "max_train": self.max_train, "niter": self.niter, "eps": self.eps,
                 "rounds": self.rounds, "seed": self.seed, "pq": self.pq.settings(), **self.calibration_meta()}
-        arrays = {"codes": self.codes, "offsets": self.offsets, "row_ids": self.row_ids, "deleted": self.deleted,
+        # 4-bit: the blocks as searched, so a load maps straight back to the same layout
+        codes = {"blocks": self.blocks} if self.fastscan else {"codes": self._codes}
+        arrays = {**codes, "offsets": self.offsets, "row_ids": self.row_ids, "deleted": self.deleted,
                   "coarse": self.coarse, "coarse_bias": self.coarse_bias, **self.pq.arrays()}
         if self.rotation is not None:
             arrays["rotation"] = self.rotation
@@ -577,8 +661,18 @@ class IVFPQIndex(Index):
                     niter=meta["niter"], eps=meta["eps"], rounds=meta["rounds"], seed=meta["seed"],
                     precomputed=meta.get("precomputed", False))
         index.pq = ProductQuantizer.restore(p, arrays)
-        index.codes = np.ascontiguousarray(np.array(arrays["codes"]))
         index.offsets = np.array(arrays["offsets"])
+        if index.fastscan:
+            index.block_offsets = fastscan.block_offsets(index.offsets)
+            if "blocks" in arrays:
+                index.blocks = np.ascontiguousarray(np.array(arrays["blocks"]))
+            else:  # saved before the fast-scan layout: row-major packed codes
+                sub = unpack_codes(np.asarray(arrays["codes"]), index.pq.M, 4)
+                index.blocks = np.concatenate(
+                    [fastscan.pack_segment(sub[seg[0]:seg[-1]], seg - seg[0], index.pq.M) for seg in index.offsets]
+                    or [index.blocks])
+        else:
+            index._codes = np.ascontiguousarray(np.array(arrays["codes"]))
         index.row_ids = np.array(arrays["row_ids"])
         index.deleted = np.array(arrays["deleted"])
         index.coarse = np.array(arrays["coarse"])
@@ -594,7 +688,7 @@ class IVFPQIndex(Index):
     def memory_bytes(self) -> int:
         """In-memory bytes; with ``precomputed`` it includes the list table (``nlist * M * K * 4``) once trained,
         whether or not a search has built it yet."""
-        mem = array_bytes(self.codes, self.offsets, self.row_ids, self.deleted, self.coarse, self.coarse_bias,
+        mem = array_bytes(self._codes, self.blocks, self.block_offsets, self.offsets, self.row_ids, self.deleted, self.coarse, self.coarse_bias,
                           self.rotation, self.vectors)[0]
         table = self.nlist * self.pq.M * self.pq.K * 4 if self.precomputed and self.is_trained else 0
         return int(mem + self.pq.nbytes() + table)

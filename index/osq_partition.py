@@ -16,7 +16,6 @@ from .. import filters
 from ..errors import InvalidArgument
 from ..quantization import _osq_kernels as K
 from ..quantization.osq import OSQCodebook
-from .base import array_bytes
 
 HEAD_DIMS = 64  # leading rotated dimensions copied contiguously per partition (``OSQPartition.head``)
 
@@ -175,10 +174,11 @@ class OSQPartition:
         if level2 not in ("auto", "bounds", "exact", "head"):
             raise InvalidArgument(f"level2 must be auto, bounds, exact or head, got {level2!r}")
         if level2 == "auto":
-            # bounds save reading vectors; with the vectors already in memory exact keys are cheaper on a CPU, and
-            # above HEAD_DIMS dimensions head keys (a contiguous stream) cheaper still
-            level2 = "bounds" if self.remote or _is_mapped(self.vectors) else \
-                "head" if self.vectors.shape[1] > HEAD_DIMS else "exact"
+            # bounds save reading vectors, which pays only where a row costs a request (``fetch_rows``); vectors in
+            # memory or memory-mapped (the page cache: a mapped index serves like one in memory, with the same
+            # results) make exact keys cheaper on a CPU, and above HEAD_DIMS dimensions head keys (a contiguous
+            # stream) cheaper still
+            level2 = "bounds" if self.remote else "head" if self.vectors.shape[1] > HEAD_DIMS else "exact"
         elif self.remote and level2 != "bounds":
             raise InvalidArgument(f"level2={level2!r} reads every candidate's vector, but partition {self.number} "
                                   "reads its vectors by row on demand; use 'bounds' or 'auto'")
@@ -249,6 +249,3 @@ def _take_columns(columns: dict, names, rows: np.ndarray) -> dict:
         out[name] = col.take(rows) if col is not None else filters.NumericColumn(np.full(m, np.nan))
     return out
 
-
-def _is_mapped(a) -> bool:
-    return array_bytes(a)[1] > 0

@@ -76,7 +76,21 @@ def _query_table(dots, cn, qsub, table_mode, out):
                 out[m, j] = cn[m, j] - two * dots[m, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def add_list_terms(qt, coarse, l, pq_cent, out):
+    """``out[m, k] = qt[m, k] + 2 <coarse[l]_m, pq_cent[m, k]>`` float32 (M, K): the residual-L2 table of list ``l``
+    for a list whose terms were not computed beforehand (``coarse`` float32 (nlist, d), ``pq_cent`` float32
+    (M, K, dsub))."""
+    M, K, dsub = pq_cent.shape
+    for m in range(M):
+        for kc in range(K):
+            acc = np.float32(0.0)
+            for t in range(dsub):
+                acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
+            out[m, kc] = qt[m, kc] + 2.0 * acc
+
+
+@njit(cache=True, inline="always")
 def _add_tables(a, b, out):
     """``out[m, j] = a[m, j] + b[m, j]`` for float32 (M, K) tables (``out`` may have more columns than K)."""
     M, K = a.shape
@@ -137,6 +151,21 @@ def _rerank(qv, vectors, cand, n, metric_l2, fd, fi, k):
             _push(fd, fi, k, a2, r2)
         if j + 3 < n:
             _push(fd, fi, k, a3, r3)
+
+
+@njit(cache=True)
+def rerank_into(qv, vectors, cand, n, metric_l2, fd, fi, d_out, r_out):
+    """Re-rank rows ``cand[:n]`` exactly for the query ``qv`` and write the best ``k = fd.shape[0]`` ascending into
+    ``d_out`` float32 (k,) / ``r_out`` int64 (k,) (left as they are where fewer than ``k`` rows exist); ``fd`` / ``fi``
+    are the heap's work arrays."""
+    fd[:] = np.inf
+    fi[:] = _NO_ROW
+    _rerank(qv, vectors, cand, n, metric_l2, fd, fi, fd.shape[0])
+    heap_sort(fd, fi)
+    for j in range(fd.shape[0]):
+        if fi[j] != _NO_ROW:
+            d_out[j] = fd[j]
+            r_out[j] = fi[j]
 
 
 @njit(cache=True)
@@ -234,7 +263,6 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode
     list_mode = 1 if table_mode == 2 else 0
     S = codes.shape[1]
     nseg = offsets.shape[0]
-    dsub = pq_cent.shape[2]
     D = np.full((nq, k), np.inf, dtype=np.float32)
     R = np.full((nq, k), -1, dtype=np.int64)
     nscanned = np.zeros(nq, dtype=np.int64)
@@ -267,12 +295,7 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode
                 elif slot >= 0:
                     _add_tables(qt, list_terms[slot], lt)
                 else:
-                    for m in range(M):
-                        for kc in range(K):
-                            acc = np.float32(0.0)
-                            for t in range(dsub):
-                                acc += coarse[l, m * dsub + t] * pq_cent[m, kc, t]
-                            lt[m, kc] = qt[m, kc] + 2.0 * acc
+                    add_list_terms(qt, coarse, l, pq_cent, lt)
                 if slot < 0 or nbits != 8:
                     _byte_table(lt, nbits, bt)
             b0 = base[q, l] if use_base else np.float32(0.0)
@@ -283,19 +306,12 @@ def ivf_pq_search(probe_keys, nprobe, base, use_base, dots, cn, qsub, table_mode
                 _scan_range(bt, codes, start, stop, b0, mask, mrow, mask_mode != 0, hd, hi, kk)
         nscanned[q] = scanned
         if rerank:
-            fd[:] = np.inf
-            fi[:] = _NO_ROW
             nc = 0
             for j in range(kk):
                 if hi[j] != _NO_ROW:
                     cand[nc] = hi[j]
                     nc += 1
-            _rerank(queries[q], vectors, cand, nc, metric_l2, fd, fi, k)
-            heap_sort(fd, fi)
-            for j in range(k):
-                if fi[j] != _NO_ROW:
-                    D[q, j] = fd[j]
-                    R[q, j] = fi[j]
+            rerank_into(queries[q], vectors, cand, nc, metric_l2, fd, fi, D[q], R[q])
         else:
             heap_sort(hd, hi)
             for j in range(k):

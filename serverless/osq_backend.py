@@ -7,8 +7,8 @@ row maps, attribute codes); a processor loads only its partition's objects (:met
 float32 vectors, the bulk of them (200 of 281 bytes a row on GloVe-50), of which it reads only the rows it
 re-ranks, in blocks, with ranged GETs (:class:`~shoal.serverless.cache.RemoteRows`). So a cold processor fetches the
 codes of ``1/P`` of the index and a few blocks of vectors. All of it stays in the container cache. Without the
-vectors in memory, level 2 ranks by code bounds (``level2="bounds"``, the choice ``auto`` makes for a memory-mapped
-index too); ``exact`` and ``head`` keys, which read every candidate's vector, are refused there.
+vectors in memory, level 2 ranks by code bounds (``level2="bounds"``, the choice ``auto`` makes for a partition that
+reads its rows on demand); ``exact`` and ``head`` keys, which read every candidate's vector, are refused there.
 
 Per batch an allocator runs :meth:`OSQIndex.level0` (rotation, three-valued filter over the attribute codes, counts of
 sure/maybe rows per partition, partitions (and clusters inside them) to visit) and sends each visited partition the

@@ -60,6 +60,11 @@ class ObjectStore(abc.ABC):
         """A filesystem path holding the object, for memory-mapping; ``None`` when there is none."""
         return None
 
+    @property
+    def is_local(self) -> bool:
+        """Objects are files on this machine already (mapping one costs no download)."""
+        return False
+
     def child(self, prefix: str) -> "ObjectStore":
         """A view of this store rooted at ``prefix``."""
         return PrefixedStore(self, prefix)
@@ -102,3 +107,7 @@ class PrefixedStore(ObjectStore):
 
     def local_path(self, key):
         return self.base.local_path(self._k(key))
+
+    @property
+    def is_local(self) -> bool:
+        return self.base.is_local

@@ -126,6 +126,10 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         return path if os.path.exists(path) else None
 
+    @property
+    def is_local(self) -> bool:
+        return True
+
 
 def fsync_dir(directory: str) -> None:
     """fsync a directory so a rename or new file in it survives a crash."""

@@ -27,3 +27,16 @@ def test_collection_path_costs_little_over_the_index_call(tmp_path):
     for r in records:
         assert r["single_ratio"] < 3.0 and r["batch_ratio"] < 3.0, r
         assert r["plan"].startswith(("index(", "exact(")), r
+
+
+def test_memory_records_each_kind_as_the_collection_serves_it(tmp_path):
+    ds = load_dataset("synthetic:n=5000,d=16,nq=10,clusters=8")
+    out = tmp_path / "memory.jsonl"
+    records = engine.memory(ds, list(engine.KINDS), out=str(out), ntenants=5)
+    assert [r["kind"] for r in records] == list(engine.KINDS)
+    assert len(read_results(out)) == len(records)
+    for r in records:
+        assert r["case"] == "memory" and r["ivfflat_bytes_per_vector"] > 16 * 4, r
+        # mapped from the snapshot by default: at least the float32 vectors are not counted as resident
+        assert r["mapped_bytes_per_vector"] >= 16 * 4, r
+        assert r["resident_bytes_per_vector"] > 0, r

@@ -61,6 +61,32 @@ def test_exact_keys_after_rerank_match_flat(built):
     np.testing.assert_allclose(D_, exact, rtol=1e-4, atol=1e-3)
 
 
+def test_search_with_stats_counts_this_calls_codes(built):
+    """Per-call counts come back with the results (nothing kept on the shared index): the 8-bit path scores every
+    row of each probed list, so probing all lists scores every row once, and the results equal search()'s."""
+    idx = built[("IVF32,PQ8x8,Refine", "l2")]
+    D1, I1, st1 = idx.search_with_stats(Q[:40], 10, params={"nprobe": 4})
+    D_, I = idx.search(Q[:40], 10, params={"nprobe": 4})
+    np.testing.assert_array_equal(I1, I)
+    np.testing.assert_array_equal(D1, D_)
+    assert st1["nscanned"].shape == (40,) and st1["ndis"] == int(st1["nscanned"].sum()) > 0
+    _, _, sta = idx.search_with_stats(Q[:40], 10, params={"nprobe": 32})
+    np.testing.assert_array_equal(sta["nscanned"], np.full(40, idx.ntotal))
+    assert idx.search_with_stats(Q[:0], 10)[2]["ndis"] == 0
+    assert not hasattr(idx, "last_nscanned")
+
+
+def test_collection_stats_carry_the_index_count(tmp_path):
+    from shoal.engine import Database
+
+    db = Database(tmp_path / "db")
+    col = db.create_collection("c", dim=D, index="IVF16,PQ8x8,Refine", exact_threshold=0)
+    col.upsert(IDS[:3000], X[:3000])
+    col.build()
+    res = col.search(Q[:5], k=10, params={"nprobe": 16})
+    assert res.stats.plan == "index(IVFPQ)" and res.stats.ndis == 5 * 3000
+
+
 def test_factory_strings_round_trip():
     for spec in ["IVF1024,PQ16x8", "IVF1024(balanced),PQ16x8(balanced,residual=0)", "OPQ16,IVF1024,PQ16x4(balanced),Refine",
                  "IVF64,PQ8x4(residual=0,rounds=2)"]:

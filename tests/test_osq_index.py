@@ -251,9 +251,19 @@ def test_save_load_local(tmp_path):
     seg = read_npy_rows(store, "idx/p0000/seg0001.npy", 3, 9)
     assert np.array_equal(seg, index.parts[0].segs[1, 3:9])
     mm = load_index(store, "idx", mmap=True)
-    for level2 in ("bounds", "exact"):
+    assert mm.mapped_bytes() >= 2 * index.ntotal * index.d * 4  # rotated and unrotated float32 vectors
+    assert mm.memory_bytes() <= index.memory_bytes() - mm.mapped_bytes()
+    for level2 in ("bounds", "exact", "auto"):
         assert np.array_equal(mm.search(q, 5, params={"level2": level2})[1],
                               index.search(q, 5, params={"level2": level2})[1])
+    # the default plan does not depend on how the index was opened (a mapped file in the page cache is memory)
+    expr = filters.parse("price < 60")
+    for mode in ("multilevel", "auto"):
+        a = mm.search_with_stats(q, 5, filter=expr, params={"mode": mode})
+        b = index.search_with_stats(q, 5, filter=expr, params={"mode": mode})
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[2]["plan"] == b[2]["plan"] and a[2]["query_bytes"] == b[2]["query_bytes"]
 
 
 def test_save_load_s3(s3_bucket):
