@@ -59,8 +59,6 @@ STOP_RECALL = 0.99
 STOP_ABOVE = 0.01
 #: a larger secondary setting (re-rank depth) is kept while it gains at least this much recall
 GAIN = 0.002
-#: single queries timed per side when the exact scan and the index are close (:func:`price_exact`)
-SINGLE_QUERIES = 8
 _BLOCK = 65536
 
 
@@ -396,12 +394,9 @@ def price_exact(index, scorer: Scorer, groups: list[Group], rungs: list[Rung], t
     with it (the engine answers them by that scan).
 
     Its cost is the exact scan's time over the time per unit of the cheapest index rung reaching ``target``, both
-    timed in alternation on single queries of the band's first query group (best of three rounds, so the machine's
-    load does not decide) when their batched timings are within a factor three of each other; otherwise (one clearly
-    wins) through the median time per unit of the three most expensive rungs. Single queries, because a batch
-    amortises what the exact scan pays per call (gathering the rows it may return: on GloVe 100k at a 50% filter a
-    single exact query took 1.8x the index's while batches of 200 were within 1.13x), and single queries are what
-    latency is made of.
+    timed in alternation on the band's first query group (best of three, so the machine's load does not decide)
+    when their first timings are within a factor three of each other; otherwise (one clearly wins) through the
+    median time per unit of the three most expensive rungs.
     """
     priced = [r for r in rungs if r.cost > 0 and r.ms > 0]
     if not priced:
@@ -410,22 +405,16 @@ def price_exact(index, scorer: Scorer, groups: list[Group], rungs: list[Rung], t
     per_unit = float(np.median([r.ms / r.cost for r in top]))
     exact_cost = exact_ms / per_unit
     ok = [r for r in priced if r.lcb >= target and r.short <= 0.05]
-    g = groups[0]
-    if ok and g.rows is not None:
+    if ok:
         best = min(ok, key=lambda r: r.cost)
         if 1 / 3 < exact_cost / best.cost < 3:
-            params = {**best.params, **index.calibration_fixed}
-            n = min(SINGLE_QUERIES, g.qrows.size)
             t_idx, t_exact = [], []
+            g = groups[0]
             for _ in range(3):
+                t_idx.append(measure(index, scorer, [g], best.params, k).ms)
                 t0 = time.perf_counter()
-                for i in range(n):
-                    index.search_with_stats(g.q[i:i + 1], k + 1, params=params, **g.kwargs)
-                t_idx.append((time.perf_counter() - t0) * 1e3 / n)
-                t0 = time.perf_counter()
-                for i in range(n):
-                    ground_truth(scorer.vec, g.rows, g.q[i:i + 1], g.qrows[i:i + 1], k)
-                t_exact.append((time.perf_counter() - t0) * 1e3 / n)
+                ground_truth(scorer.vec, g.rows, g.q, g.qrows, k)
+                t_exact.append((time.perf_counter() - t0) * 1e3 / max(1, g.qrows.size))
             exact_cost = best.cost * min(t_exact) / max(min(t_idx), 1e-9)
             exact_ms = min(t_exact)
     for r in rungs:
