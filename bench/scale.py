@@ -153,6 +153,7 @@ def build_shoal(spec: str, data: ScaledGlove, xt: np.ndarray, chunk: int, workdi
     idx.train(xt)
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
+    idx.reserve(data.n)  # the final size is known: the chunked adds copy no rows added before
     for s, x in data.chunks(chunk):
         idx.add(x, np.arange(s, s + x.shape[0], dtype=np.int64))
         print(f"\r[scale] {label}: added {s + x.shape[0]:,}/{data.n:,} ({time.perf_counter() - t1:.0f} s)",

@@ -134,6 +134,7 @@ def build(inp: BuildInput, job: BuildJob, train_kwargs: dict | None = None,
         if progress:
             progress(job.total, job.total, "train")
     job.stage = "add"
+    new.reserve(int(slots.size))  # the build knows its row count: chunked adds then copy no rows added before
     for lo in range(0, max(1, slots.size), BUILD_CHUNK):
         job.checkpoint()
         hi = min(slots.size, lo + BUILD_CHUNK)

@@ -236,6 +236,11 @@ class Index(abc.ABC):
     def load(cls, store, prefix: str, *, mmap: bool = False) -> "Index":
         """Inverse of :meth:`save`."""
 
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more rows before adding them in chunks, so the adds need not copy what they already
+        added (a caller that knows the final size, such as a build, calls it first). A no-op for kinds that do not
+        keep growth buffers; :meth:`compact` gives back what was reserved but not used."""
+
     def compact(self) -> None:
         """Give back spare capacity held for future adds (growth buffers, pool slack). Called by the engine after
         a build's last add; a no-op for kinds that allocate exactly."""

@@ -9,7 +9,9 @@ Factory strings (ARCHITECTURE.md grammar)::
 
 Storage: codes are kept in row order and every ``add`` batch (a segment) is sorted by list before its rows are
 numbered, so each list of each segment is a contiguous row range (``offsets[segment, list]``): the scan reads codes
-sequentially and needs no slot -> row array. Rows are never renumbered by ``remove`` (tombstones). 4-bit codes are
+sequentially and needs no slot -> row array. Rows are never renumbered by ``remove`` (tombstones). The per-row arrays
+(``vectors``, codes or blocks, ``row_ids``, ``deleted``) are views of growth buffers (``index/growth.py``): an add
+copies its own rows, not the rows held before it; ``reserve`` pre-sizes them, ``compact`` shrinks them. 4-bit codes are
 kept only in the fast-scan layout (``quantization/fastscan.py``: blocks of 32 rows, sub-quantizer major; each
 (segment, list) range starts a block) and searched with 8-bit quantized tables and 16-bit sums
 (``quantization/_fastscan_kernels.py``); 8-bit codes are row-major bytes scanned with float tables.
@@ -31,11 +33,12 @@ import numpy as np
 
 from ..errors import FailedPrecondition, InvalidArgument
 from ..quantization import fastscan
-from ..quantization._fastscan_kernels import ivf_fastscan_search
+from ..quantization._fastscan_kernels import BLOCK, ivf_fastscan_search
 from ..quantization._ivf_kernels import ivf_pq_search
 from ..quantization.kmeans import assign, balanced_kmeans, kmeans, usage_entropy
 from ..quantization.pq import ProductQuantizer, check_pq_shape, pack_codes, train_opq, unpack_codes
 from ..quantization.tuning import TuneReport, tune_centroids
+from . import growth
 from .base import Index, array_bytes
 from .calibration import ladder_values
 from .factory import Stage, format_stage, take_settings
@@ -129,6 +132,8 @@ class IVFPQIndex(Index):
         self.offsets = np.empty((0, self.nlist + 1), dtype=np.int64)
         self.block_offsets = np.empty((0, self.nlist + 1), dtype=np.int64)
         self.vectors = np.empty((0, self.d), dtype=np.float32) if self.refine else None
+        # growth buffer behind each per-row attribute (see index/growth.py); the attribute is the view ``buf[:n]``
+        self._bufs: dict[str, np.ndarray] = {}
         self.default_nprobe = min(8, self.nlist)
         self.tune_report: TuneReport | None = None
         self.set_precomputed(precomputed)
@@ -205,6 +210,48 @@ class IVFPQIndex(Index):
         if self.refine:
             parts.append("Refine")
         return ",".join(parts)
+
+    def __getstate__(self) -> dict:
+        # copies (copy.copy, deepcopy) and pickles take the views, never the growth buffers: a shallow copy's add
+        # then copies rather than writing into spare rows the original may write into too, and a deep copy or a
+        # pickle holds only the rows in use
+        state = dict(self.__dict__)
+        state["_bufs"] = {}
+        return state
+
+    # ------------------------------------------------------------------ growth buffers
+    def _row_arrays(self) -> list[str]:
+        return ["row_ids", "deleted", "blocks" if self.fastscan else "_codes"] + (["vectors"] if self.refine else [])
+
+    def _append(self, name: str, rows: np.ndarray) -> None:
+        buf, view = growth.append_rows(self._bufs.get(name), getattr(self, name), rows)
+        self._bufs[name] = buf
+        setattr(self, name, view)  # the view follows every reallocation
+
+    def _append_rows(self, ids: np.ndarray) -> np.ndarray:
+        start = self.ntotal
+        self._append("row_ids", ids)
+        self._append("deleted", np.zeros(ids.shape[0], dtype=bool))
+        return np.arange(start, self.ntotal, dtype=np.int64)
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more rows, so that adds up to that many copy nothing already held (4-bit: blocks
+        for ``n`` rows in one add; each further add's list padding may still grow them once)."""
+        n = _as_int("reserve", n, low=0)
+        for name in self._row_arrays():
+            more = -(-n // BLOCK) + min(n, self.nlist) if name == "blocks" else n
+            buf, view = growth.reserve_rows(self._bufs.get(name), getattr(self, name), more)
+            if buf is not None:
+                self._bufs[name] = buf
+            setattr(self, name, view)
+
+    def compact(self) -> None:
+        """Shrink the growth buffers to the rows held (memory-mapped vectors stay mapped)."""
+        for name in self._row_arrays():
+            buf, view = growth.fit_rows(self._bufs.get(name), getattr(self, name))
+            if buf is not None:
+                self._bufs[name] = buf
+            setattr(self, name, view)
 
     # ------------------------------------------------------------------ state
     @property
@@ -414,17 +461,15 @@ class IVFPQIndex(Index):
         sub = self.pq.encode_sub(self._pq_input(y, lists))
         rel = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))]).astype(np.int64)
         if self.fastscan:
-            blocks = fastscan.pack_segment(sub, rel, self.pq.M)
-            self.blocks = np.concatenate([self.blocks, blocks]) if self.blocks.shape[0] else blocks
+            self._append("blocks", fastscan.pack_segment(sub, rel, self.pq.M))
         else:
-            codes = pack_codes(sub, self.pq.nbits)
-            self._codes = np.concatenate([self._codes, codes]) if self._codes.shape[0] else codes
+            self._append("_codes", pack_codes(sub, self.pq.nbits))
         self._append_rows(ids)
         self.offsets = np.concatenate([self.offsets, (start + rel)[None, :]])
         if self.fastscan:
             self.block_offsets = fastscan.block_offsets(self.offsets)
         if self.refine:
-            self.vectors = np.concatenate([np.asarray(self.vectors), x]) if self.vectors.shape[0] else x.copy()
+            self._append("vectors", x)  # a memory-mapped (loaded) array is copied into memory once, here
 
     def _kernel(self, q, C, k, nprobe, rerank, offsets, codes, mask, mask_mode, *, rotated=False,
                 q_orig=None, blocked=False):
@@ -686,10 +731,11 @@ class IVFPQIndex(Index):
         return index
 
     def memory_bytes(self) -> int:
-        """In-memory bytes; with ``precomputed`` it includes the list table (``nlist * M * K * 4``) once trained,
-        whether or not a search has built it yet."""
-        mem = array_bytes(self._codes, self.blocks, self.block_offsets, self.offsets, self.row_ids, self.deleted, self.coarse, self.coarse_bias,
-                          self.rotation, self.vectors)[0]
+        """In-memory bytes, the growth buffers' spare rows included (see :meth:`compact`); with ``precomputed`` it
+        includes the list table (``nlist * M * K * 4``) once trained, whether or not a search has built it yet."""
+        grown = [growth.held(self._bufs.get(name), getattr(self, name)) for name in ("_codes", "blocks", "row_ids",
+                                                                                     "deleted", "vectors")]
+        mem = array_bytes(*grown, self.block_offsets, self.offsets, self.coarse, self.coarse_bias, self.rotation)[0]
         table = self.nlist * self.pq.M * self.pq.K * 4 if self.precomputed and self.is_trained else 0
         return int(mem + self.pq.nbytes() + table)
 
