@@ -86,11 +86,15 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--baseline-python", help="interpreter of a checkout without growth buffers (label 'baseline')")
     ap.add_argument("--out", default="bench/results/add_chunks.jsonl")
+    ap.add_argument("--plot-only", action="store_true", help="only draw the plot (next to --out) from its records")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="grow", choices=["grow", "reserve"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args)), flush=True)
+        return
+    if args.plot_only:
+        print(plot(args.out))
         return
     runs = [("grow", sys.executable, "grow"), ("reserve", sys.executable, "reserve")]
     if args.baseline_python:
@@ -106,6 +110,35 @@ def main(argv=None) -> None:
             print(json.dumps(rec), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+    print(plot(args.out))
+
+
+def plot(path: str) -> str:
+    """Add time and peak RSS over the pre-add RSS per label (each round a dot, the bar their mean), as a PNG beside
+    the records; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    labels = [lab for lab in ("baseline", "grow", "reserve") if any(r["label"] == lab for r in recs)]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, name in zip(axes, ("add_s", "peak_over_before_mb"), ("add time (s)", "peak RSS over pre-add (MB)")):
+        for i, lab in enumerate(labels):
+            vals = [r[key] for r in recs if r["label"] == lab]
+            ax.bar(i, sum(vals) / len(vals), color="C%d" % i, alpha=0.6)
+            ax.plot([i] * len(vals), vals, "k.")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel(name)
+    r0 = recs[-1]
+    fig.suptitle(f"{r0['spec']}: {r0['n']:,} x {r0['d']} added in chunks of {r0['chunk']:,} rows")
+    fig.tight_layout()
+    out = os.path.splitext(path)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":
